@@ -1,0 +1,269 @@
+"""The human side of the loop: projects, prompts, completions, comparisons, votes, snapshots.
+
+Writes live in ``annotate.services``; reads in ``annotate.selectors`` and the QuerySet
+methods below. Models hold no behaviour beyond small derived properties.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+def messages_hash(messages: list[dict]) -> str:
+    """sha256 of a conversation in canonical JSON: the de-duplication key of a prompt."""
+    canonical = json.dumps(
+        [{"role": m["role"], "content": m["content"]} for m in messages],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Project(models.Model):
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=200)
+    guidelines = models.TextField(blank=True, help_text="Markdown shown to annotators.")
+    votes_per_comparison = models.PositiveSmallIntegerField(
+        default=1, help_text="How many people should vote on each comparison (the overlap)."
+    )
+    retrain_threshold = models.PositiveIntegerField(
+        default=200, help_text="New votes since the last reward model that trigger a retrain (0: never)."
+    )
+    lease_seconds = models.PositiveIntegerField(
+        default=600, help_text="How long a comparison stays reserved for the annotator who was shown it."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        ANNOTATOR = "annotator"
+        MANAGER = "manager"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.ANNOTATOR)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="one_membership_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project} as {self.role}"
+
+
+class Prompt(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    messages = models.JSONField(help_text='A conversation: [{"role": "user", "content": "..."}, ...].')
+    content_hash = models.CharField(max_length=64)
+    source = models.CharField(max_length=100, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "content_hash"], name="prompt_unique_in_project")
+        ]
+
+    def __str__(self) -> str:
+        return self.messages[-1]["content"][:60] if self.messages else f"prompt {self.pk}"
+
+
+class Checkpoint(models.Model):
+    """A source of completions: a local model folder, an endpoint, or imported data."""
+
+    class State(models.TextChoices):
+        CANDIDATE = "candidate"
+        INCUMBENT = "incumbent"
+        RETIRED = "retired"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="checkpoints")
+    name = models.CharField(max_length=200)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    uri = models.CharField(max_length=500, blank=True, help_text="Local path or storage URI of the weights.")
+    endpoint_url = models.URLField(blank=True, help_text="OpenAI-compatible base URL, if served.")
+    endpoint_model = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.CANDIDATE)
+    meta = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="checkpoint_name_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Completion(models.Model):
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="completions")
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.PROTECT, related_name="completions")
+    text = models.TextField()
+    text_hash = models.CharField(max_length=64)
+    sampling = models.JSONField(default=dict, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["prompt", "checkpoint", "text_hash"], name="completion_unique_per_source"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+
+class ComparisonQuerySet(models.QuerySet):
+    def open(self) -> ComparisonQuerySet:
+        return self.filter(state=Comparison.State.OPEN)
+
+    def not_voted_by(self, user) -> ComparisonQuerySet:
+        return self.exclude(votes__annotator=user)
+
+    def in_queue_order(self) -> ComparisonQuerySet:
+        return self.order_by("-priority", "created_at", "id")
+
+
+class Comparison(models.Model):
+    class State(models.TextChoices):
+        OPEN = "open"
+        CLOSED = "closed"
+
+    class Reason(models.TextChoices):
+        RANDOM = "random"
+        BATTLE = "battle", "checkpoint battle"
+        ACTIVE = "active", "active selection"
+        GOLD = "gold"
+        IMPORTED = "imported"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="comparisons")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="comparisons")
+    # Positions are randomised once, at creation, and stored: A is what the annotator sees on the left.
+    completion_a = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="+")
+    completion_b = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="+")
+    priority = models.IntegerField(default=0)
+    reason = models.CharField(max_length=16, choices=Reason.choices, default=Reason.RANDOM)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.OPEN)
+    # Kept in step with the Vote rows inside the vote transaction; lets the queue avoid a COUNT per row.
+    vote_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ComparisonQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["project", "state", "-priority", "created_at", "id"], name="queue_order"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(completion_a=models.F("completion_b")), name="comparison_two_completions"
+            ),
+            models.UniqueConstraint(
+                fields=["completion_a", "completion_b"], name="comparison_pair_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"comparison {self.pk}"
+
+
+class Lease(models.Model):
+    """A comparison reserved for one annotator until ``expires_at``, so abandoned work returns."""
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="leases")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases")
+    expires_at = models.DateTimeField()
+    # A skipped comparison keeps its (expired) lease row so it is not offered to the same person again.
+    skipped = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["comparison", "annotator"], name="one_lease_per_user")]
+        indexes = [models.Index(fields=["annotator", "expires_at"], name="lease_by_annotator")]
+
+
+class Vote(models.Model):
+    class Choice(models.TextChoices):
+        A = "a", "A is better"
+        B = "b", "B is better"
+        TIE = "tie", "Tie"
+        BOTH_BAD = "both_bad", "Both bad"
+
+    class Strength(models.IntegerChoices):
+        SLIGHTLY = 1, "slightly better"
+        CLEARLY = 2, "clearly better"
+        MUCH = 3, "much better"
+
+    class Source(models.TextChoices):
+        HUMAN = "human"
+        IMPORTED = "imported"
+        AI = "ai", "AI feedback"
+        SIMULATED = "simulated"
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="votes")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="votes")
+    choice = models.CharField(max_length=8, choices=Choice.choices)
+    # The winning completion itself, so the vote survives any change of display positions.
+    winner = models.ForeignKey(Completion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    strength = models.PositiveSmallIntegerField(choices=Strength.choices, null=True, blank=True)
+    rationale = models.TextField(blank=True)
+    time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=64, blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.HUMAN)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["comparison", "annotator"], name="one_vote_per_annotator"),
+            models.UniqueConstraint(
+                fields=["annotator", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="vote_idempotency_key_unique",
+            ),
+        ]
+        indexes = [models.Index(fields=["annotator", "created_at"], name="vote_by_annotator_day")]
+
+    def __str__(self) -> str:
+        return f"{self.annotator} → {self.choice} on {self.comparison_id}"
+
+
+class Snapshot(models.Model):
+    """An immutable, frozen export of a project's preferences: a file plus this row."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="snapshots")
+    uri = models.CharField(max_length=500)
+    format = models.CharField(max_length=32, default="pairs")
+    count = models.PositiveIntegerField()
+    votes = models.PositiveIntegerField(default=0, help_text="Votes the snapshot was built from.")
+    sha256 = models.CharField(max_length=64)
+    filters = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.project} snapshot {self.pk}"
+
+
+class ApiToken(models.Model):
+    """A bearer token; only its sha256 is stored, the token itself is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"token {self.name or self.pk} for {self.user}"

@@ -1,0 +1,161 @@
+"""Writes of the annotate app other than votes: projects, members, prompts, completions, comparisons."""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from annotate.models import (
+    Checkpoint,
+    Comparison,
+    Completion,
+    Membership,
+    Project,
+    Prompt,
+    messages_hash,
+    text_hash,
+)
+
+ROLES = {"system", "user", "assistant"}
+
+
+class InvalidInput(ValueError):
+    """Input that cannot be stored; the message names what is wrong."""
+
+
+def messages_clean(value) -> list[dict]:
+    """Accept a prompt string or a list of chat messages; return the canonical message list."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise InvalidInput("prompt is empty")
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise InvalidInput("messages must be a non-empty list of {role, content} objects")
+    cleaned = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise InvalidInput(f"messages[{i}] must be an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise InvalidInput(f"messages[{i}].role must be one of {sorted(ROLES)}, not {role!r}")
+        if not isinstance(content, str):
+            raise InvalidInput(f"messages[{i}].content must be a string")
+        cleaned.append({"role": role, "content": content})
+    if cleaned[-1]["role"] == "assistant":
+        raise InvalidInput("the last message of a prompt must not be the assistant's (that is the completion)")
+    return cleaned
+
+
+def project_create(*, slug: str, name: str, guidelines: str = "", votes_per_comparison: int = 1) -> Project:
+    return Project.objects.create(
+        slug=slug, name=name, guidelines=guidelines, votes_per_comparison=votes_per_comparison
+    )
+
+
+def member_add(*, project: Project, user, role: str = Membership.Role.ANNOTATOR) -> Membership:
+    membership, _ = Membership.objects.update_or_create(project=project, user=user, defaults={"role": role})
+    return membership
+
+
+def user_with_role(*, project: Project, username: str, password: str, role: str):
+    """Create (or reset the password of) a user and make them a member. Used by the demo and tests."""
+    user, _ = get_user_model().objects.get_or_create(username=username)
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    member_add(project=project, user=user, role=role)
+    return user
+
+
+def prompt_get_or_create(*, project: Project, messages, source: str = "", tags=()) -> tuple[Prompt, bool]:
+    messages = messages_clean(messages)
+    return Prompt.objects.get_or_create(
+        project=project,
+        content_hash=messages_hash(messages),
+        defaults={"messages": messages, "source": source, "tags": list(tags)},
+    )
+
+
+def checkpoint_get_or_create(*, project: Project, name: str, **fields) -> Checkpoint:
+    if not name or len(name) > 200:
+        raise InvalidInput("checkpoint name must be 1 to 200 characters")
+    checkpoint, _ = Checkpoint.objects.get_or_create(project=project, name=name, defaults=fields)
+    return checkpoint
+
+
+def completion_get_or_create(
+    *, prompt: Prompt, checkpoint: Checkpoint, text: str, sampling=None, seed=None
+) -> tuple[Completion, bool]:
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput("completion text is empty")
+    return Completion.objects.get_or_create(
+        prompt=prompt,
+        checkpoint=checkpoint,
+        text_hash=text_hash(text),
+        defaults={"text": text, "sampling": sampling or {}, "seed": seed},
+    )
+
+
+def comparison_create(
+    *,
+    first: Completion,
+    second: Completion,
+    reason: str = Comparison.Reason.RANDOM,
+    priority: int = 0,
+    rng: random.Random | None = None,
+) -> tuple[Comparison, bool]:
+    """Pair two completions of one prompt; the A/B positions are drawn here and stored.
+
+    An existing comparison of the same two completions (in either order) is returned instead.
+    """
+    if first.prompt_id != second.prompt_id:
+        raise InvalidInput("a comparison pairs two completions of the same prompt")
+    if first.pk == second.pk:
+        raise InvalidInput("a comparison needs two different completions")
+    existing = Comparison.objects.filter(
+        completion_a__in=(first, second), completion_b__in=(first, second)
+    ).first()
+    if existing:
+        return existing, False
+    a, b = (first, second) if (rng or random).random() < 0.5 else (second, first)
+    comparison = Comparison.objects.create(
+        project_id=first.prompt.project_id,
+        prompt_id=first.prompt_id,
+        completion_a=a,
+        completion_b=b,
+        reason=reason,
+        priority=priority,
+    )
+    return comparison, True
+
+
+def comparisons_build(
+    *,
+    project: Project,
+    prompt_ids: Iterable[int] | None = None,
+    reason: str = Comparison.Reason.RANDOM,
+    priority: int = 0,
+    seed: int | None = None,
+) -> int:
+    """Pair completions from different checkpoints on the same prompt; return how many were created.
+
+    Each pair of checkpoints on a prompt gets one comparison (its first completion of each).
+    """
+    rng = random.Random(seed)
+    completions = Completion.objects.filter(prompt__project=project).select_related("prompt").order_by("id")
+    if prompt_ids is not None:
+        completions = completions.filter(prompt_id__in=list(prompt_ids))
+    by_prompt: dict[int, dict[int, Completion]] = {}
+    for completion in completions:
+        by_prompt.setdefault(completion.prompt_id, {}).setdefault(completion.checkpoint_id, completion)
+    created = 0
+    with transaction.atomic():
+        for per_checkpoint in by_prompt.values():
+            firsts = list(per_checkpoint.values())
+            for i, first in enumerate(firsts):
+                for second in firsts[i + 1 :]:
+                    created += comparison_create(
+                        first=first, second=second, reason=reason, priority=priority, rng=rng
+                    )[1]
+    return created

@@ -1,0 +1,23 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from annotate import api
+
+api_patterns = [
+    path("openapi.json", api.openapi, name="api-openapi"),
+    path("projects", api.projects, name="api-projects"),
+    path("projects/<slug:slug>/comparisons/next", api.comparison_next_view, name="api-next"),
+    path("comparisons/<int:comparison_id>/vote", api.vote, name="api-vote"),
+    path("projects/<slug:slug>/prompts", api.prompts_import, name="api-prompts"),
+    path("projects/<slug:slug>/completions", api.completions_import, name="api-completions"),
+    path("projects/<slug:slug>/export", api.export, name="api-export"),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/", include(api_patterns)),
+    path("", include("annotate.urls")),
+]
