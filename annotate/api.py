@@ -1,0 +1,169 @@
+"""The JSON API: bearer-token auth, thin views over the same services as the web pages.
+
+Described by ``annotate.openapi.SPEC`` at ``/api/openapi.json``.
+"""
+from __future__ import annotations
+
+import json
+from functools import wraps
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from annotate import access, imports, selectors
+from annotate.models import Comparison
+from annotate.openapi import SPEC
+from annotate.queue import comparison_next
+from annotate.tokens import user_for_token
+from annotate.views_manage import export_response
+from annotate.votes import VoteError, vote_record
+
+
+def _error(status: int, message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def api_view(view):
+    """Authenticate by ``Authorization: Bearer <token>`` and turn access errors into JSON."""
+
+    @csrf_exempt  # Bearer tokens are not sent by browsers on their own, so CSRF does not apply.
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        header = request.headers.get("Authorization", "")
+        scheme, _, raw = header.partition(" ")
+        user = user_for_token(raw.strip()) if scheme.lower() == "bearer" else None
+        if user is None:
+            response = _error(401, "a valid bearer token is required (python manage.py create_api_token USER)")
+            response["WWW-Authenticate"] = "Bearer"
+            return response
+        request.user = user
+        try:
+            return view(request, *args, **kwargs)
+        except Http404 as error:
+            return _error(404, str(error) or "not found")
+        except PermissionDenied as error:
+            return _error(403, str(error) or "forbidden")
+
+    return wrapper
+
+
+def _json_body(request: HttpRequest):
+    try:
+        return json.loads(request.body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise _BadRequest("the request body is not valid JSON") from None
+
+
+class _BadRequest(Exception):
+    pass
+
+
+@require_GET
+def openapi(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(SPEC)
+
+
+@require_GET
+@api_view
+def projects(request: HttpRequest) -> JsonResponse:
+    rows = list(access.projects_of(request.user))
+    counts = selectors.project_counts([p.pk for p in rows])
+    return JsonResponse(
+        {
+            "projects": [
+                {"slug": p.slug, "name": p.name, "role": p.my_role, **counts[p.pk]}
+                for p in rows
+            ]
+        }
+    )
+
+
+@require_GET
+@api_view
+def comparison_next_view(request: HttpRequest, slug: str) -> HttpResponse:
+    project = access.project_for_annotator(request.user, slug)
+    comparison = comparison_next(project=project, annotator=request.user)
+    if comparison is None:
+        return HttpResponse(status=204)
+    comparison = selectors.comparison_for_display(comparison.pk)
+    return JsonResponse(
+        {
+            "id": comparison.pk,
+            "prompt": comparison.prompt.messages,
+            "a": {"id": comparison.completion_a_id, "text": comparison.completion_a.text},
+            "b": {"id": comparison.completion_b_id, "text": comparison.completion_b.text},
+        }
+    )
+
+
+@require_POST
+@api_view
+def vote(request: HttpRequest, comparison_id: int) -> JsonResponse:
+    comparison = Comparison.objects.select_related("project").filter(pk=comparison_id).first()
+    if comparison is None:
+        return _error(404, f"comparison {comparison_id} does not exist")
+    access.project_for_annotator(request.user, comparison.project.slug)
+    try:
+        body = _json_body(request)
+        if not isinstance(body, dict):
+            raise _BadRequest('the body must be a JSON object like {"choice": "a"}')
+        outcome = vote_record(
+            annotator=request.user,
+            comparison_id=comparison_id,
+            choice=body.get("choice", ""),
+            strength=body.get("strength"),
+            rationale=str(body.get("rationale") or ""),
+            time_spent_ms=body.get("time_spent_ms") if isinstance(body.get("time_spent_ms"), int) else None,
+            idempotency_key=str(body.get("idempotency_key") or ""),
+        )
+    except _BadRequest as error:
+        return _error(400, str(error))
+    except VoteError as error:
+        return _error(error.status, str(error))
+    vote = outcome.vote
+    payload = {
+        "id": vote.pk,
+        "comparison": vote.comparison_id,
+        "choice": vote.choice,
+        "winner": vote.winner_id,
+        "strength": vote.strength,
+        "created": outcome.created,
+    }
+    return JsonResponse(payload, status=201 if outcome.created else 200)
+
+
+def _rows_import(request: HttpRequest, slug: str, importer) -> JsonResponse:
+    project = access.project_for_manager(request.user, slug)
+    try:
+        body = _json_body(request)
+    except _BadRequest as error:
+        return _error(400, str(error))
+    rows = body.get("items") if isinstance(body, dict) else body
+    if not isinstance(rows, list):
+        return _error(400, 'send a JSON list of rows, or {"items": [...]}')
+    try:
+        result = importer(project=project, rows=rows)
+    except imports.InvalidInput as error:
+        return _error(400, f"nothing was imported: {error}")
+    return JsonResponse(result.as_dict(), status=201)
+
+
+@require_POST
+@api_view
+def prompts_import(request: HttpRequest, slug: str) -> JsonResponse:
+    return _rows_import(request, slug, imports.import_prompt_rows)
+
+
+@require_POST
+@api_view
+def completions_import(request: HttpRequest, slug: str) -> JsonResponse:
+    return _rows_import(request, slug, imports.import_completion_rows)
+
+
+@require_GET
+@api_view
+def export(request: HttpRequest, slug: str) -> HttpResponse:
+    project = access.project_for_manager(request.user, slug)
+    return export_response(project, request.GET.get("format", "trl"))

@@ -1,0 +1,158 @@
+"""The OpenAPI 3.1 document of the JSON API, served at ``/api/openapi.json``."""
+from __future__ import annotations
+
+_MESSAGE = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {"role": {"enum": ["system", "user", "assistant"]}, "content": {"type": "string"}},
+}
+_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
+_SLUG = {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _json(schema: dict) -> dict:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _err(description: str) -> dict:
+    return {"description": description, **_json({"$ref": "#/components/schemas/Error"})}
+
+
+_IMPORT_RESULT = {
+    "type": "object",
+    "properties": {
+        "created": {"type": "integer"},
+        "skipped": {"type": "integer"},
+        "comparisons": {"type": "integer"},
+    },
+}
+
+SPEC: dict = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Flywheel API",
+        "version": "1",
+        "description": "Collect pairwise preferences and export them for TRL, OpenRLHF and datasets. "
+        "Authenticate with `Authorization: Bearer <token>` (`python manage.py create_api_token USER`).",
+    },
+    "servers": [{"url": "/"}],
+    "security": [{"bearer": []}],
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Message": _MESSAGE,
+            "Error": _ERROR,
+            "Comparison": {
+                "type": "object",
+                "required": ["id", "prompt", "a", "b"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "prompt": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
+                    "a": {"type": "object", "properties": {"id": {"type": "integer"}, "text": {"type": "string"}}},
+                    "b": {"type": "object", "properties": {"id": {"type": "integer"}, "text": {"type": "string"}}},
+                },
+            },
+            "VoteIn": {
+                "type": "object",
+                "required": ["choice"],
+                "properties": {
+                    "choice": {"enum": ["a", "b", "tie", "both_bad"]},
+                    "strength": {"enum": [1, 2, 3], "description": "1 slightly, 2 clearly, 3 much better"},
+                    "rationale": {"type": "string", "maxLength": 10000},
+                    "time_spent_ms": {"type": "integer"},
+                    "idempotency_key": {"type": "string", "maxLength": 64},
+                },
+            },
+            "Vote": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "comparison": {"type": "integer"},
+                    "choice": {"type": "string"},
+                    "winner": {"type": ["integer", "null"], "description": "id of the winning completion"},
+                    "strength": {"type": ["integer", "null"]},
+                    "created": {"type": "boolean"},
+                },
+            },
+            "ImportResult": _IMPORT_RESULT,
+        },
+    },
+    "paths": {
+        "/api/projects": {
+            "get": {
+                "summary": "The caller's projects with counts",
+                "responses": {
+                    "200": {"description": "projects", **_json({"type": "object"})},
+                    "401": _err("missing or bad token"),
+                },
+            }
+        },
+        "/api/projects/{slug}/comparisons/next": {
+            "get": {
+                "summary": "Reserve the next comparison for the caller",
+                "parameters": [_SLUG],
+                "responses": {
+                    "200": {"description": "a comparison", **_json({"$ref": "#/components/schemas/Comparison"})},
+                    "204": {"description": "nothing left for the caller"},
+                    "401": _err("missing or bad token"),
+                    "404": _err("no such project for the caller"),
+                },
+            }
+        },
+        "/api/comparisons/{id}/vote": {
+            "post": {
+                "summary": "Vote on a comparison (idempotent with idempotency_key)",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/VoteIn"})},
+                "responses": {
+                    "201": {"description": "recorded", **_json({"$ref": "#/components/schemas/Vote"})},
+                    "200": {"description": "a replay: the first vote", **_json({"$ref": "#/components/schemas/Vote"})},
+                    "400": _err("invalid vote"),
+                    "404": _err("no such comparison for the caller"),
+                    "409": _err("the comparison has all its votes, or the key was used elsewhere"),
+                },
+            }
+        },
+        "/api/projects/{slug}/prompts": {
+            "post": {
+                "summary": "Add prompts (managers): a list of {prompt} or {messages}",
+                "parameters": [_SLUG],
+                "requestBody": {"required": True, **_json({"type": "array", "items": {"type": "object"}})},
+                "responses": {
+                    "201": {"description": "imported", **_json({"$ref": "#/components/schemas/ImportResult"})},
+                    "400": _err("a row is invalid; nothing was stored"),
+                    "403": _err("managers only"),
+                },
+            }
+        },
+        "/api/projects/{slug}/completions": {
+            "post": {
+                "summary": "Add completions (managers): a list of {prompt, checkpoint, text}",
+                "parameters": [_SLUG],
+                "requestBody": {"required": True, **_json({"type": "array", "items": {"type": "object"}})},
+                "responses": {
+                    "201": {"description": "imported", **_json({"$ref": "#/components/schemas/ImportResult"})},
+                    "400": _err("a row is invalid; nothing was stored"),
+                    "403": _err("managers only"),
+                },
+            }
+        },
+        "/api/projects/{slug}/export": {
+            "get": {
+                "summary": "Stream the preferences as JSONL (managers)",
+                "parameters": [
+                    _SLUG,
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "schema": {"enum": ["trl", "trl-conversational", "hh-rlhf", "raw", "pairs"]},
+                    },
+                ],
+                "responses": {
+                    "200": {"description": "JSONL", "content": {"application/jsonl": {}}},
+                    "403": _err("managers only"),
+                },
+            }
+        },
+    },
+}
