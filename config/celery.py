@@ -27,6 +27,9 @@ def _configure(sender: Celery, **_: object) -> None:
         "worker_prefetch_multiplier": 1,
         "broker_connection_retry_on_startup": True,
     }
+    if settings.CELERY_BROKER_URL.startswith("redis"):
+        # Long training runs are acked late; Redis must not redeliver them while they still run.
+        conf["broker_transport_options"] = {"visibility_timeout": 24 * 3600}
     if settings.CELERY_BROKER_URL.startswith("filesystem://"):
         folder = settings.CELERY_BROKER_DIR
         for sub in ("queue", "processed"):

@@ -53,6 +53,8 @@ def database_from_url(url: str) -> dict:
 
 
 VAR_DIR = Path(env_str("FLYWHEEL_VAR_DIR", str(BASE_DIR / "var")))
+# Runtime state (SQLite file, broker folder, artifacts) lives here; a fresh clone has none yet.
+(VAR_DIR / "staticfiles").mkdir(parents=True, exist_ok=True)
 SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me")
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = [h for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
@@ -133,6 +135,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 # Artifacts (snapshots, reward models, checkpoints) live under this folder; rows hold file:// URIs.
 ARTIFACTS_DIR = Path(env_str("ARTIFACTS_DIR", str(VAR_DIR / "artifacts")))
+# The default reward-model backbone: an alias resolved offline by rewardmodel.lib.backbones, or a hub id.
+REWARD_BACKBONE = env_str("REWARD_BACKBONE", "all-minilm-l6-v2")
 # Imports larger than this are refused before parsing.
 IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 50 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("UPLOAD_MAX_MEMORY_BYTES", 5 * 1024 * 1024)

@@ -19,7 +19,10 @@
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     if (event.target.closest("textarea, input, select, [contenteditable]")) return;
     const form = document.querySelector(".vote-form");
-    if (!form) return;
+    if (!form || form.classList.contains("htmx-request")) return;
+    // A key pressed right after a swap can beat htmx to the new form; process it first so the
+    // vote still goes over htmx instead of a full page load (htmx.process is idempotent).
+    if (window.htmx) window.htmx.process(form);
     const key = event.key.toLowerCase();
     const strength = { "5": "1", "6": "2", "7": "3" }[key];
     if (strength) {

@@ -77,7 +77,7 @@ def test_bad_json_is_400(client, annotator, comparisons):
     assert response.status_code == 400
 
 
-def test_unknown_token_is_401(client):
+def test_unknown_token_is_401(client, db):
     response = client.get("/api/projects", HTTP_AUTHORIZATION="Bearer fw_not-a-token")
     assert response.status_code == 401 and response["WWW-Authenticate"] == "Bearer"
 
