@@ -1,0 +1,96 @@
+"""Training runs of every kind (reward model, DPO, PPO, generation) and their per-step metrics."""
+from __future__ import annotations
+
+from django.db import models
+
+from annotate.models import Checkpoint, Project, Snapshot
+from rewardmodel.models import RewardModel
+
+
+class TrainingRunQuerySet(models.QuerySet):
+    def active(self) -> TrainingRunQuerySet:
+        return self.filter(state__in=[TrainingRun.State.QUEUED, TrainingRun.State.RUNNING])
+
+
+class TrainingRun(models.Model):
+    class Kind(models.TextChoices):
+        REWARD_MODEL = "reward_model", "reward model"
+        DPO = "dpo", "DPO"
+        PPO = "ppo", "PPO"
+        GENERATION = "generation"
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    FINISHED = (State.SUCCEEDED, State.FAILED, State.CANCELLED)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="runs")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    config = models.JSONField(default=dict)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
+    reason = models.CharField(max_length=200, blank=True, help_text="Why the run was started.")
+    progress = models.FloatField(default=0.0)
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    log_tail = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Inputs.
+    snapshot = models.ForeignKey(Snapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="runs")
+    reward_model_in = models.ForeignKey(
+        RewardModel, null=True, blank=True, on_delete=models.PROTECT, related_name="consumer_runs"
+    )
+    checkpoint_in = models.ForeignKey(
+        Checkpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="consumer_runs"
+    )
+    # Outputs: a run points at what it produced, never the other way round.
+    reward_model_out = models.OneToOneField(
+        RewardModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="produced_by"
+    )
+    checkpoint_out = models.OneToOneField(
+        Checkpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="produced_by"
+    )
+    outputs = models.JSONField(default=dict, blank=True)
+
+    objects = TrainingRunQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "kind", "state"], name="run_by_project_kind_state")]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} run {self.pk} ({self.state})"
+
+    @property
+    def finished(self) -> bool:
+        return self.state in self.FINISHED
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or self.heartbeat_at or self.started_at
+        return (end - self.started_at).total_seconds()
+
+
+class RunStep(models.Model):
+    """Metrics logged at one step of a run: the data behind the run's charts."""
+
+    run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="steps")
+    step = models.PositiveIntegerField()
+    metrics = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "step"], name="one_row_per_run_step")]
+        ordering = ["step"]

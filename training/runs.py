@@ -1,0 +1,137 @@
+"""The life of a training run: queued → running → succeeded / failed / cancelled.
+
+Every kind of run goes through ``run_execute``: it claims the row, hands the job a
+``RunReporter`` (progress, per-step metrics, log lines, cancellation), and records
+the outcome. Failures land on the row with the error, and are re-raised so the
+worker logs them too. A run whose worker died is found by ``runs_reap_stale``.
+"""
+from __future__ import annotations
+
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from annotate.models import Project
+from training.models import RunStep, TrainingRun
+
+LOG_TAIL_LINES = 200
+# A running run that has not reported for this long is considered lost with its worker.
+STALE_AFTER = timedelta(minutes=15)
+
+
+class RunCancelled(Exception):
+    """Raised inside a job at its next step once a manager asked to cancel it."""
+
+
+def run_create(
+    *, project: Project, kind: str, config: dict | None = None, reason: str = "", enqueue: bool = True, **inputs
+) -> TrainingRun:
+    """Create a queued run and, once the transaction commits, send it to the ``gpu`` queue."""
+    run = TrainingRun.objects.create(project=project, kind=kind, config=config or {}, reason=reason, **inputs)
+    if enqueue:
+        from training.tasks import task_for_kind
+
+        transaction.on_commit(lambda: task_for_kind(kind).apply_async(args=[run.pk], queue="gpu"))
+    return run
+
+
+class RunReporter:
+    """What a job sees of its run row: progress, metrics, log lines, and cancellation."""
+
+    def __init__(self, run: TrainingRun, *, min_interval_s: float = 0.5) -> None:
+        self.run = run
+        self._lines: list[str] = run.log_tail.splitlines()
+        self._last_flush = 0.0
+        self._min_interval_s = min_interval_s
+
+    def log(self, line: str) -> None:
+        self._lines = (self._lines + [line.rstrip()])[-LOG_TAIL_LINES:]
+        self.run.log_tail = "\n".join(self._lines)
+        TrainingRun.objects.filter(pk=self.run.pk).update(log_tail=self.run.log_tail, heartbeat_at=timezone.now())
+
+    def progress(self, step: int, total: int, metrics: dict | None = None) -> None:
+        """Record step ``step`` of ``total``; raises RunCancelled when a cancel was requested."""
+        clean = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+        if clean:
+            RunStep.objects.update_or_create(run=self.run, step=step, defaults={"metrics": clean})
+        now = time.monotonic()
+        if step < total and now - self._last_flush < self._min_interval_s:
+            return
+        self._last_flush = now
+        self.run.step, self.run.total_steps = step, total
+        self.run.progress = min(1.0, step / total) if total else 0.0
+        TrainingRun.objects.filter(pk=self.run.pk).update(
+            step=step, total_steps=total, progress=self.run.progress, heartbeat_at=timezone.now()
+        )
+        if TrainingRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
+            raise RunCancelled(f"run {self.run.pk} was cancelled at step {step}")
+
+
+def _claim(run_id: int) -> TrainingRun | None:
+    """Move a queued run to running; None if it was cancelled or already taken."""
+    now = timezone.now()
+    claimed = TrainingRun.objects.filter(pk=run_id, state=TrainingRun.State.QUEUED, cancel_requested=False).update(
+        state=TrainingRun.State.RUNNING, started_at=now, heartbeat_at=now, worker=socket.gethostname()
+    )
+    if not claimed:
+        TrainingRun.objects.filter(pk=run_id, state=TrainingRun.State.QUEUED, cancel_requested=True).update(
+            state=TrainingRun.State.CANCELLED, finished_at=now
+        )
+        return None
+    return TrainingRun.objects.select_related("project").get(pk=run_id)
+
+
+def _finish(run: TrainingRun, state: str, *, error: str = "") -> None:
+    run.state, run.error, run.finished_at = state, error, timezone.now()
+    if state == TrainingRun.State.SUCCEEDED:
+        run.progress = 1.0
+    run.save(
+        update_fields=[
+            "state", "error", "finished_at", "progress", "outputs", "reward_model_out", "checkpoint_out", "log_tail"
+        ]
+    )
+
+
+def run_execute(run_id: int, job: Callable[[TrainingRun, RunReporter], None]) -> TrainingRun | None:
+    """Run ``job`` for a queued run and record how it ended. Exceptions are recorded, then re-raised."""
+    run = _claim(run_id)
+    if run is None:
+        return None
+    reporter = RunReporter(run)
+    try:
+        job(run, reporter)
+    except RunCancelled as stop:
+        reporter.log(str(stop))
+        _finish(run, TrainingRun.State.CANCELLED)
+    except BaseException as error:
+        reporter.log("".join(traceback.format_exception_only(type(error), error)).strip())
+        _finish(run, TrainingRun.State.FAILED, error="".join(traceback.format_exception(error))[-8000:])
+        raise
+    else:
+        _finish(run, TrainingRun.State.SUCCEEDED)
+    return run
+
+
+def run_cancel(*, run: TrainingRun) -> TrainingRun:
+    """Ask a run to stop: a queued run is cancelled now, a running one at its next step."""
+    TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+    TrainingRun.objects.filter(pk=run.pk, state=TrainingRun.State.QUEUED).update(
+        state=TrainingRun.State.CANCELLED, finished_at=timezone.now()
+    )
+    run.refresh_from_db()
+    return run
+
+
+def runs_reap_stale(*, now=None) -> int:
+    """Mark running runs whose worker stopped reporting as failed; return how many."""
+    now = now or timezone.now()
+    return TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, heartbeat_at__lt=now - STALE_AFTER).update(
+        state=TrainingRun.State.FAILED,
+        finished_at=now,
+        error=f"the worker stopped reporting for more than {STALE_AFTER}; it probably crashed",
+    )
