@@ -14,7 +14,6 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotate import access, imports, selectors
 from annotate.models import Comparison
-from annotate.openapi import SPEC
 from annotate.queue import comparison_next
 from annotate.tokens import user_for_token
 from annotate.views_manage import export_response
@@ -58,11 +57,6 @@ def _json_body(request: HttpRequest):
 
 class _BadRequest(Exception):
     pass
-
-
-@require_GET
-def openapi(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(SPEC)
 
 
 @require_GET

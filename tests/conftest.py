@@ -34,12 +34,12 @@ def outsider(db, django_user_model):
     return user
 
 
-def make_comparisons(project, n: int, *, texts=("Answer one", "Answer two"), priority: int = 0):
+def make_comparisons(project, n: int, *, texts=("Answer one", "Answer two"), priority: int = 0, start: int = 0):
     """n prompts, each with one completion from each of two checkpoints, paired into a comparison."""
     first = services.checkpoint_get_or_create(project=project, name="ckpt-a")
     second = services.checkpoint_get_or_create(project=project, name="ckpt-b")
     comparisons = []
-    for i in range(n):
+    for i in range(start, start + n):
         prompt, _ = services.prompt_get_or_create(project=project, messages=f"Question {i} for {project.slug}?")
         a, _ = services.completion_get_or_create(prompt=prompt, checkpoint=first, text=f"{texts[0]} ({i})")
         b, _ = services.completion_get_or_create(prompt=prompt, checkpoint=second, text=f"{texts[1]} ({i})")
@@ -51,3 +51,29 @@ def make_comparisons(project, n: int, *, texts=("Answer one", "Answer two"), pri
 @pytest.fixture
 def comparisons(project):
     return make_comparisons(project, 5)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def celery_broker(tmp_path_factory):
+    """Messages sent by tests go to a throwaway broker, never to the demo's.
+
+    With the embedded file-system broker that is a fresh folder; with Redis (CI) the
+    broker URL names a database of its own. Returns the env a worker process needs.
+    """
+    from django.conf import settings
+
+    from config.celery import app
+
+    env = {"CELERY_BROKER_URL": settings.CELERY_BROKER_URL}
+    if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        folder = tmp_path_factory.mktemp("broker")
+        (folder / "queue").mkdir()
+        (folder / "processed").mkdir()
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options,
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+        }
+        env["CELERY_BROKER_DIR"] = str(folder)
+    return env

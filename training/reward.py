@@ -6,6 +6,7 @@ retrain, at most one queued or running per project.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -21,6 +22,17 @@ from training.models import TrainingRun
 from training.runs import RunReporter, run_create
 
 KIND = TrainingRun.Kind.REWARD_MODEL
+
+
+def json_safe(value):
+    """Metrics as JSON can store them: NaN and infinities (e.g. accuracy of an empty bucket) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def default_config() -> dict:
@@ -42,7 +54,7 @@ def reward_config_from(run_config: dict):
 def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
     """Freeze (or reuse) a snapshot, train on it, verify the saved model loads, then publish."""
     from rewardmodel.lib.data import read_pairs
-    from rewardmodel.lib.score import load_reward_model
+    from rewardmodel.lib.model import load_reward_model
     from rewardmodel.lib.train import train_reward_model
 
     config = reward_config_from(run.config)
@@ -68,7 +80,7 @@ def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
         backbone=config.backbone,
         artifact_uri=final.as_uri(),
         config=asdict(config),
-        metrics=result.metrics,
+        metrics=json_safe(result.metrics),
         pairs=len(pairs),
         code_version=str(meta.get("code_version", "")),
     )
@@ -107,11 +119,16 @@ def retrain_if_due(*, project_id: int) -> TrainingRun | None:
         )
 
 
-def reward_model_start(*, project: Project, config: dict | None = None, reason: str = "started by hand") -> TrainingRun:
-    """Validate the config, then queue a run (raises ValueError naming a bad setting)."""
-    reward_config_from(config or {})
+def reward_model_start(
+    *, project: Project, config: dict | None = None, reason: str = "started by hand", enqueue: bool = True
+) -> TrainingRun:
+    """Validate the config, then create a run, queued unless ``enqueue`` is False (raises ValueError naming a bad setting)."""
+    try:
+        reward_config_from(config or {})
+    except TypeError as error:
+        raise ValueError(str(error)) from None
     with transaction.atomic():
-        return run_create(project=project, kind=KIND, config=config or {}, reason=reason)
+        return run_create(project=project, kind=KIND, config=config or {}, reason=reason, enqueue=enqueue)
 
 
 __all__ = ["RewardModel", "reward_model_start", "reward_model_train_job", "retrain_if_due"]

@@ -7,6 +7,7 @@ worker logs them too. A run whose worker died is found by ``runs_reap_stale``.
 """
 from __future__ import annotations
 
+import math
 import socket
 import time
 import traceback
@@ -43,8 +44,11 @@ def run_create(
 class RunReporter:
     """What a job sees of its run row: progress, metrics, log lines, and cancellation."""
 
-    def __init__(self, run: TrainingRun, *, min_interval_s: float = 0.5) -> None:
+    def __init__(
+        self, run: TrainingRun, *, min_interval_s: float = 0.5, echo: Callable[[int, int, dict], None] | None = None
+    ) -> None:
         self.run = run
+        self._echo = echo
         self._lines: list[str] = run.log_tail.splitlines()
         self._last_flush = 0.0
         self._min_interval_s = min_interval_s
@@ -56,7 +60,11 @@ class RunReporter:
 
     def progress(self, step: int, total: int, metrics: dict | None = None) -> None:
         """Record step ``step`` of ``total``; raises RunCancelled when a cancel was requested."""
-        clean = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+        clean = {
+            k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)
+        }
+        if self._echo:
+            self._echo(step, total, clean)
         if clean:
             RunStep.objects.update_or_create(run=self.run, step=step, defaults={"metrics": clean})
         now = time.monotonic()
@@ -97,12 +105,20 @@ def _finish(run: TrainingRun, state: str, *, error: str = "") -> None:
     )
 
 
-def run_execute(run_id: int, job: Callable[[TrainingRun, RunReporter], None]) -> TrainingRun | None:
-    """Run ``job`` for a queued run and record how it ended. Exceptions are recorded, then re-raised."""
+def run_execute(
+    run_id: int,
+    job: Callable[[TrainingRun, RunReporter], None],
+    *,
+    echo: Callable[[int, int, dict], None] | None = None,
+) -> TrainingRun | None:
+    """Run ``job`` for a queued run and record how it ended. Exceptions are recorded, then re-raised.
+
+    ``echo(step, total, metrics)`` also sees every progress report (a command line progress bar).
+    """
     run = _claim(run_id)
     if run is None:
         return None
-    reporter = RunReporter(run)
+    reporter = RunReporter(run, echo=echo)
     try:
         job(run, reporter)
     except RunCancelled as stop:

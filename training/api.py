@@ -1,0 +1,97 @@
+"""JSON API for runs and reward models (managers only); same bearer tokens as the annotate API."""
+from __future__ import annotations
+
+import json
+
+from django.http import HttpRequest, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.views.decorators.http import require_GET, require_POST
+
+from annotate import access
+from annotate.api import api_view
+from rewardmodel.models import RewardModel
+from training.models import TrainingRun
+from training.reward import reward_model_start
+from training.runs import run_cancel
+
+
+def run_payload(run: TrainingRun) -> dict:
+    return {
+        "id": run.pk,
+        "project": run.project.slug,
+        "kind": run.kind,
+        "state": run.state,
+        "reason": run.reason,
+        "progress": run.progress,
+        "step": run.step,
+        "total_steps": run.total_steps,
+        "config": run.config,
+        "error": run.error,
+        "worker": run.worker,
+        "created_at": run.created_at.isoformat(),
+        "started_at": run.started_at and run.started_at.isoformat(),
+        "finished_at": run.finished_at and run.finished_at.isoformat(),
+        "outputs": run.outputs,
+        "reward_model": run.reward_model_out_id and run.reward_model_out.version,
+    }
+
+
+def _managed_run(request: HttpRequest, run_id: int) -> TrainingRun:
+    run = get_object_or_404(TrainingRun.objects.select_related("project", "reward_model_out"), pk=run_id)
+    access.project_for_manager(request.user, run.project.slug)
+    return run
+
+
+@require_POST
+@api_view
+def reward_model_train(request: HttpRequest, slug: str) -> JsonResponse:
+    project = access.project_for_manager(request.user, slug)
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return JsonResponse({"error": "the request body is not valid JSON"}, status=400)
+    config = body.get("config", {}) if isinstance(body, dict) else None
+    if not isinstance(config, dict):
+        return JsonResponse({"error": 'send {"config": {...}} with RewardConfig settings'}, status=400)
+    try:
+        run = reward_model_start(project=project, config=config, reason="started through the API")
+    except ValueError as error:
+        return JsonResponse({"error": str(error)}, status=400)
+    return JsonResponse(run_payload(run), status=202)
+
+
+@require_GET
+@api_view
+def reward_models(request: HttpRequest, slug: str) -> JsonResponse:
+    project = access.project_for_manager(request.user, slug)
+    rows = RewardModel.objects.filter(project=project).select_related("snapshot").order_by("-version")
+    return JsonResponse(
+        {
+            "reward_models": [
+                {
+                    "version": rm.version,
+                    "backbone": rm.backbone,
+                    "state": rm.state,
+                    "votes": rm.votes,
+                    "pairs": rm.pairs,
+                    "snapshot_sha256": rm.snapshot.sha256,
+                    "metrics": rm.metrics,
+                    "artifact_uri": rm.artifact_uri,
+                    "created_at": rm.created_at.isoformat(),
+                }
+                for rm in rows
+            ]
+        }
+    )
+
+
+@require_GET
+@api_view
+def run_detail(request: HttpRequest, run_id: int) -> JsonResponse:
+    return JsonResponse(run_payload(_managed_run(request, run_id)))
+
+
+@require_POST
+@api_view
+def run_cancel_view(request: HttpRequest, run_id: int) -> JsonResponse:
+    return JsonResponse(run_payload(run_cancel(run=_managed_run(request, run_id))))

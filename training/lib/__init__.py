@@ -1,0 +1,1 @@
+"""Pure policy library: generation, DPO and PPO. Never imports Django or Celery."""
