@@ -69,11 +69,13 @@ def celery_broker(tmp_path_factory):
         folder = tmp_path_factory.mktemp("broker")
         (folder / "queue").mkdir()
         (folder / "processed").mkdir()
+        (folder / "control").mkdir()
         app.conf.broker_transport_options = {
             **app.conf.broker_transport_options,
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
         }
         env["CELERY_BROKER_DIR"] = str(folder)
     return env
