@@ -18,7 +18,14 @@ def train_reward_model(run_id: int) -> None:
     run_execute(run_id, reward_model_train_job)
 
 
-TASKS = {"reward_model": train_reward_model}
+@shared_task(queue="gpu", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def generate(run_id: int) -> None:
+    from training.generation import generation_job
+
+    run_execute(run_id, generation_job)
+
+
+TASKS = {"reward_model": train_reward_model, "generation": generate}
 
 
 def task_for_kind(kind: str):

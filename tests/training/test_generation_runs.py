@@ -1,0 +1,119 @@
+"""Generation runs and simulated annotators from the Django side."""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from annotate import services
+from annotate.models import Comparison, Completion, Vote
+from tests.conftest import make_comparisons
+from tests.rewardmodel.test_lib_tiny import save_tiny_llama
+from training.generation import generation_job, generation_start
+from training.lib.oracles import parse_oracle, parse_verdict
+from training.runs import run_execute
+from training.simulate import simulate_votes
+
+
+@pytest.fixture
+def chat_server():
+    """A real HTTP server speaking the OpenAI chat-completions protocol, answering by rule."""
+    calls = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            calls.append((self.path, body, self.headers.get("Authorization")))
+            if len(calls) == 1:  # the first request fails: the client must retry
+                self.send_response(503)
+                self.end_headers()
+                return
+            last = body["messages"][-1]["content"]
+            text = "B" if "Answer B:\nshort" in last else f"Echo: {last[:40]}"
+            payload = json.dumps({"choices": [{"message": {"content": text}}], "usage": {"completion_tokens": 3}})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(payload.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", calls
+    server.shutdown()
+
+
+def test_generation_samples_candidate_and_incumbent_and_queues_battles(project, tmp_path):
+    new, old = save_tiny_llama(tmp_path / "new", chat=True, seed=1), save_tiny_llama(tmp_path / "old", chat=True)
+    candidate = services.checkpoint_get_or_create(project=project, name="cand", uri=str(new))
+    incumbent = services.checkpoint_get_or_create(project=project, name="inc", uri=new.as_uri().replace(str(new), str(old)),
+                                                  state="incumbent")
+    for i in range(4):
+        services.prompt_get_or_create(project=project, messages=f"Tell me about topic {i}")
+    run = generation_start(project=project, checkpoints=[candidate, incumbent], prompts=3,
+                           sampling={"max_new_tokens": 8, "temperature": 1.0}, enqueue=False)
+    run = run_execute(run.pk, generation_job)
+    run.refresh_from_db()
+    assert run.state == "succeeded", run.error
+    assert Completion.objects.filter(checkpoint=candidate).count() == 3
+    battles = Comparison.objects.filter(project=project, reason="battle")
+    assert run.outputs["comparisons"] == battles.count() > 0
+    assert all(c.priority == 10 for c in battles)
+    assert {battles[0].completion_a.checkpoint_id, battles[0].completion_b.checkpoint_id} == {candidate.pk, incumbent.pk}
+
+
+def test_generation_through_an_openai_compatible_endpoint(project, chat_server, monkeypatch):
+    base_url, calls = chat_server
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    served = services.checkpoint_get_or_create(project=project, name="served", endpoint_url=base_url,
+                                               endpoint_model="m")
+    services.prompt_get_or_create(project=project, messages="Hello there")
+    run = generation_start(project=project, checkpoints=[served], prompts=None, enqueue=False)
+    run_execute(run.pk, generation_job)
+    completion = Completion.objects.get(checkpoint=served)
+    assert completion.text.startswith("Echo: Hello there")
+    assert calls[-1][0] == "/v1/chat/completions" and calls[-1][2] == "Bearer sk-test"
+    assert len(calls) == 2  # one 503, retried once
+
+
+def test_rule_oracles():
+    judge = parse_oracle("length:short").judge
+    assert judge([[]] * 2, ["tiny", "a much longer answer"], ["a longer answer", "x"]) == ["a", "b"]
+    assert parse_oracle("contains:please").judge([[]], ["no"], ["Please do"]) == ["b"]
+    assert parse_oracle("regex:\\d+").judge([[]], ["7 days"], ["a week"]) == ["a"]
+    assert parse_verdict(" b.") == "b" and parse_verdict("TIE") == "tie" and parse_verdict("hmm") == "tie"
+    with pytest.raises(ValueError, match="unknown oracle"):
+        parse_oracle("vibes")
+
+
+def test_simulated_annotators_vote_through_the_queue(project):
+    project.votes_per_comparison = 2
+    project.save()
+    make_comparisons(project, 6, texts=("short", "a much longer answer"))
+    result = simulate_votes(project=project, votes=4, oracle=parse_oracle("length:short"))
+    assert result.votes == 4
+    votes = Vote.objects.filter(annotator__username=result.annotator)
+    assert votes.count() == 4 and set(votes.values_list("source", flat=True)) == {"simulated"}
+    assert all(v.winner.text.startswith("short") for v in votes)
+    out = StringIO()
+    call_command("simulate_annotators", "--project", "demo", "--votes", "10", "--oracle", "length:long",
+                 "--noise", "0.2", stdout=out)
+    assert "cast 6 votes" in out.getvalue() and "queue ran out" in out.getvalue()
+
+
+def test_llm_judge_votes_are_marked_as_ai(project, chat_server):
+    base_url, _ = chat_server
+    make_comparisons(project, 2, texts=("a long detailed answer", "short"))
+    oracle = parse_oracle(f"judge:{base_url}#judge-model")
+    result = simulate_votes(project=project, votes=2, oracle=oracle)
+    votes = Vote.objects.filter(annotator__username=result.annotator)
+    assert set(votes.values_list("source", flat=True)) == {"ai"}
+    for vote in votes:  # the test server always prefers the answer "short"
+        assert vote.winner is None or vote.winner.text.startswith("short")

@@ -1,0 +1,114 @@
+"""Generation runs: sample checkpoints on a prompt set and queue their answers as comparisons.
+
+A new candidate is sampled beside the incumbent on the same prompts; each pair of
+their answers becomes a high-priority "checkpoint battle" comparison, so human
+votes rank the checkpoints.
+"""
+from __future__ import annotations
+
+import random
+from urllib.parse import urlparse
+
+from django.db import transaction
+
+from annotate import services
+from annotate.models import Checkpoint, Comparison, Completion, Project, Prompt
+from training.models import TrainingRun
+from training.runs import RunReporter, run_create
+
+KIND = TrainingRun.Kind.GENERATION
+BATTLE_PRIORITY = 10
+SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "seed", "batch_size")
+
+
+def checkpoint_model_path(checkpoint: Checkpoint) -> str:
+    """A local folder or model alias for a checkpoint's weights (``file://`` URIs become paths)."""
+    uri = checkpoint.uri
+    return urlparse(uri).path if uri.startswith("file://") else uri
+
+
+def battle_prompts(project: Project, *, count: int | None, seed: int) -> list[Prompt]:
+    """The prompt set for a battle: ``count`` prompts drawn with ``seed`` (all of them for None)."""
+    prompts = list(Prompt.objects.filter(project=project).order_by("id"))
+    if count is not None and count < len(prompts):
+        prompts = sorted(random.Random(seed).sample(prompts, count), key=lambda p: p.pk)
+    return prompts
+
+
+def _generate(checkpoint: Checkpoint, prompts: list[Prompt], sampling: dict, progress) -> list:
+    messages = [p.messages for p in prompts]
+    if checkpoint.endpoint_url:
+        from training.lib.endpoint import EndpointConfig, generate_endpoint
+
+        config = EndpointConfig(base_url=checkpoint.endpoint_url, model=checkpoint.endpoint_model,
+                                **{k: v for k, v in sampling.items() if k != "batch_size"})
+        return generate_endpoint(config, messages, progress)
+    if not checkpoint.uri:
+        raise ValueError(f"checkpoint {checkpoint.name!r} has neither weights (uri) nor an endpoint to sample")
+    from training.lib.generation import GenerationConfig, generate_local
+
+    config = GenerationConfig(model=checkpoint_model_path(checkpoint), **sampling)
+    return generate_local(config, messages, progress)
+
+
+def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
+    """Sample each checkpoint in ``run.config["checkpoints"]`` on the prompt set; pair the first with the rest."""
+    config = run.config
+    checkpoints = list(Checkpoint.objects.filter(project=run.project, pk__in=config["checkpoints"]))
+    checkpoints.sort(key=lambda c: config["checkpoints"].index(c.pk))
+    prompts = battle_prompts(run.project, count=config.get("prompts"), seed=config.get("seed", 0))
+    sampling = {k: config[k] for k in SAMPLING_KEYS if k in config}
+    total = len(prompts) * len(checkpoints)
+    by_checkpoint: dict[int, dict[int, Completion]] = {}
+    for index, checkpoint in enumerate(checkpoints):
+        existing = {c.prompt_id: c for c in Completion.objects.filter(checkpoint=checkpoint, prompt__in=prompts)}
+        todo = [p for p in prompts if p.pk not in existing]
+        reporter.log(f"{checkpoint.name}: {len(todo)} prompts to sample, {len(existing)} already sampled")
+        offset = index * len(prompts) + len(existing)
+        outputs = _generate(checkpoint, todo, sampling, lambda done, _: reporter.progress(offset + done, total)) if todo else []
+        with transaction.atomic():
+            for prompt, output in zip(todo, outputs):
+                if output.text.strip():
+                    existing[prompt.pk], _ = services.completion_get_or_create(
+                        prompt=prompt, checkpoint=checkpoint, text=output.text, sampling=output.params, seed=output.seed
+                    )
+        by_checkpoint[checkpoint.pk] = existing
+        reporter.progress((index + 1) * len(prompts), total)
+    created = _queue_battles(checkpoints, by_checkpoint, seed=config.get("seed", 0), battle=config.get("battle", True))
+    reporter.log(f"queued {created} comparisons")
+    run.outputs = {"completions": sum(len(v) for v in by_checkpoint.values()), "comparisons": created}
+
+
+def _queue_battles(checkpoints, by_checkpoint, *, seed: int, battle: bool) -> int:
+    if len(checkpoints) < 2:
+        return 0
+    rng = random.Random(seed)
+    reason = Comparison.Reason.BATTLE if battle else Comparison.Reason.RANDOM
+    priority = BATTLE_PRIORITY if battle else 0
+    first, *others = checkpoints
+    created = 0
+    with transaction.atomic():
+        for other in others:
+            for prompt_id, mine in by_checkpoint[first.pk].items():
+                theirs = by_checkpoint[other.pk].get(prompt_id)
+                if theirs is not None and theirs.text_hash != mine.text_hash:
+                    created += services.comparison_create(
+                        first=mine, second=theirs, reason=reason, priority=priority, rng=rng
+                    )[1]
+    return created
+
+
+def generation_start(
+    *, project: Project, checkpoints: list[Checkpoint], prompts: int | None = 64, sampling: dict | None = None,
+    reason: str = "started by hand", enqueue: bool = True,
+) -> TrainingRun:
+    """Queue a generation run; the first checkpoint is the candidate battled against the others."""
+    if not checkpoints:
+        raise ValueError("name at least one checkpoint to sample")
+    unknown = set(sampling or {}) - set(SAMPLING_KEYS)
+    if unknown:
+        raise ValueError(f"unknown sampling settings: {', '.join(sorted(unknown))}")
+    config = {"checkpoints": [c.pk for c in checkpoints], "prompts": prompts, **(sampling or {})}
+    with transaction.atomic():
+        return run_create(project=project, kind=KIND, config=config, reason=reason, enqueue=enqueue,
+                          checkpoint_in=checkpoints[0])
