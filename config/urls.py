@@ -26,4 +26,5 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/", include(api_patterns)),
     path("", include("annotate.urls")),
+    path("", include("training.urls")),
 ]

@@ -94,3 +94,23 @@ class RunStep(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "step"], name="one_row_per_run_step")]
         ordering = ["step"]
+
+
+class LoopSettings(models.Model):
+    """How a project's flywheel turns by itself (training's side of a project's settings)."""
+
+    class Method(models.TextChoices):
+        DPO = "dpo", "DPO from the snapshot"
+        PPO = "ppo", "PPO against the reward model"
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="loop")
+    enabled = models.BooleanField(
+        default=False, help_text="Retrain → policy update → generation run by themselves as votes arrive."
+    )
+    method = models.CharField(max_length=8, choices=Method.choices, default=Method.DPO)
+    battle_prompts = models.PositiveIntegerField(default=48, help_text="Prompts sampled per checkpoint battle.")
+    policy_config = models.JSONField(default=dict, blank=True, help_text="DPO or PPO settings for policy runs.")
+    sampling = models.JSONField(default=dict, blank=True, help_text="Sampling settings for generation runs.")
+
+    def __str__(self) -> str:
+        return f"loop of {self.project.slug}"

@@ -35,9 +35,9 @@ def run_create(
     """Create a queued run and, once the transaction commits, send it to the ``gpu`` queue."""
     run = TrainingRun.objects.create(project=project, kind=kind, config=config or {}, reason=reason, **inputs)
     if enqueue:
-        from training.tasks import task_for_kind
+        from training.tasks import execute_run
 
-        transaction.on_commit(lambda: task_for_kind(kind).apply_async(args=[run.pk], queue="gpu"))
+        transaction.on_commit(lambda: execute_run.apply_async(args=[run.pk], queue="gpu"))
     return run
 
 
