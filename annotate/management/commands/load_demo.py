@@ -9,9 +9,10 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from annotate import imports, services
-from annotate.models import Membership, Project
+from annotate.models import Checkpoint, Membership, Project
 
 DEFAULT_PASSWORD = "flywheel-demo"
+INCUMBENT = "smollm2-t0.3"
 GUIDELINES = """\
 # How to compare
 
@@ -52,6 +53,13 @@ class Command(BaseCommand):
             prompts = imports.import_prompts(project=project, stream=stream, filename="prompts.jsonl", source="demo")
         with open(folder / "completions.jsonl", "rb") as stream:
             completions = imports.import_completions(project=project, stream=stream, filename="completions.jsonl")
+        # The low-temperature sampler is the policy the loop improves: give it weights and make it the incumbent.
+        Checkpoint.objects.filter(project=project, name=INCUMBENT).update(
+            uri="smollm2", state=Checkpoint.State.INCUMBENT, meta={"base": "SmolLM2-135M-Instruct", "temperature": 0.3}
+        )
+        Checkpoint.objects.filter(project=project, name="smollm2-t1.0").update(
+            uri="smollm2", meta={"base": "SmolLM2-135M-Instruct", "temperature": 1.0}
+        )
         self.stdout.write(
             f"Demo project ready: {prompts.created} new prompts, {completions.created} new completions, "
             f"{completions.comparisons} new comparisons."
