@@ -16,6 +16,7 @@ api_patterns = [
     path("projects/<slug:slug>/export", api.export, name="api-export"),
     path("projects/<slug:slug>/reward-models/train", training_api.reward_model_train, name="api-rm-train"),
     path("projects/<slug:slug>/reward-models", training_api.reward_models, name="api-reward-models"),
+    path("projects/<slug:slug>/runs", training_api.runs_start, name="api-runs-start"),
     path("runs/<int:run_id>", training_api.run_detail, name="api-run"),
     path("runs/<int:run_id>/cancel", training_api.run_cancel_view, name="api-run-cancel"),
 ]

@@ -13,6 +13,7 @@ from rewardmodel.models import RewardModel
 from training.models import TrainingRun
 from training.reward import reward_model_start
 from training.runs import run_cancel
+from training.starts import run_start
 
 
 def run_payload(run: TrainingRun) -> dict:
@@ -95,3 +96,23 @@ def run_detail(request: HttpRequest, run_id: int) -> JsonResponse:
 @api_view
 def run_cancel_view(request: HttpRequest, run_id: int) -> JsonResponse:
     return JsonResponse(run_payload(run_cancel(run=_managed_run(request, run_id))))
+
+
+@require_POST
+@api_view
+def runs_start(request: HttpRequest, slug: str) -> JsonResponse:
+    """Start any kind of run: {"kind", "config"?, "checkpoint"?, "rivals"?, "prompts"?}."""
+    project = access.project_for_manager(request.user, slug)
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return JsonResponse({"error": "the request body is not valid JSON"}, status=400)
+    if not isinstance(body, dict) or not isinstance(body.get("config", {}), dict):
+        return JsonResponse({"error": 'send {"kind": ..., "config": {...}}'}, status=400)
+    try:
+        run = run_start(project=project, kind=str(body.get("kind", "")), config=body.get("config"),
+                        checkpoint=body.get("checkpoint"), rivals=body.get("rivals"), prompts=body.get("prompts", 64),
+                        reason="started through the API")
+    except ValueError as error:
+        return JsonResponse({"error": str(error)}, status=400)
+    return JsonResponse(run_payload(run), status=202)

@@ -24,6 +24,30 @@ PATHS: dict = {
             "responses": {"200": {"description": "versions"}, **_MANAGERS},
         }
     },
+    "/api/projects/{slug}/runs": {
+        "post": {
+            "summary": "Start a run of any kind (managers): reward_model, dpo, ppo or generation",
+            "parameters": [_SLUG],
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["kind"],
+                            "properties": {
+                                "kind": {"enum": ["reward_model", "dpo", "ppo", "generation"]},
+                                "config": {"type": "object"},
+                                "checkpoint": {"type": "string", "description": "default: the incumbent"},
+                                "rivals": {"type": "array", "items": {"type": "string"}},
+                                "prompts": {"type": "integer"},
+                            },
+                        }
+                    }
+                }
+            },
+            "responses": {"202": _RUN, "400": {"description": "invalid or missing input"}, **_MANAGERS},
+        }
+    },
     "/api/runs/{id}": {
         "get": {"summary": "A run's state and progress (managers)", "parameters": [_ID], "responses": {"200": _RUN, **_MANAGERS}}
     },

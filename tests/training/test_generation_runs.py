@@ -117,3 +117,26 @@ def test_llm_judge_votes_are_marked_as_ai(project, chat_server):
     assert set(votes.values_list("source", flat=True)) == {"ai"}
     for vote in votes:  # the test server always prefers the answer "short"
         assert vote.winner is None or vote.winner.text.startswith("short")
+
+
+def test_managers_start_each_stage_by_hand_through_the_api(client, project, manager, tmp_path):
+    from annotate.tokens import token_create
+    from training.models import TrainingRun
+
+    policy = save_tiny_llama(tmp_path / "p", chat=True)
+    services.checkpoint_get_or_create(project=project, name="base", uri=str(policy), state="incumbent")
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=manager)}", "content_type": "application/json"}
+    url = "/api/projects/demo/runs"
+    r = client.post(url, data=json.dumps({"kind": "ppo"}), **auth)
+    assert r.status_code == 400 and "no reward model" in r.json()["error"]
+    r = client.post(url, data=json.dumps({"kind": "dpo", "config": {"bta": 1}}), **auth)
+    assert r.status_code == 400 and "bta" in r.json()["error"]
+    r = client.post(url, data=json.dumps({"kind": "dpo"}), **auth)
+    assert r.status_code == 400 and "no votes" in r.json()["error"]
+    assert not project.snapshots.exists()  # nothing half-made
+    r = client.post(url, data=json.dumps({"kind": "generation", "checkpoint": "base", "prompts": 4,
+                                          "config": {"max_new_tokens": 8}}), **auth)
+    assert r.status_code == 202, r.json()
+    run = TrainingRun.objects.get(pk=r.json()["id"])
+    assert run.kind == "generation" and run.config["checkpoints"] == [run.checkpoint_in_id]
+    assert client.post(url, data=json.dumps({"kind": "nope"}), **auth).status_code == 400
