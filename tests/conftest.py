@@ -79,3 +79,9 @@ def celery_broker(tmp_path_factory):
         }
         env["CELERY_BROKER_DIR"] = str(folder)
     return env
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hasher(settings):
+    # The default hasher costs ~0.5 s per user on this machine; tests create many users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,29 @@
+"""Freeze an immutable dataset snapshot: ``manage.py freeze_snapshot --project SLUG``."""
+from __future__ import annotations
+
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from annotate.management.commands.import_prompts import project_get
+from annotate.services import InvalidInput
+from annotate.snapshots import snapshot_freeze, snapshot_path
+
+
+class Command(BaseCommand):
+    help = "Write the project's pairs export to an immutable snapshot file and record it."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--project", required=True, help="project slug")
+        parser.add_argument("--filters", default="", help='JSON object, e.g. {"sources": ["human"]}')
+
+    def handle(self, *args, project: str, filters: str, **options) -> None:
+        project_row = project_get(project)
+        try:
+            snapshot = snapshot_freeze(project=project_row, filters=json.loads(filters) if filters else None)
+        except (InvalidInput, OSError, ValueError) as error:
+            raise CommandError(str(error)) from None
+        self.stdout.write(
+            f"snapshot {snapshot.pk}: {snapshot.count} pairs from {snapshot.votes} votes, "
+            f"sha256 {snapshot.sha256}\n{snapshot_path(snapshot)}"
+        )
