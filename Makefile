@@ -38,5 +38,8 @@ test-fast: venv
 bench: venv
 	$(BIN)/python bench/run_all.py
 
+lint: venv
+	$(BIN)/ruff check .
+
 clean:
 	rm -rf $(VENV) var .pytest_cache
