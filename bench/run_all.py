@@ -1,0 +1,75 @@
+"""make bench: run every benchmark one after another, then collect their reports into docs/benchmarks.md.
+
+    .venv/bin/python bench/run_all.py [--only vote_http,export] [--collect-only]
+
+Each benchmark writes bench/out/<name>.md (peer and ours side by side, the command,
+the machine). They run one at a time because they share two cores: run nothing
+else meanwhile, or the figures mean little.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+PY = sys.executable
+
+BENCHMARKS = {
+    "vote_http": [PY, "bench/vote_http.py"],
+    "export": [PY, "bench/export.py", "--votes", "100000"],
+    "reward_vs_trl": [PY, "bench/reward_vs_trl.py"],
+    "dpo_vs_trl": [PY, "bench/dpo_vs_trl.py"],
+    "ppo_vs_trl": [PY, "bench/ppo_vs_trl.py"],
+    "loop": [PY, "bench/loop.py"],
+}
+
+HEADER = """# Benchmarks
+
+Every figure here comes from a script under `bench/` (`make bench` runs them all, one at a
+time, and rewrites this page from their reports in `bench/out/`). Each script runs the peer
+it is measured against side by side in the same process tree. On this CPU-only 2-core
+machine absolute times say little; the ratios are the point. GPU figures are measured
+only when a GPU is lent to the session.
+
+"""
+
+
+def collect() -> None:
+    parts = [HEADER]
+    for name in BENCHMARKS:
+        report = OUT / f"{name}.md"
+        if report.exists():
+            body = report.read_text().strip()
+            # Demote the report's own title one level under this page's.
+            parts.append(("#" + body if body.startswith("# ") else body) + "\n")
+        else:
+            parts.append(f"## {name}\n\nNot measured yet: `{' '.join(BENCHMARKS[name][1:])}`.\n")
+    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated benchmark names")
+    parser.add_argument("--collect-only", action="store_true")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(BENCHMARKS)
+    failed = []
+    if not args.collect_only:
+        for name in names:
+            print(f"== {name}: {' '.join(BENCHMARKS[name][1:])}", flush=True)
+            started = time.perf_counter()
+            code = subprocess.call(BENCHMARKS[name], cwd=ROOT)
+            print(f"== {name} finished in {time.perf_counter() - started:.0f} s (exit {code})", flush=True)
+            if code:
+                failed.append(name)
+    collect()
+    print(f"wrote docs/benchmarks.md{'; failed: ' + ', '.join(failed) if failed else ''}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
