@@ -1,96 +1,152 @@
 """The comparison queue: which comparison an annotator sees next.
 
 Contract of ``comparison_next``: the comparison returned is open, in the project,
-not yet voted by this annotator, and holding it does not push the comparison past
-the project's overlap (votes plus other people's live leases stay below
-``votes_per_comparison``). Order: priority (high first), then age.
+not yet voted (nor skipped) by this annotator, and holding it does not push the
+comparison past the project's overlap (votes plus other people's live leases stay
+below ``votes_per_comparison``). Order: priority (high first), then age. None means
+nothing is left for this annotator, not merely that other people hold row locks (short
+of losing ``ROUNDS`` races in a row).
 
-Concurrency: on PostgreSQL the candidate rows are locked with
-``FOR UPDATE SKIP LOCKED`` and the capacity is counted again under the lock, so
-two annotators asking at once never both take the last slot. On SQLite the
-database runs transactions in IMMEDIATE mode (see settings), which serialises them.
+Concurrency: on PostgreSQL the first candidate row is locked with
+``FOR UPDATE SKIP LOCKED`` and the capacity is counted again under the lock (in the
+statement that writes the lease), so two annotators asking at once never both take
+the last slot. When every candidate is locked by someone else at that instant, the
+request waits for the first one instead of giving up. On SQLite the database runs
+transactions in IMMEDIATE mode (see settings), which serialises them.
+
+Speed: this is half of every annotation, so its statements are written out in SQL
+(portable between PostgreSQL and SQLite): building the same queries with the ORM
+cost several times more CPU than running them. It takes a fixed number of round
+trips, locked in by ``tests/annotate/test_api_perf.py``: a one-table probe for a held
+lease, then one transaction of candidate read and lease upsert.
 """
 from __future__ import annotations
 
 from datetime import timedelta
 
 from django.db import connection, transaction
-from django.db.models import Count, F, IntegerField, OuterRef, Subquery, Value
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotate.models import Comparison, Lease, Project
 
-# How many locked candidates one request looks at before giving up on this round.
-CANDIDATE_BATCH = 8
+# How many times one request starts over after losing a race for its candidate.
+ROUNDS = 10
+_RETRY = object()
+
+# The pair is shown at once, so the prompt and both texts come with the comparison,
+# as the attributes ``prompt_messages`` (JSON text or list), ``text_a`` and ``text_b``.
+_DISPLAY = """
+    SELECT c.*, p.messages AS prompt_messages, a.text AS text_a, b.text AS text_b
+    FROM annotate_comparison c
+    JOIN annotate_prompt p ON p.id = c.prompt_id
+    JOIN annotate_completion a ON a.id = c.completion_a_id
+    JOIN annotate_completion b ON b.id = c.completion_b_id
+"""
+
+# Most requests hold no lease (voting deletes it), so a one-table probe goes first.
+_ANY_HELD = "SELECT 1 FROM annotate_lease WHERE annotator_id = %s AND expires_at > %s AND skipped = %s LIMIT 1"
+# The annotator's live lease in this project whose comparison is still open and unvoted.
+_HELD = _DISPLAY + """
+    JOIN annotate_lease l ON l.comparison_id = c.id
+    WHERE l.annotator_id = %s AND l.expires_at > %s AND l.skipped = %s
+      AND c.project_id = %s AND c.state = %s
+      AND NOT EXISTS (SELECT 1 FROM annotate_vote v WHERE v.comparison_id = c.id AND v.annotator_id = %s)
+    ORDER BY l.created_at
+    LIMIT 1
+"""
+
+# Open, not voted or skipped by this annotator, and room left once other people's live
+# leases are counted. Parameters: project, state, annotator, annotator, True, now, annotator, wanted.
+_OPEN_FOR = """
+    WHERE c.project_id = %s AND c.state = %s
+      AND NOT EXISTS (SELECT 1 FROM annotate_vote v WHERE v.comparison_id = c.id AND v.annotator_id = %s)
+      AND NOT EXISTS (SELECT 1 FROM annotate_lease s
+                      WHERE s.comparison_id = c.id AND s.annotator_id = %s AND s.skipped = %s)
+      AND c.vote_count + (SELECT COUNT(*) FROM annotate_lease o
+                          WHERE o.comparison_id = c.id AND o.expires_at > %s AND o.annotator_id <> %s) < %s
+"""
+# Queue order; the ``queue_order`` index serves it, so the LIMIT stops the scan early.
+_CANDIDATE = _DISPLAY + _OPEN_FOR + "ORDER BY c.priority DESC, c.created_at, c.id LIMIT 1"
+_ANY_LEFT = "SELECT 1 FROM annotate_comparison c" + _OPEN_FOR + "LIMIT 1"
+
+# Take or renew the lease only if, counted now (a new statement, so a fresh snapshot, under the
+# row lock), votes plus other people's live leases leave room. Returns a row when it leased.
+_LEASE = """
+    INSERT INTO annotate_lease (comparison_id, annotator_id, expires_at, skipped, created_at)
+    SELECT %s, %s, %s, %s, %s
+    WHERE (SELECT vote_count FROM annotate_comparison WHERE id = %s)
+        + (SELECT COUNT(*) FROM annotate_lease o
+           WHERE o.comparison_id = %s AND o.expires_at > %s AND o.annotator_id <> %s) < %s
+    ON CONFLICT (comparison_id, annotator_id)
+    DO UPDATE SET expires_at = excluded.expires_at, created_at = excluded.created_at
+    RETURNING id
+"""
 
 
-def _live_leases_of_others(*, annotator, now) -> Subquery:
-    return Subquery(
-        Lease.objects.filter(comparison=OuterRef("pk"), expires_at__gt=now)
-        .exclude(annotator=annotator)
-        .order_by()
-        .values("comparison")
-        .annotate(n=Count("id"))
-        .values("n")[:1],
-        output_field=IntegerField(),
-    )
+def _first(sql: str, params: tuple) -> Comparison | None:
+    # A raw queryset still converts column values (JSON, SQLite datetimes) like the ORM does.
+    return next(iter(Comparison.objects.raw(sql, params)), None)
 
 
 def _held_lease(*, project: Project, annotator, now) -> Comparison | None:
-    lease = (
-        Lease.objects.filter(
-            annotator=annotator,
-            expires_at__gt=now,
-            comparison__project=project,
-            comparison__state=Comparison.State.OPEN,
-        )
-        .exclude(comparison__votes__annotator=annotator)
-        .select_related("comparison")
-        .order_by("created_at")
-        .first()
-    )
-    return lease.comparison if lease else None
+    if not _exists(_ANY_HELD, (annotator.pk, now, False)):
+        return None
+    return _first(_HELD, (annotator.pk, now, False, project.pk, Comparison.State.OPEN, annotator.pk))
 
 
-def _has_room(comparison: Comparison, *, annotator, now, wanted: int) -> bool:
-    others = Lease.objects.filter(comparison=comparison, expires_at__gt=now).exclude(annotator=annotator).count()
-    return comparison.vote_count + others < wanted
+def _reserve(*, project: Project, annotator, now):
+    """One attempt inside a transaction: a comparison, None (nothing left), or _RETRY (lost a race)."""
+    wanted = project.votes_per_comparison
+    me = annotator.pk
+    params = (project.pk, Comparison.State.OPEN, me, me, True, now, me, wanted)
+    if not connection.features.has_select_for_update_skip_locked:
+        # SQLite: the IMMEDIATE transaction already keeps everyone else out.
+        comparison = _first(_CANDIDATE, params)
+    else:
+        with connection.cursor() as cursor:
+            # A lease is a soft reservation: if the server crashed before it reached the disk, the
+            # pair would only go back to the queue, and vote_record re-checks the overlap under its
+            # own lock. So this commit need not wait for the WAL flush; a vote's commit still does.
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        comparison = _first(_CANDIDATE + " FOR UPDATE OF c SKIP LOCKED", params)
+        if comparison is None:
+            # Everything left may be locked by people taking it right now. Wait for the first row;
+            # this transaction holds no row lock yet, so the wait cannot be part of a deadlock.
+            comparison = _first(_CANDIDATE + " FOR UPDATE OF c", params)
+            if comparison is None:
+                # A row that changed while we waited drops out of a locking LIMIT query; look again.
+                return _RETRY if _exists(_ANY_LEFT, params) else None
+    if comparison is None:
+        return None
+    expires = now + timedelta(seconds=project.lease_seconds)
+    lease = (comparison.pk, me, expires, False, now, comparison.pk, comparison.pk, now, me, wanted)
+    return comparison if _exists(_LEASE, lease) else _RETRY
+
+
+def _exists(sql: str, params: tuple) -> bool:
+    adapt = connection.ops.adapt_unknown_value
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [adapt(value) for value in params])
+        return cursor.fetchone() is not None
 
 
 def comparison_next(*, project: Project, annotator, now=None) -> Comparison | None:
     """Reserve and return the next comparison for ``annotator``, or None when nothing is left.
 
     Calling it again before voting returns the same comparison (the live lease),
-    so a reload never burns a slot.
+    so a reload never burns a slot. The comparison carries what the page shows:
+    ``prompt_messages`` (a list, or its JSON text), ``text_a`` and ``text_b``.
     """
     now = now or timezone.now()
-    wanted = project.votes_per_comparison
-    with transaction.atomic():
-        held = _held_lease(project=project, annotator=annotator, now=now)
-        if held is not None:
-            return held
-        candidates = (
-            Comparison.objects.open()
-            .filter(project=project)
-            .not_voted_by(annotator)
-            .exclude(leases__annotator=annotator, leases__skipped=True)
-            .annotate(others=Coalesce(_live_leases_of_others(annotator=annotator, now=now), Value(0)))
-            .filter(vote_count__lt=wanted - F("others"))
-            .in_queue_order()
-        )
-        if connection.features.has_select_for_update_skip_locked:
-            candidates = candidates.select_for_update(skip_locked=True, of=("self",))
-        for comparison in candidates[:CANDIDATE_BATCH]:
-            # The candidate query read leases before we held the lock; count again now that we do.
-            if not _has_room(comparison, annotator=annotator, now=now, wanted=wanted):
-                continue
-            Lease.objects.update_or_create(
-                comparison=comparison,
-                annotator=annotator,
-                defaults={"expires_at": now + timedelta(seconds=project.lease_seconds), "created_at": now},
-            )
-            return comparison
+    held = _held_lease(project=project, annotator=annotator, now=now)
+    if held is not None:
+        return held
+    for _ in range(ROUNDS):
+        # Each round is its own transaction holding at most one row lock, and sees a fresh snapshot.
+        with transaction.atomic():
+            outcome = _reserve(project=project, annotator=annotator, now=now)
+        if outcome is not _RETRY:
+            return outcome
     return None
 
 
@@ -104,11 +160,11 @@ def comparison_skip(*, comparison: Comparison, annotator, now=None) -> None:
 
 def comparisons_left(*, project: Project, annotator) -> int:
     """How many comparisons this annotator could still be given (an estimate; ignores leases)."""
+    skipped = Lease.objects.filter(annotator=annotator, skipped=True).values("comparison")
     return (
         Comparison.objects.open()
-        .filter(project=project)
+        .filter(project=project, vote_count__lt=project.votes_per_comparison)
         .not_voted_by(annotator)
-        .exclude(leases__annotator=annotator, leases__skipped=True)
-        .filter(vote_count__lt=project.votes_per_comparison)
+        .exclude(pk__in=skipped)
         .count()
     )

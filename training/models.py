@@ -114,3 +114,35 @@ class LoopSettings(models.Model):
 
     def __str__(self) -> str:
         return f"loop of {self.project.slug}"
+
+
+from django.conf import settings  # noqa: E402  (appended with Promotion, the only model that needs it)
+
+
+class Promotion(models.Model):
+    """A checkpoint made incumbent: who did it, against which incumbent, and the intervals at the time.
+
+    ``override_reason`` is set when the candidate's interval did not clear the incumbent's and a
+    manager promoted it anyway; the rule and the reason are both on the record.
+    """
+
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="promotions")
+    previous = models.ForeignKey(
+        Checkpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="demotions"
+    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="promotions")
+    override_reason = models.TextField(blank=True)
+    score = models.FloatField(null=True, blank=True)
+    lower = models.FloatField(null=True, blank=True)
+    upper = models.FloatField(null=True, blank=True)
+    previous_score = models.FloatField(null=True, blank=True)
+    previous_lower = models.FloatField(null=True, blank=True)
+    previous_upper = models.FloatField(null=True, blank=True)
+    battle_votes = models.PositiveIntegerField(default=0, help_text="Human battle votes behind the fit.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.checkpoint} promoted by {self.user}"

@@ -117,6 +117,8 @@ def generate_local(
     order = sorted(range(total), key=lambda index: lengths[index])
     eos_ids = _eos_ids(tokenizer, model)
     params = config.sampling_params()
+    # top_k=None switches off transformers' default top_k=50, so the sampling is
+    # exactly what `params` records: temperature and nucleus (top_p) only.
     sampling: dict[str, Any] = (
         {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": None}
         if config.temperature > 0

@@ -1,0 +1,338 @@
+"""Reward-model training speed and accuracy: rewardmodel.lib vs TRL RewardTrainer.
+
+    .venv/bin/python bench/reward_vs_trl.py --pairs 400            # all-MiniLM-L6-v2
+    .venv/bin/python bench/reward_vs_trl.py --pairs 200 --backbone smollm2
+
+Both sides get the same backbone, the same training pairs, the same held-out
+pairs (split by prompt), batch size, learning rate, epochs, schedule and
+seed. Each run is its own subprocess (fresh peak-RSS figure), one after the
+other so they never share the CPU. TRL runs at its default (bf16=True,
+gradient checkpointing on; steps capped because bf16 crawls on a CPU without
+bf16 units), with bf16=False (steps capped too: it only shows what gradient
+checkpointing costs), and at its best CPU setting (bf16=False and no
+gradient checkpointing), which trains fully and is quoted as the peer.
+
+Data: pairs of completions of the same prompt from data/demo/completions.jsonl
+when it exists (labelled by a structure rule: more list items, then
+shorter), topped up with synthetic text (labelled by positive minus negative
+marker words). 10% of labels are flipped, so ~0.90 is the accuracy ceiling.
+Throughput is steady state: from the end of the first optimizer step to the
+end of the last, in wall-clock seconds and in CPU seconds of the process
+(the latter is robust to other load on a shared machine). "tokens/s" counts
+real (non-pad) tokens of both sequences of a pair. Writes
+bench/out/reward_vs_trl.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "out"
+POSITIVE = "clear helpful correct precise useful thorough accurate kind".split()
+NEGATIVE = "wrong vague rude useless confusing incorrect sloppy unclear".split()
+FILLER = (
+    "the a of to and in is it that for on with as this be are by or from at an was can will your you we our "
+    "they their which one more about when there so if has have not but all also how what time data model code "
+    "answer question system result value step first then each use make note example user python function file "
+    "list number word text line error test run change case point way part work set order need may should would"
+).split()
+
+
+def marker_oracle(response: str) -> float:
+    """Synthetic text: positive minus negative marker words."""
+    words = response.lower().split()
+    return sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words)
+
+
+def structure_oracle(response: str) -> float:
+    """Real completions: more list items is better, then shorter (so ties are rare)."""
+    items = sum(bool(re.match(r"\s*(\d+[.)]|[-*\u2022])\s", line)) for line in response.splitlines())
+    return items - 0.01 * len(response.split())
+
+
+def _synthetic_response(rng: random.Random) -> str:
+    n = int(min(220, max(4, rng.lognormvariate(3.6, 0.8))))  # median ~37 words, long tail
+    p_marker = rng.uniform(0.02, 0.2)
+    return " ".join(rng.choice(POSITIVE + NEGATIVE) if rng.random() < p_marker else rng.choice(FILLER)
+                    for _ in range(n))
+
+
+def _demo_groups() -> list[tuple[str, list[str]]]:
+    """Completions of data/demo/completions.jsonl grouped by prompt (empty when the file is absent)."""
+    demo = ROOT / "data" / "demo" / "completions.jsonl"
+    groups: dict[str, list[str]] = {}
+    if demo.exists():
+        for line in demo.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                prompt = row.get("prompt") or ""
+                prompt = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+                groups.setdefault(prompt, []).append(row.get("text") or "")
+    return [(p, texts) for p, texts in groups.items() if len(set(texts)) >= 2]
+
+
+def _label(pairs: list[dict], prompt_id: int, prompt: str, a: str, b: str, oracle, rng, noise: float) -> None:
+    sa, sb = oracle(a), oracle(b)
+    if sa == sb:
+        return
+    chosen, rejected = (a, b) if sa > sb else (b, a)
+    if rng.random() < noise:
+        chosen, rejected = rejected, chosen
+    pairs.append({"prompt_id": prompt_id, "prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected,
+                  "tie": False, "strength": int(min(3, 1 + abs(sa - sb))), "agreement": 1 - noise})
+
+
+def make_pairs(n_pairs: int, seed: int, noise: float = 0.1) -> tuple[list[dict[str, Any]], str]:
+    """Labelled pairs and a description of where they came from.
+
+    Every distinct pair of demo completions of a prompt first (structure
+    oracle), then synthetic pairs (marker oracle) up to `n_pairs`.
+    """
+    rng = random.Random(seed)
+    pairs: list[dict[str, Any]] = []
+    for prompt_id, (prompt, texts) in enumerate(_demo_groups()):
+        for i in range(len(texts)):
+            for j in range(i + 1, len(texts)):
+                if len(pairs) < n_pairs:
+                    _label(pairs, prompt_id, prompt, texts[i], texts[j], structure_oracle, rng, noise)
+    n_demo = len(pairs)
+    prompt_id = 100_000
+    while len(pairs) < n_pairs:
+        prompt = f"Question {prompt_id}: " + " ".join(rng.choice(FILLER) for _ in range(rng.randint(8, 60))) + "?"
+        responses = [_synthetic_response(rng) for _ in range(4)]
+        for i, j in ((0, 1), (2, 3), (0, 2)):
+            if len(pairs) < n_pairs:
+                _label(pairs, prompt_id, prompt, responses[i], responses[j], marker_oracle, rng, noise)
+        prompt_id += 1
+    return pairs, f"{n_demo} pairs of demo completions (structure oracle), {len(pairs) - n_demo} synthetic (marker oracle)"
+
+
+def _steady(marks: list[tuple[float, float, float, float]]) -> dict[str, float]:
+    """Throughput between the end of the first step and the end of the last.
+
+    marks: (wall s, process CPU s, pairs seen, real tokens seen) after each step.
+    Per CPU-second figures are robust to other load on the machine.
+    """
+    first, last = marks[0] if len(marks) > 1 else (0.0, 0.0, 0.0, 0.0), marks[-1]
+    wall, cpu, pairs, tokens = (b - a for a, b in zip(first, last, strict=True))
+    return {"pairs_per_s": pairs / wall, "tokens_per_s": tokens / wall, "pairs_per_cpu_s": pairs / cpu}
+
+
+def run_ours(args: argparse.Namespace, train: list[dict], held_out: list[dict]) -> dict[str, Any]:
+    import torch
+
+    from rewardmodel.lib.config import RewardConfig
+    from rewardmodel.lib.data import parse_pair
+    from rewardmodel.lib.evaluate import predict_pair_rewards, preference_metrics
+    from rewardmodel.lib.model import load_reward_model
+    from rewardmodel.lib.train import train_reward_model
+
+    config = RewardConfig(backbone=args.backbone, max_length=args.max_length, batch_size=args.batch_size,
+                          learning_rate=args.lr, epochs=args.epochs, seed=args.seed, eval_fraction=0.0)
+    marks: list[tuple[float, float, float, float]] = []
+    t0, c0 = time.perf_counter(), time.process_time()
+
+    def clock(step: int, total: int, m: dict[str, float]) -> None:
+        marks.append((time.perf_counter() - t0, time.process_time() - c0, m["pairs_seen"], m["tokens_seen"]))
+
+    result = train_reward_model(config, train, OUT / "work" / "ours", clock)
+    model = load_reward_model(OUT / "work" / "ours")
+    encoded = model.formatter.encode([parse_pair(r) for r in held_out], args.max_length)
+    chosen, rejected = predict_pair_rewards(model, encoded, batch_size=64, device=torch.device("cpu"))
+    return {**_steady(marks), "steps": len(marks), "padding_fraction": result.metrics["padding_fraction"],
+            "accuracy": preference_metrics(chosen, rejected, encoded)["accuracy"],
+            "train_seconds": result.metrics["train_seconds"], "dropped_pairs": 0}
+
+
+def run_trl(args: argparse.Namespace, train: list[dict], held_out: list[dict], variant: str) -> dict[str, Any]:
+    import datasets
+    import torch
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import RewardConfig as TRLConfig
+    from trl import RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    from rewardmodel.lib.model import resolve_backbone
+
+    path = resolve_backbone(args.backbone)
+    tok = AutoTokenizer.from_pretrained(path)
+    bf16, checkpointing, cap = {"default": (True, True, args.trl_bf16_steps),
+                                "fp32": (False, True, args.trl_fp32_steps), "best": (False, False, -1)}[variant]
+    conversational = bool(getattr(tok, "chat_template", None))
+
+    def trl_row(r: dict) -> dict:
+        if not conversational:
+            return {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+        return {"prompt": [{"role": "user", "content": r["prompt"]}],
+                "chosen": [{"role": "assistant", "content": r["chosen"].strip()}],
+                "rejected": [{"role": "assistant", "content": r["rejected"].strip()}]}
+
+    stats = {"real": 0, "padded": 0}
+
+    class Recording(DataCollatorForPreference):
+        def torch_call(self, examples):  # count real and padded positions of every batch
+            out = super().torch_call(examples)
+            stats["real"] += int(out["attention_mask"].sum())
+            stats["padded"] += out["input_ids"].numel()
+            return out
+
+    marks: list[tuple[float, float, float, float]] = []
+
+    base = [0.0, 0.0]
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            base[:] = [time.perf_counter(), time.process_time()]
+
+        def on_step_end(self, a, state, control, **k):
+            marks.append((time.perf_counter() - base[0], time.process_time() - base[1],
+                          state.global_step * args.batch_size, stats["real"]))
+
+    config = TRLConfig(
+        output_dir=str(OUT / "work" / f"trl-{variant}"), per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr, num_train_epochs=args.epochs, max_steps=cap, bf16=bf16,
+        gradient_checkpointing=checkpointing, max_length=args.max_length, seed=args.seed, report_to="none",
+        save_strategy="no", logging_steps=10_000, disable_tqdm=True, use_cpu=True, lr_scheduler_type="linear",
+        eos_token=None if tok.eos_token else tok.sep_token,  # BERT tokenizers have no EOS
+    )
+    trainer = RewardTrainer(model=path, args=config, processing_class=tok, callbacks=[Clock()],
+                            train_dataset=datasets.Dataset.from_list([trl_row(r) for r in train]),
+                            data_collator=Recording(pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id))
+    kept = len(trainer.train_dataset)
+    t0 = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - t0
+    accuracy = float("nan")
+    if cap < 0:  # a capped (throughput-only) run has not learned anything worth measuring
+        prepared = trainer._prepare_dataset(datasets.Dataset.from_list([trl_row(r) for r in held_out]),
+                                            trainer.processing_class, config, "eval")
+        collate = DataCollatorForPreference(pad_token_id=trainer.processing_class.pad_token_id)
+        right, model = 0.0, trainer.model.eval()
+        with torch.inference_mode():
+            for i in range(0, len(prepared), 32):
+                batch = collate([prepared[j] for j in range(i, min(i + 32, len(prepared)))])
+                c, r = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].chunk(2)
+                right += float((c > r).float().sum() + 0.5 * (c == r).float().sum())
+        accuracy = right / max(1, len(prepared))
+    return {**_steady(marks), "steps": len(marks), "accuracy": accuracy,
+            "padding_fraction": 1 - stats["real"] / max(1, stats["padded"]),
+            "train_seconds": train_seconds, "dropped_pairs": len(train) - kept}
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    data = json.loads((OUT / "work" / "split.json").read_text())
+    run = run_ours if args.worker == "ours" else None
+    if run is not None:
+        result = run(args, data["train"], data["eval"])
+    else:
+        result = run_trl(args, data["train"], data["eval"], args.worker.removeprefix("trl-"))
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    (OUT / "work" / f"{args.worker}.json").write_text(json.dumps(result))
+
+
+ROWS = [("ours", "rewardmodel.lib (fp32, packed rows)"), ("trl-best", "TRL best CPU (bf16=False, no grad. ckpt)"),
+        ("trl-fp32", "TRL bf16=False (grad. ckpt on, its default)"), ("trl-default", "TRL default (bf16=True)")]
+
+
+def table(results: dict[str, dict], args: argparse.Namespace, n_train: int, n_eval: int, source: str) -> str:
+    peer = results.get("trl-best") or results.get("trl-fp32")
+    lines = [
+        f"# Reward model: rewardmodel.lib vs TRL RewardTrainer ({args.backbone})",
+        "",
+        f"{n_train} train pairs, {n_eval} held-out pairs (split by prompt), batch {args.batch_size}, lr {args.lr}, "
+        f"epochs {args.epochs}, max_length {args.max_length}, {args.threads} threads, fp32 unless noted, "
+        f"best of {args.repeat} alternating runs. "
+        f"Label ceiling ~0.90 (10% label noise). Data: {source}.",
+        "",
+        "| run | pairs/s | pairs per CPU-s | real tokens/s | padding | peak RSS MiB | held-out acc. | steps | "
+        "train s | dropped |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, name in ROWS:
+        if key not in results:
+            continue
+        r = results[key]
+        acc = "n/a (capped)" if r["accuracy"] != r["accuracy"] else f"{r['accuracy']:.3f}"
+        lines.append(f"| {name} | {r['pairs_per_s']:.2f} | {r['pairs_per_cpu_s']:.2f} | {r['tokens_per_s']:.0f} | {r['padding_fraction']:.1%} | "
+                     f"{r['peak_rss_mib']:.0f} | {acc} | {r['steps']} | {r['train_seconds']:.1f} | "
+                     f"{r['dropped_pairs']} |")
+    if peer and "ours" in results:
+        ratio = results["ours"]["pairs_per_s"] / peer["pairs_per_s"]
+        cpu_ratio = results["ours"]["pairs_per_cpu_s"] / peer["pairs_per_cpu_s"]
+        lines += ["", f"Speed-up vs the best TRL setting: **{ratio:.2f}x** pairs/s (wall clock), "
+                      f"**{cpu_ratio:.2f}x** pairs per CPU-second."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=400)
+    parser.add_argument("--backbone", default="all-minilm-l6-v2")
+    parser.add_argument("--smollm2", action="store_true", help="shorthand for --backbone smollm2")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--trl-bf16-steps", type=int, default=2, help="step cap of TRL's (slow) bf16 default run")
+    parser.add_argument("--trl-fp32-steps", type=int, default=8, help="step cap of TRL's bf16=False run (-1: none)")
+    parser.add_argument("--runs", default="ours,trl-best,trl-fp32,trl-default")
+    parser.add_argument("--repeat", type=int, default=1, help="alternate the full runs this many times, keep the best")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.smollm2:
+        args.backbone = "smollm2"
+    if args.worker:
+        return worker(args)
+
+    from rewardmodel.lib.data import parse_pair, split_by_prompt
+
+    (OUT / "work").mkdir(parents=True, exist_ok=True)
+    pairs, source = make_pairs(args.pairs, args.seed)
+    train_p, eval_p = split_by_prompt([parse_pair(r) for r in pairs], 0.2, args.seed)
+    held = {p.group_key() for p in eval_p}
+    split = {"train": [r for r in pairs if parse_pair(r).group_key() not in held],
+             "eval": [r for r in pairs if parse_pair(r).group_key() in held]}
+    (OUT / "work" / "split.json").write_text(json.dumps(split))
+    passthrough = [f"--backbone={args.backbone}", f"--batch-size={args.batch_size}", f"--lr={args.lr}",
+                   f"--epochs={args.epochs}", f"--max-length={args.max_length}", f"--seed={args.seed}",
+                   f"--threads={args.threads}", f"--trl-bf16-steps={args.trl_bf16_steps}",
+                   f"--trl-fp32-steps={args.trl_fp32_steps}"]
+    every: dict[str, list[dict]] = {}
+    # Full-length runs alternate `--repeat` times (ours, TRL, ours, TRL, ...) and
+    # the fastest of each is kept, so a burst of load from other processes on a
+    # shared machine hurts neither side more than the other.
+    keys = args.runs.split(",")
+    order = [k for _ in range(args.repeat) for k in keys if k in ("ours", "trl-best")]
+    order += [k for k in keys if k not in ("ours", "trl-best")]
+    for key in order:
+        print(f"running {key} ...", flush=True)
+        done = subprocess.run([sys.executable, __file__, *passthrough, "--worker", key], cwd=ROOT)
+        if done.returncode != 0:
+            print(f"{key} failed with exit code {done.returncode}", file=sys.stderr)
+            continue
+        every.setdefault(key, []).append(json.loads((OUT / "work" / f"{key}.json").read_text()))
+    results = {key: max(runs, key=lambda r: r["pairs_per_s"]) for key, runs in every.items()}
+    report = table(results, args, len(split["train"]), len(split["eval"]), source)
+    print(report)
+    (OUT / "reward_vs_trl.md").write_text(report)
+    (OUT / "reward_vs_trl.json").write_text(json.dumps({"args": vars(args), "best": results, "all": every}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Train a Bradley–Terry reward model: config + pairs + folder in, result out.
+
+The loop is deliberately plain. Chosen and rejected go through one forward
+pass; sequences of a batch are packed several to a row (block-diagonal
+attention) so padding stays small without sorting batches by length, and on
+causal backbones a pair's prompt is encoded once for both responses.
+Architectures that cannot take packed rows get length-bucketed batches
+instead. AdamW with linear warmup/decay; fp32 on CPU, bf16 autocast on CUDA.
+No Django, no Celery: the web app calls `train_reward_model` from a task and
+records the returned `RewardResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rewardmodel.lib.config import (
+    TIE_LOSSES,
+    RewardConfig,
+    resolve_autocast_dtype,
+    resolve_compile,
+    resolve_device,
+)
+from rewardmodel.lib.data import (
+    EncodedPair,
+    PairCollator,
+    PreferencePair,
+    bucketed_batches,
+    parse_pair,
+    split_by_prompt,
+)
+from rewardmodel.lib.evaluate import predict_pair_rewards, preference_metrics
+from rewardmodel.lib.losses import TIE_PARAM_INIT, pair_loss
+from rewardmodel.lib.model import RewardModel, build_reward_model, save_reward_model, split_pair_rewards
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    """What a run produced. `metrics` holds eval metrics (prefixed "eval_") and train
+    summary figures; `history` one dict per optimizer step."""
+
+    config: RewardConfig
+    out_dir: str
+    meta_path: str
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _use_prefix_sharing(config: RewardConfig, model: RewardModel) -> bool:
+    if config.prefix_sharing == "off":
+        return False
+    supported = model.supports_prefix_sharing()
+    if config.prefix_sharing == "on" and not supported:
+        raise ValueError(f"prefix sharing is not supported for {model.backbone.config.model_type} / {model.pooling}")
+    return supported
+
+
+def _optimizer(model: RewardModel, config: RewardConfig, device: torch.device) -> torch.optim.Optimizer:
+    # Like transformers' Trainer: no weight decay on biases and norm weights (1-D tensors).
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel is one pass over each tensor; it exists on CPU and CUDA in recent torch.
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused)
+
+
+def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _micro_batches(pairs: Sequence[EncodedPair], config: RewardConfig, *, shared: bool, pack: bool) -> list[list[int]]:
+    """Index batches for all epochs (a fractional last epoch is cut short)."""
+    lengths = [p.shared_length if shared else p.padded_length for p in pairs]
+    bucket_size = config.bucket_size or (1 if pack else 64)
+    per_epoch = math.ceil(len(pairs) / config.batch_size)
+    total = max(1, math.ceil(config.epochs * per_epoch))
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < total:
+        rng = random.Random(config.seed * 1_000_003 + epoch)
+        batches += bucketed_batches(lengths, config.batch_size, bucket_size=bucket_size, rng=rng)
+        epoch += 1
+    return batches[:total]
+
+
+def train_reward_model(
+    config: RewardConfig,
+    pairs: Iterable[PreferencePair | Mapping[str, Any]],
+    out_dir: str | Path,
+    progress: ProgressFn | None = None,
+    *,
+    snapshot_sha256: str | None = None,
+) -> RewardResult:
+    """Train, evaluate on held-out prompts, save to `out_dir`, and return the result.
+
+    `pairs` are `PreferencePair`s or raw snapshot/TRL records. `progress(step,
+    total_steps, metrics)` is called after every optimizer step. Raises
+    ValueError when no trainable pair is left (e.g. only ties with loss "bt").
+    """
+    started = time.perf_counter()
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    _set_seed(config.seed)
+    device = resolve_device(config)
+    autocast_dtype = resolve_autocast_dtype(config, device)
+    all_pairs = [p if isinstance(p, PreferencePair) else parse_pair(p) for p in pairs]
+    train_raw, eval_raw = split_by_prompt(all_pairs, config.eval_fraction, config.seed)
+
+    model = build_reward_model(config, device=device)
+    with torch.no_grad():
+        model.tie_param.fill_(TIE_PARAM_INIT.get(config.loss, 0.0))
+    model.tie_param.requires_grad_(config.loss in TIE_LOSSES)
+    formatter = model.formatter
+    train_all = formatter.encode(train_raw, config.max_length, config.margin_scale)
+    eval_set = formatter.encode(eval_raw, config.max_length, config.margin_scale)
+    train_set = train_all if config.loss in TIE_LOSSES else [p for p in train_all if not p.tie]
+    if not train_set:
+        raise ValueError(f"no trainable pairs: {len(train_all)} train pairs, all ties, loss={config.loss!r}")
+    shared = _use_prefix_sharing(config, model)
+    pack = config.packing and model.supports_packing()
+    collate = PairCollator(model.pad_id, shared_prefix=shared, pack=pack, causal=model.causal)
+    batches = _micro_batches(train_set, config, shared=shared, pack=pack)
+    # Each ensemble head sees its own bootstrap resample of the pairs (Poisson(1)
+    # weights), so the heads disagree where the data underdetermine the reward.
+    boot = None
+    if config.ensemble_size > 1:
+        generator = torch.Generator().manual_seed(config.seed)
+        boot = torch.poisson(torch.ones(len(train_set), config.ensemble_size), generator=generator)
+    total_steps = math.ceil(len(batches) / config.grad_accum)
+    optimizer = _optimizer(model, config, device)
+    scheduler = _linear_schedule(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    forward = torch.compile(model, dynamic=True) if resolve_compile(config, device) else model
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
+    )
+
+    model.train()
+    history: list[dict[str, float]] = []
+    totals = {"pairs": 0, "tokens": 0, "computed": 0, "padded": 0}
+    window = {"loss": 0.0, "correct": 0.0, "pairs": 0}
+    setup_s = time.perf_counter() - started
+    loop_start = time.perf_counter()
+    for i, idx in enumerate(batches):
+        batch = collate([train_set[j] for j in idx]).to(device)
+        with autocast():
+            chosen, rejected = split_pair_rewards(forward, batch)
+            loss = pair_loss(
+                config.loss,
+                chosen.float(),
+                rejected.float(),
+                tie=batch.tie,
+                margin=batch.margin if config.margin_enabled else None,
+                tie_param=model.tie_param,
+                weights=None if boot is None else boot[idx].to(device),
+            )
+        (loss / config.grad_accum).backward()
+        diff = (chosen - rejected).detach().float().mean(dim=1)
+        strict = ~batch.tie
+        window["loss"] += float(loss.detach()) * len(idx)
+        window["correct"] += float(((diff > 0).float() + 0.5 * (diff == 0).float())[strict].sum())
+        window["pairs"] += len(idx)
+        totals["pairs"] += len(idx)
+        totals["tokens"] += batch.real_tokens
+        totals["computed"] += batch.computed_tokens
+        totals["padded"] += batch.padded_tokens
+        if (i + 1) % config.grad_accum and i + 1 != len(batches):
+            continue
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - loop_start
+        step = len(history) + 1
+        entry = {
+            "step": float(step),
+            "epoch": (i + 1) / math.ceil(len(train_set) / config.batch_size),
+            "loss": window["loss"] / window["pairs"],
+            "accuracy": window["correct"] / max(1, window["pairs"]),
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            "elapsed_s": elapsed,
+            "pairs_seen": float(totals["pairs"]),
+            "tokens_seen": float(totals["tokens"]),
+            "pairs_per_s": totals["pairs"] / elapsed,
+            "tokens_per_s": totals["tokens"] / elapsed,
+        }
+        history.append(entry)
+        window = {"loss": 0.0, "correct": 0.0, "pairs": 0}
+        if progress is not None:
+            progress(step, total_steps, entry)
+    train_s = time.perf_counter() - loop_start
+
+    metrics: dict[str, float] = {
+        "train_pairs": float(len(train_set)),
+        "train_ties_skipped": float(len(train_all) - len(train_set)),
+        "eval_prompts_held_out": float(len({p.group_key() for p in eval_raw})),
+        "truncated_pairs": float(sum(p.prompt_truncated for p in train_all + eval_set)),
+        "truncated_responses": float(sum(p.response_truncated for p in train_all + eval_set)),
+        "padding_fraction": 1.0 - totals["computed"] / max(1, totals["padded"]),
+        "prefix_sharing": float(shared),
+        "packing": float(pack),
+        "train_seconds": train_s,
+        "setup_seconds": setup_s,
+        "pairs_per_s": totals["pairs"] / train_s,
+        "tokens_per_s": totals["tokens"] / train_s,
+        "optimizer_steps": float(total_steps),
+        "final_train_loss": history[-1]["loss"],
+    }
+    if config.loss in TIE_LOSSES:
+        metrics["tie_param"] = float(model.tie_param.detach())
+    if eval_set:
+        chosen_r, rejected_r = predict_pair_rewards(
+            model, eval_set, batch_size=config.eval_batch_size, device=device,
+            shared_prefix=shared, pack=pack, autocast_dtype=autocast_dtype,
+        )
+        evaluation = preference_metrics(chosen_r, rejected_r, eval_set, loss_name=config.loss, tie_param=model.tie_param)
+        metrics.update({f"eval_{k}": v for k, v in evaluation.items()})
+
+    meta = {
+        "config": config.to_dict(),
+        "snapshot_sha256": snapshot_sha256,
+        "metrics": metrics,
+        "backbone_type": model.backbone.config.model_type,
+    }
+    meta_path = save_reward_model(model, out_dir, meta)
+    return RewardResult(config=config, out_dir=str(out_dir), meta_path=str(meta_path), metrics=metrics, history=history)

@@ -1,0 +1,85 @@
+"""The query budget of the annotation hot path: next comparison + vote over the JSON API.
+
+``bench/vote_http.py`` measures latency and throughput over real HTTP; this test pins
+how many statements each call sends, so a change that adds a round trip to every
+annotation fails here instead of showing up later as a slower benchmark.
+
+Counts are taken inside the test transaction, where ``transaction.atomic`` issues
+SAVEPOINT/RELEASE instead of BEGIN/COMMIT (the same number of statements), and where
+on-commit receivers (the retrain check in ``training``) do not run.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.db import connection
+
+from annotate.models import Lease, Vote
+from annotate.tokens import token_create
+
+# next: token, project with role, held-lease probe, SAVEPOINT, candidate (locked), lease upsert,
+# RELEASE; PostgreSQL adds SET LOCAL synchronous_commit (a lease need not wait for the disk).
+NEXT_BUDGET = 8 if connection.vendor == "postgresql" else 7
+# next while holding a lease (a reload): token, project with role, probe, held comparison.
+RELOAD_BUDGET = 4
+# vote: token, comparison with role, SAVEPOINT, comparison (locked), earlier votes, leases,
+# INSERT vote, UPDATE count, DELETE lease, RELEASE.
+VOTE_BUDGET = 10
+
+
+@pytest.fixture
+def api(client, annotator):
+    token = token_create(user=annotator)
+
+    def call(method, url, body=None):
+        kwargs = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+        if body is not None:
+            kwargs.update(data=json.dumps(body), content_type="application/json")
+        return getattr(client, method)(url, **kwargs)
+
+    call("get", "/api/projects")  # the first call of the minute also records when the token was used
+    return call
+
+
+def test_next_and_vote_stay_within_their_query_budget(
+    api, project, comparisons, django_assert_max_num_queries
+):
+    with django_assert_max_num_queries(NEXT_BUDGET):
+        pair = api("get", "/api/projects/demo/comparisons/next")
+    assert pair.status_code == 200
+    with django_assert_max_num_queries(RELOAD_BUDGET):
+        again = api("get", "/api/projects/demo/comparisons/next")
+    assert again.json() == pair.json()
+    with django_assert_max_num_queries(VOTE_BUDGET):
+        vote = api("post", f"/api/comparisons/{pair.json()['id']}/vote", {"choice": "a", "idempotency_key": "k"})
+    assert vote.status_code == 201
+    assert Vote.objects.filter(comparison_id=pair.json()["id"]).count() == 1
+    assert not Lease.objects.filter(comparison_id=pair.json()["id"]).exists()
+
+
+def test_the_budget_does_not_grow_with_the_queue(api, project, django_assert_max_num_queries):
+    from tests.conftest import make_comparisons
+
+    make_comparisons(project, 60)
+    for _ in range(3):
+        with django_assert_max_num_queries(NEXT_BUDGET):
+            pair = api("get", "/api/projects/demo/comparisons/next").json()
+        with django_assert_max_num_queries(VOTE_BUDGET):
+            assert api("post", f"/api/comparisons/{pair['id']}/vote", {"choice": "tie"}).status_code == 201
+
+
+def test_only_members_vote_through_the_api(client, outsider, comparisons):
+    token = token_create(user=outsider)
+    response = client.post(
+        f"/api/comparisons/{comparisons[0].pk}/vote",
+        data=json.dumps({"choice": "a"}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+    )
+    assert response.status_code == 404
+    assert not Vote.objects.exists()
+
+
+def test_voting_on_a_missing_comparison_is_404(api, project):
+    assert api("post", "/api/comparisons/999999/vote", {"choice": "a"}).status_code == 404

@@ -1,0 +1,169 @@
+"""Training, evaluation, truncation, saving and scoring on tiny random backbones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rewardmodel.lib.__main__ import main
+from rewardmodel.lib.config import RewardConfig
+from rewardmodel.lib.data import PairCollator, PairFormatter, PreferencePair
+from rewardmodel.lib.evaluate import predict_pair_rewards
+from rewardmodel.lib.model import RewardModel, build_reward_model, load_reward_model
+from rewardmodel.lib.score import score, score_with_uncertainty
+from rewardmodel.lib.train import train_reward_model
+from tests.rewardmodel.test_lib_tiny import counting_pairs, llama_tokenizer, save_tiny_bert, save_tiny_llama
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(backbone: Path, **overrides: object) -> RewardConfig:
+    # One thread: the tiny models are launch-bound, and extra threads only contend.
+    base = dict(backbone=str(backbone), learning_rate=3e-3, epochs=3, batch_size=16, eval_fraction=0.25,
+                warmup_ratio=0.1, num_threads=1)
+    return RewardConfig(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_learns_hidden_rule_up_to_the_noise_ceiling(tmp_path: Path, pooling: str) -> None:
+    noise = 0.1
+    pairs = counting_pairs(200, 4, noise=noise, seed=0)
+    config = _config(save_tiny_bert(tmp_path / "bert"), pooling=pooling)
+    result = train_reward_model(config, pairs, tmp_path / "out")
+    m = result.metrics
+    assert m["eval_accuracy"] >= (1 - noise) - 0.08, m
+    assert m["eval_agreement_mean"] == pytest.approx(1 - noise)
+    assert m["eval_accuracy_vs_agreement"] == pytest.approx(m["eval_accuracy_with_agreement"] / (1 - noise))
+    assert m["eval_accuracy_strength_3"] >= m["eval_accuracy_strength_1"] - 0.05  # easy pairs are not harder
+    assert m["padding_fraction"] < 0.2 and m["truncated_pairs"] == 0
+    assert len(result.history) == m["optimizer_steps"] and result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+@pytest.mark.parametrize(("kind", "pooling"), [("bert", "cls"), ("bert", "mean"), ("llama", "last")])
+def test_packed_and_shared_layouts_give_the_same_rewards(tmp_path: Path, kind: str, pooling: str) -> None:
+    backbone = (save_tiny_bert if kind == "bert" else save_tiny_llama)(tmp_path / kind)
+    model = build_reward_model(_config(backbone, pooling=pooling))
+    assert model.supports_packing() and model.supports_prefix_sharing() == (kind == "llama")
+    encoded = model.formatter.encode(counting_pairs(6, 3, noise=0.0, seed=2, length=3) + counting_pairs(
+        6, 3, noise=0.0, seed=3, length=9), 64)  # mixed lengths, so packing has gaps to fill
+    plain = predict_pair_rewards(model, encoded, batch_size=8)
+    if model.final_layer_shortcut:  # BERT + [CLS]: the final layer at [CLS] alone is the same function
+        model.final_layer_shortcut = False
+        full = predict_pair_rewards(model, encoded, batch_size=8)
+        model.final_layer_shortcut = True
+        assert torch.allclose(plain[0], full[0], atol=1e-5) and torch.allclose(plain[1], full[1], atol=1e-5)
+        assert len(model.backbone.encoder.layer) == 2  # the layer is back after the shortcut
+    assert model.final_layer_shortcut == (pooling == "cls")
+    layouts = [(False, True)] + ([(True, False), (True, True)] if kind == "llama" else [])
+    for shared, pack in layouts:
+        other = predict_pair_rewards(model, encoded, batch_size=8, shared_prefix=shared, pack=pack)
+        assert torch.allclose(plain[0], other[0], atol=1e-5) and torch.allclose(plain[1], other[1], atol=1e-5)
+
+
+def test_causal_backbone_with_shared_prefix_learns(tmp_path: Path) -> None:
+    backbone = save_tiny_llama(tmp_path / "llama")
+    result = train_reward_model(_config(backbone), counting_pairs(200, 4, noise=0.1, seed=0), tmp_path / "out")
+    m = result.metrics
+    assert m["prefix_sharing"] == 1.0 and m["packing"] == 1.0 and m["eval_accuracy"] >= 0.8, m
+
+
+@pytest.mark.parametrize("loss", ["davidson", "rao_kupper"])
+def test_tie_aware_loss_learns_from_ties(tmp_path: Path, loss: str) -> None:
+    pairs = counting_pairs(200, 4, noise=0.1, seed=0, ties=True)
+    assert sum(p.tie for p in pairs) > 50
+    result = train_reward_model(_config(save_tiny_bert(tmp_path / "bert"), loss=loss), pairs, tmp_path / "out")
+    m = result.metrics
+    assert m["train_ties_skipped"] == 0 and "tie_param" in m
+    assert m["eval_tie_prob_on_ties"] > m["eval_tie_prob_on_nonties"], m
+    assert m["eval_accuracy"] >= 0.8, m
+
+
+def test_bt_loss_skips_ties_and_refuses_only_ties(tmp_path: Path) -> None:
+    backbone = save_tiny_bert(tmp_path / "bert")
+    only_ties = [PreferencePair(prompt=f"q{i}", chosen="good", rejected="bad", tie=True, prompt_id=i) for i in range(8)]
+    with pytest.raises(ValueError, match="no trainable pairs"):
+        train_reward_model(_config(backbone), only_ties, tmp_path / "out")
+
+
+def test_left_truncation_keeps_the_response(tmp_path: Path) -> None:
+    tok = llama_tokenizer()
+    prompt = " ".join(f"q{i}" for i in range(60))
+    pair = PreferencePair(prompt=prompt, chosen="good good yes", rejected="no")
+    enc = PairFormatter(tok, causal=True).encode([pair], max_length=16)[0]
+    assert enc.prompt_truncated and not enc.response_truncated
+    assert len(enc.prompt_ids) + len(enc.chosen_ids) == 16
+    assert tok.convert_ids_to_tokens(enc.chosen_ids) == ["good", "good", "yes", "</s>"]
+    assert tok.convert_ids_to_tokens(enc.prompt_ids) == ["<s>"] + [f"q{i}" for i in range(49, 60)]
+    # A response longer than the limit keeps its opening and its final token; the pair survives.
+    long = PreferencePair(prompt="hello", chosen=" ".join(["yes"] * 40), rejected="no")
+    enc = PairFormatter(tok, causal=True).encode([long], max_length=16)[0]
+    assert enc.response_truncated and len(enc.prompt_ids) + len(enc.chosen_ids) <= 16
+    assert enc.chosen_ids[-1] == tok.eos_token_id
+
+    pairs = [PreferencePair(prompt=prompt, chosen="good", rejected="bad", prompt_id=i) for i in range(12)]
+    result = train_reward_model(_config(save_tiny_llama(tmp_path / "llama"), max_length=16, epochs=1),
+                                pairs, tmp_path / "out")
+    assert result.metrics["truncated_pairs"] == 12 and result.metrics["train_pairs"] + 3 == 12
+
+
+def test_save_load_score_round_trip(tmp_path: Path) -> None:
+    pairs = counting_pairs(40, 2, noise=0.0, seed=1)
+    config = _config(save_tiny_bert(tmp_path / "bert"), epochs=1, ensemble_size=3)
+    result = train_reward_model(config, pairs, tmp_path / "out", snapshot_sha256="abc123")
+    meta = json.loads(Path(result.meta_path).read_text())
+    assert meta["snapshot_sha256"] == "abc123" and meta["config"]["ensemble_size"] == 3
+    assert meta["code_version"] and meta["metrics"]["eval_accuracy"] == result.metrics["eval_accuracy"]
+    assert (tmp_path / "out" / "model.safetensors").exists() and (tmp_path / "out" / "reward_head.safetensors").exists()
+
+    loaded = load_reward_model(tmp_path / "out")
+    prompts, completions = [p.prompt for p in pairs], [p.chosen for p in pairs]
+    rewards = score(loaded, prompts, completions, batch_size=7)
+    # Score one at a time with a second independent load: batching and padding must not matter.
+    again = load_reward_model(tmp_path / "out")
+    single = [score(again, [p], [c])[0] for p, c in zip(prompts[:5], completions[:5], strict=True)]
+    assert rewards[:5] == pytest.approx(single, abs=1e-5)
+    means, stds = score_with_uncertainty(loaded, prompts, completions)
+    assert means == pytest.approx(rewards, abs=1e-6) and min(stds) > 0
+
+
+def test_model_rewards_match_a_manual_forward(tmp_path: Path) -> None:
+    model = build_reward_model(_config(save_tiny_llama(tmp_path / "llama")))
+    assert isinstance(model, RewardModel) and model.pooling == "last"
+    enc = model.formatter.encode([PreferencePair(prompt="hello", chosen="yes", rejected="no no")], 32)
+    batch = PairCollator(model.pad_id)(enc)
+    with torch.no_grad():
+        chosen, _ = model.pair_rewards(batch)
+        ids = torch.tensor([enc[0].prompt_ids + enc[0].chosen_ids])
+        hidden = model.backbone(input_ids=ids).last_hidden_state[0, -1]
+    assert torch.allclose(chosen[0, 0], model.head(hidden)[0], atol=1e-6)
+
+
+def test_command_line_trains_and_scores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt_id": p.prompt_id, "prompt": [{"role": "user", "content": p.prompt}], "chosen": p.chosen,
+             "rejected": p.rejected, "tie": p.tie, "strength": p.strength} for p in counting_pairs(30, 2, noise=0, seed=4)]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    backbone = save_tiny_bert(tmp_path / "bert")
+    out = tmp_path / "rm"
+    assert main(["train", "--data", str(data), "--backbone", str(backbone), "--out", str(out), "--loss",
+                 "bt_margin", "--epochs", "1", "--batch-size", "8", "--num-threads", "1"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["train_pairs"] > 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["config"]["loss"] == "bt_margin" and len(meta["snapshot_sha256"]) == 64
+    assert main(["score", "--model", str(out), "--data", str(data)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == len(rows)
+
+
+def test_library_never_imports_django() -> None:
+    code = (
+        "import sys, rewardmodel.lib.train, rewardmodel.lib.score, rewardmodel.lib.__main__; "
+        "bad = [m for m in ('django', 'celery') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

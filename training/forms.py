@@ -1,0 +1,218 @@
+"""Console forms: the runs filter, one start form per kind of run, promotion, snapshot freezing.
+
+Forms only parse and check ranges; the start services (see ``training.console.launch``) do the
+rest, and their ValueErrors are shown on the form. Each start form's ``start_kwargs()`` is the
+keyword arguments of ``launch.run_start``.
+"""
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.conf import settings
+
+from annotate.models import Checkpoint, Comparison, Snapshot, Vote
+from rewardmodel.models import RewardModel
+from rewardmodel.services import latest_reward_model
+from training.models import TrainingRun
+
+ANY = [("", "any")]
+
+
+def _number(**attrs) -> forms.NumberInput:
+    return forms.NumberInput(attrs={"step": "any", **attrs})
+
+
+class RunFilterForm(forms.Form):
+    kind = forms.ChoiceField(choices=ANY + TrainingRun.Kind.choices, required=False)
+    state = forms.ChoiceField(choices=ANY + TrainingRun.State.choices, required=False)
+
+
+class StartForm(forms.Form):
+    """Fields every kind shares: extra settings as JSON, and why the run is started."""
+
+    kind: str = ""
+    fields_in_config: tuple[str, ...] = ()
+    extra = forms.CharField(
+        required=False,
+        label="More settings (JSON object)",
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": '{"seed": 1}'}),
+        help_text="Any other setting of this kind of run, merged into the ones above.",
+    )
+    reason = forms.CharField(required=False, max_length=200, help_text="Recorded on the run.")
+
+    def __init__(self, *args, project, **kwargs):
+        self.project = project
+        super().__init__(*args, **kwargs)
+        self.order_fields([name for name in self.fields if name not in ("extra", "reason")] + ["extra", "reason"])
+
+    def clean_extra(self) -> dict:
+        text = self.cleaned_data["extra"].strip()
+        if not text:
+            return {}
+        try:
+            value = json.loads(text)
+        except ValueError as error:
+            raise forms.ValidationError(f"This is not valid JSON: {error}.") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError('Give a JSON object, like {"seed": 1}.')
+        repeated = sorted(set(value) & set(self.fields_in_config))
+        if repeated:
+            raise forms.ValidationError(f"Set {', '.join(repeated)} in the fields above, not here.")
+        return value
+
+    def config(self) -> dict:
+        data = self.cleaned_data
+        return {**{name: data[name] for name in self.fields_in_config if data.get(name) is not None}, **data["extra"]}
+
+    def start_kwargs(self) -> dict:
+        return {"kind": self.kind, "config": self.config(), "reason": self.cleaned_data["reason"]}
+
+
+class RewardModelStartForm(StartForm):
+    kind = TrainingRun.Kind.REWARD_MODEL
+    fields_in_config = ("backbone", "epochs", "batch_size", "max_length", "learning_rate", "loss", "eval_fraction")
+    backbone = forms.CharField(max_length=300, help_text="An alias (all-minilm-l6-v2, smollm2), a local folder or a hub id.")
+    epochs = forms.FloatField(min_value=0.01, max_value=100, initial=1.0, widget=_number())
+    batch_size = forms.IntegerField(min_value=1, max_value=1024, initial=16)
+    max_length = forms.IntegerField(min_value=8, max_value=32768, initial=384, help_text="Tokens per prompt + answer.")
+    learning_rate = forms.FloatField(min_value=1e-8, max_value=1.0, initial=5e-5, widget=_number())
+    loss = forms.ChoiceField(
+        choices=[("bt", "Bradley–Terry (ties skipped)"), ("bt_margin", "Bradley–Terry with strength margins"),
+                 ("davidson", "Davidson (learns from ties)"), ("rao_kupper", "Rao–Kupper (learns from ties)")],
+        initial="bt",
+    )
+    eval_fraction = forms.FloatField(
+        min_value=0.0, max_value=0.5, initial=0.1, widget=_number(), help_text="Share of prompts held out."
+    )
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, project=project, **kwargs)
+        self.fields["backbone"].initial = settings.REWARD_BACKBONE
+
+
+def _checkpoints(project):
+    return Checkpoint.objects.filter(project=project).order_by("-created_at", "-id")
+
+
+def _incumbent(project) -> Checkpoint | None:
+    return _checkpoints(project).filter(state=Checkpoint.State.INCUMBENT).first()
+
+
+class DPOStartForm(StartForm):
+    kind = TrainingRun.Kind.DPO
+    fields_in_config = ("beta", "loss", "learning_rate", "epochs", "batch_size")
+    checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), help_text="The policy to improve.")
+    snapshot = forms.ModelChoiceField(queryset=Snapshot.objects.none(), help_text="The preference pairs to learn from.")
+    beta = forms.FloatField(min_value=0.001, max_value=10, initial=0.1, widget=_number(),
+                            help_text="Pull towards the reference policy.")
+    loss = forms.ChoiceField(choices=[("sigmoid", "DPO"), ("ipo", "IPO"), ("robust", "robust DPO")], initial="sigmoid")
+    learning_rate = forms.FloatField(min_value=1e-9, max_value=1e-2, initial=1e-6, widget=_number())
+    epochs = forms.FloatField(min_value=0.01, max_value=100, initial=1.0, widget=_number())
+    batch_size = forms.IntegerField(min_value=1, max_value=512, initial=4)
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, project=project, **kwargs)
+        self.fields["checkpoint"].queryset = _checkpoints(project)
+        self.fields["checkpoint"].initial = _incumbent(project)
+        self.fields["snapshot"].queryset = Snapshot.objects.filter(project=project).order_by("-created_at", "-id")
+        latest = latest_reward_model(project)
+        self.fields["snapshot"].initial = latest.snapshot if latest else self.fields["snapshot"].queryset.first()
+
+    def start_kwargs(self) -> dict:
+        return {**super().start_kwargs(), "checkpoint": self.cleaned_data["checkpoint"],
+                "snapshot": self.cleaned_data["snapshot"]}
+
+
+class PPOStartForm(StartForm):
+    kind = TrainingRun.Kind.PPO
+    fields_in_config = ("kl_coef", "learning_rate", "steps", "batch_size")
+    checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), help_text="The policy to improve.")
+    reward_model = forms.ModelChoiceField(queryset=RewardModel.objects.none(), help_text="The reward to maximise.")
+    kl_coef = forms.FloatField(min_value=0.0, max_value=10, initial=0.05, widget=_number(),
+                               help_text="KL penalty towards the reference policy.")
+    learning_rate = forms.FloatField(min_value=1e-9, max_value=1e-2, initial=1e-5, widget=_number())
+    steps = forms.IntegerField(min_value=1, max_value=100_000, initial=100)
+    batch_size = forms.IntegerField(min_value=1, max_value=1024, initial=16, help_text="Rollouts per step.")
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, project=project, **kwargs)
+        self.fields["checkpoint"].queryset = _checkpoints(project)
+        self.fields["checkpoint"].initial = _incumbent(project)
+        models = RewardModel.objects.filter(project=project, state=RewardModel.State.PUBLISHED).order_by("-version")
+        self.fields["reward_model"].queryset = models
+        self.fields["reward_model"].initial = models.first()
+        self.fields["reward_model"].label_from_instance = lambda rm: f"v{rm.version} ({rm.backbone})"
+
+    def start_kwargs(self) -> dict:
+        return {**super().start_kwargs(), "checkpoint": self.cleaned_data["checkpoint"],
+                "reward_model": self.cleaned_data["reward_model"]}
+
+
+class GenerationStartForm(StartForm):
+    kind = TrainingRun.Kind.GENERATION
+    fields_in_config = ("temperature", "top_p", "max_new_tokens", "seed")
+    checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), label="Candidate",
+                                        help_text="The checkpoint to sample.")
+    rivals = forms.ModelMultipleChoiceField(
+        queryset=Checkpoint.objects.none(), required=False,
+        help_text="Sampled on the same prompts; each answer pair becomes a battle comparison.",
+    )
+    prompts = forms.IntegerField(min_value=1, max_value=1_000_000, initial=64, required=False,
+                                 help_text="Prompts drawn from the project (empty: all of them).")
+    temperature = forms.FloatField(min_value=0.0, max_value=2.0, initial=0.7, widget=_number())
+    top_p = forms.FloatField(min_value=0.01, max_value=1.0, initial=0.9, widget=_number())
+    max_new_tokens = forms.IntegerField(min_value=1, max_value=8192, initial=256)
+    seed = forms.IntegerField(min_value=0, initial=0)
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, project=project, **kwargs)
+        checkpoints = _checkpoints(project)
+        self.fields["checkpoint"].queryset = checkpoints
+        self.fields["checkpoint"].initial = checkpoints.filter(state=Checkpoint.State.CANDIDATE).first()
+        self.fields["rivals"].queryset = checkpoints
+        incumbent = _incumbent(project)
+        self.fields["rivals"].initial = [incumbent] if incumbent else []
+
+    def clean(self) -> dict:
+        data = super().clean()
+        candidate, rivals = data.get("checkpoint"), data.get("rivals") or []
+        if candidate is not None and candidate in rivals:
+            self.add_error("rivals", f"{candidate.name} is the candidate; it cannot also be its own rival.")
+        return data
+
+    def start_kwargs(self) -> dict:
+        data = self.cleaned_data
+        return {**super().start_kwargs(), "checkpoint": data["checkpoint"], "rivals": list(data["rivals"]),
+                "prompts": data["prompts"]}
+
+
+START_FORMS: dict[str, type[StartForm]] = {
+    form.kind: form for form in (RewardModelStartForm, DPOStartForm, PPOStartForm, GenerationStartForm)
+}
+
+
+class PromoteForm(forms.Form):
+    override_reason = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+class FreezeForm(forms.Form):
+    note = forms.CharField(required=False, max_length=200, help_text="Recorded with the snapshot.")
+    sources = forms.MultipleChoiceField(
+        choices=Vote.Source.choices, required=False, widget=forms.CheckboxSelectMultiple,
+        help_text="Leave all unticked for every source.",
+    )
+    reasons = forms.MultipleChoiceField(
+        choices=Comparison.Reason.choices, required=False, widget=forms.CheckboxSelectMultiple,
+        help_text="Leave all unticked for every reason.",
+    )
+    closed_only = forms.BooleanField(required=False, label="Only comparisons that have all their votes")
+
+    def filters(self) -> dict:
+        data = self.cleaned_data
+        filters: dict = {key: data[key] for key in ("sources", "reasons") if data[key]}
+        if data["closed_only"]:
+            filters["closed_only"] = True
+        if data["note"].strip():
+            filters["note"] = data["note"].strip()
+        return filters

@@ -1,0 +1,219 @@
+"""Policy weights in and out: loading a policy to train, and checkpoints that appear atomically.
+
+`load_policy` loads a causal LM (an alias, local folder or hub id) in fp32
+with dropout off, optionally wrapped in fresh LoRA adapters.
+
+A checkpoint is a folder that `AutoModelForCausalLM.from_pretrained` and
+`AutoTokenizer.from_pretrained` load (or, for an unmerged LoRA run, a peft
+adapter folder over a recorded base), plus ``meta.json``:
+
+    {"format": "training.lib.checkpoint/1", "weights": "full" | "merged" | "adapter",
+     "base_model": ..., "base_model_path": ..., "code_version": ..., "created_at": ...,
+     ...whatever the caller adds (kind, config, lineage, metrics)}
+
+`save_checkpoint` writes everything into a hidden temporary sibling folder,
+flushes it to disk, lets the caller verify it by loading it back, and only
+then renames it onto `out_dir`: a reader sees no folder or a complete,
+verified one, never a half-written one. On any failure the temporary folder
+is removed and the error propagates.
+
+Pure module: torch, transformers, peft (imported where needed).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.lib.logprobs import ScoredTokens, sequence_sums, token_logprobs
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "META_FILE",
+    "ensure_free",
+    "load_checkpoint",
+    "load_policy",
+    "probe_verifier",
+    "save_checkpoint",
+]
+
+META_FILE = "meta.json"
+CHECKPOINT_FORMAT = "training.lib.checkpoint/1"
+
+
+def load_policy(
+    name_or_path: str,
+    device: torch.device | str = "cpu",
+    *,
+    lora: Mapping[str, Any] | None = None,
+    gradient_checkpointing: bool = False,
+) -> tuple[Any, Any, str]:
+    """(model, tokenizer, resolved local path) of a policy to train.
+
+    fp32 weights (mixed precision, if any, is the caller's autocast), sdpa
+    attention, every dropout off (it makes πθ noisy against a deterministic
+    reference; TRL does the same). `lora`: keyword arguments of peft's
+    `LoraConfig` (r, lora_alpha, lora_dropout, target_modules, ...); the
+    adapters are added after dropout is turned off, so their own dropout stays.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _resolve(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+    return model.to(device), tokenizer, path
+
+
+def ensure_free(out_dir: str | Path) -> Path:
+    """Raise FileExistsError unless `out_dir` is absent or an empty folder (checked before a long run)."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not an empty folder; checkpoints are never overwritten")
+    return out
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def save_checkpoint(
+    model: Any,
+    tokenizer: Any,
+    out_dir: str | Path,
+    meta: Mapping[str, Any],
+    *,
+    merge_lora: bool = True,
+    verify: Callable[[Path], None] | None = None,
+) -> Path:
+    """Save `model` (+ tokenizer + meta.json) to `out_dir` atomically; returns `out_dir`.
+
+    A peft model is merged into its base first (``weights = "merged"``; the
+    in-memory model is merged too) unless ``merge_lora=False``, which saves
+    only the adapter (``weights = "adapter"``; `meta` must then name the base
+    in ``base_model_path`` or ``base_model``). `verify(tmp_dir)` runs on the
+    finished temporary folder and must raise if it is not right.
+    Raises FileExistsError if `out_dir` exists and is not empty.
+    """
+    out = ensure_free(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    weights = "full"
+    if _is_peft(model):
+        if merge_lora:
+            model, weights = model.merge_and_unload(), "merged"
+        else:
+            weights = "adapter"
+            if not (meta.get("base_model_path") or meta.get("base_model")):
+                raise ValueError("an adapter checkpoint needs base_model_path or base_model in meta")
+    from rewardmodel.lib.model import code_version
+
+    full_meta = {
+        "format": CHECKPOINT_FORMAT,
+        "weights": weights,
+        "code_version": code_version(),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **meta,
+    }
+    try:
+        tmp.mkdir()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        _fsync_tree(tmp)
+        if verify is not None:
+            verify(tmp)
+        if out.exists():
+            out.rmdir()  # an empty placeholder (checked above); rename cannot replace a folder otherwise
+        os.rename(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file, then the folder, so a rename never publishes data still in page cache."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    meta_path = Path(path) / META_FILE
+    return json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+
+
+def load_checkpoint(
+    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(model in eval mode, tokenizer, meta) of a checkpoint folder, merged or adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path)
+    meta = read_meta(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if meta.get("weights") == "adapter":
+        from peft import PeftModel
+
+        base_path = meta.get("base_model_path") or _resolve(meta["base_model"])
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, attn_implementation="sdpa")
+        model = PeftModel.from_pretrained(base, folder)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    return model.to(device).eval(), tokenizer, meta
+
+
+def _resolve(name: str) -> str:
+    from rewardmodel.lib.backbones import resolve_model
+
+    return name if os.path.isdir(name) else resolve_model(name)
+
+
+def probe_verifier(probe: ScoredTokens, expected: torch.Tensor, *, atol: float = 1e-3) -> Callable[[Path], None]:
+    """A `verify` for `save_checkpoint`: the reloaded model must give `expected` sequence log-probs [S].
+
+    Loads on the CPU in fp32; `expected` should come from the saved model in
+    fp32 without autocast (any device). Raises AssertionError on a mismatch.
+    """
+    expected = expected.detach().float().cpu()
+
+    def verify(folder: Path) -> None:
+        model, _, _ = load_checkpoint(folder)
+        with torch.no_grad():
+            got = sequence_sums(token_logprobs(model, probe.to("cpu")), probe.seq_index.cpu(), probe.num_seqs)
+        worst = float((got - expected).abs().max())
+        if not worst <= atol * max(1.0, float(expected.abs().max()) / 100):
+            raise AssertionError(f"checkpoint {folder} does not reproduce the trained model: max |Δ logp| = {worst}")
+
+    return verify

@@ -1,0 +1,420 @@
+"""Direct Preference Optimisation from a preference snapshot: config + pairs + folder in, result out.
+
+    result = train_dpo(DPOConfig(model="smollm2"), read_pairs("snapshot.jsonl"), "ckpt/")
+
+Where the time goes, and what this loop does about it:
+
+* the reference model's log-probabilities are computed once per dataset,
+  before training, in large length-sorted no-grad batches
+  (``precompute_ref=True``), instead of one extra forward per step;
+* LoRA (peft) trains adapters only and the reference is the same weights
+  with the adapters switched off, so there is never a second copy; full
+  fine-tuning with ``precompute_ref=False`` keeps a frozen copy;
+* chosen and rejected share one forward pass, with the prompt encoded once
+  for both (shared prefix, on architectures known to honour 4D masks) and
+  batches of similar lengths (bucketing), so little is padding;
+* only response tokens reach the LM head (see `logprobs`);
+* fp32 on a CPU (no bf16 units there), bf16 autocast on a GPU, fp32 weights.
+
+Logged after every optimizer step: loss, implicit rewards of chosen and
+rejected (β · log-ratio), their margin, accuracy (chosen reward > rejected),
+a KL estimate, learning rate, gradient norm, throughput. ``kl`` is the mean
+per response token of the k3 estimator exp(ρ) − ρ − 1, ρ = log π_ref − log πθ,
+on the dataset's responses (not samples of πθ): it tracks drift from the
+reference, it is not an unbiased KL(πθ‖π_ref).
+
+Pure module: never imports Django or Celery. ``python -m training.lib.dpo``
+runs the command line in `training.lib.dpo_cli`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from rewardmodel.lib.data import PreferencePair, bucketed_batches, parse_pair
+from training.lib.checkpoint import ensure_free, load_policy, probe_verifier, save_checkpoint
+from training.lib.dpo_data import DPOBatch, DPOCollator, DPOExample, encode_pairs, supports_shared_prefix
+from training.lib.dpo_losses import LOSS_NAMES, LossName, dpo_loss
+from training.lib.logprobs import reference_of, sequence_sums, token_logprobs
+
+__all__ = ["DPOConfig", "DPOResult", "ProgressFn", "precompute_reference", "train_dpo"]
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """Everything that defines a DPO run (recorded in the checkpoint's meta.json).
+
+    model: alias ("smollm2"), local folder or hub id (see `resolve_model`).
+    beta: β, strength of the pull towards the reference (IPO: its τ).
+    loss: "sigmoid" (DPO; cDPO with label_smoothing > 0), "ipo", "robust" (rDPO).
+    label_smoothing: ε, the assumed label-flip rate, in [0, 0.5).
+    batch_size: pairs per micro-batch; grad_accum micro-batches per step.
+    epochs: passes over the pairs (fractional allowed); max_steps, if set,
+        is the number of optimizer steps instead.
+    max_length / max_prompt_length: tokens per prompt+response / per prompt
+        (see `dpo_data` for the truncation rule; pairs are never dropped).
+    lora: train LoRA adapters (r, alpha, dropout, target modules) instead of
+        all weights; lora_merge saves merged weights, else the adapter alone.
+    precompute_ref: reference log-probs once before training (else per step).
+    shared_prefix: "auto" = on for architectures in SHARED_PREFIX_TYPES.
+    device: "auto" = cuda if available. dtype: "auto" = bf16 autocast on a
+        bf16-capable GPU, else fp32; "bf16" on a CPU is refused.
+    bucket_size: batches per length-sorting window (bigger: less padding,
+        less shuffling). ref_batch_size: pairs per reference batch (default
+        2 x batch_size). num_threads: torch CPU threads (0 = torch default).
+    """
+
+    model: str
+    beta: float = 0.1
+    loss: LossName = "sigmoid"
+    label_smoothing: float = 0.0
+    learning_rate: float = 1e-6
+    epochs: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 1024
+    max_prompt_length: int = 512
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] | str = "all-linear"
+    lora_merge: bool = True
+    precompute_ref: bool = True
+    seed: int = 0
+    device: str = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    max_steps: int | None = None
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    shared_prefix: Literal["auto", "on", "off"] = "auto"
+    gradient_checkpointing: bool = False
+    bucket_size: int = 64
+    ref_batch_size: int | None = None
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            f"unknown loss {self.loss!r} (expected one of {LOSS_NAMES})": self.loss in LOSS_NAMES,
+            "beta must be > 0": self.beta > 0,
+            "label_smoothing must be in [0, 0.5)": 0.0 <= self.label_smoothing < 0.5,
+            "batch_size and grad_accum must be >= 1": self.batch_size >= 1 and self.grad_accum >= 1,
+            "epochs must be > 0": self.epochs > 0,
+            "max_steps must be >= 1": self.max_steps is None or self.max_steps >= 1,
+            "need 0 < max_prompt_length < max_length": 0 < self.max_prompt_length < self.max_length,
+            f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "bf16"),
+            f"unknown shared_prefix {self.shared_prefix!r}": self.shared_prefix in ("auto", "on", "off"),
+            "warmup_ratio must be in [0, 1]": 0.0 <= self.warmup_ratio <= 1.0,
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError("; ".join(failed))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DPOConfig:
+        """Build from a dict (e.g. a meta.json), ignoring unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        if isinstance(values.get("lora_target_modules"), list):
+            values["lora_target_modules"] = tuple(values["lora_target_modules"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class DPOResult:
+    """`metrics`: data counts and run summary; `history`: one dict per optimizer step."""
+
+    config: DPOConfig
+    checkpoint_path: str
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(config: DPOConfig) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device)
+
+
+def resolve_autocast(config: DPOConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast dtype, or None for plain fp32. Weights and optimizer state stay fp32."""
+    if device.type != "cuda":
+        if config.dtype == "bf16":
+            raise ValueError("dtype='bf16' on a CPU is refused: no bf16 units, orders of magnitude slower than fp32")
+        return None
+    if config.dtype == "bf16" or (config.dtype == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return None
+
+
+def uses_shared_prefix(config: DPOConfig, model: Any) -> bool:
+    supported = supports_shared_prefix(model)
+    if config.shared_prefix == "on" and not supported:
+        raise ValueError("shared prefix is not supported for this model (see SHARED_PREFIX_TYPES)")
+    return supported and config.shared_prefix != "off"
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def precompute_reference(
+    reference: Any,
+    examples: Sequence[DPOExample],
+    collate: DPOCollator,
+    *,
+    batch_size: int,
+    device: torch.device,
+    autocast: torch.dtype | None = None,
+) -> list[torch.Tensor]:
+    """Reference log-probs per example ([n_chosen + n_rejected] fp32 CPU tensors), in input order.
+
+    Batches are globally length-sorted (no gradient, so order is free). The
+    caller puts the model in eval mode / adapters off (see `reference_of`).
+    """
+    out: list[torch.Tensor | None] = [None] * len(examples)
+    order = bucketed_batches([e.shared_length for e in examples], batch_size, bucket_size=1, rng=None)
+    with torch.no_grad(), _autocast(device, autocast):
+        for idx in order:
+            chunk = [examples[i] for i in idx]
+            batch = collate(chunk).to(device)
+            for i, values in zip(idx, DPOCollator.split(token_logprobs(reference, batch.tokens), chunk), strict=True):
+                out[i] = values
+    return [t if t is not None else torch.zeros(0) for t in out]
+
+
+def batch_loss(
+    policy_logps: torch.Tensor, ref_logps: torch.Tensor, batch: DPOBatch, config: DPOConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(mean loss, sums for logging) from per-token log-probs [M] of policy and reference."""
+    tokens, n = batch.tokens, batch.num_pairs
+    policy = sequence_sums(policy_logps, tokens.seq_index, tokens.num_seqs)  # [2B]
+    ref = sequence_sums(ref_logps, tokens.seq_index, tokens.num_seqs)
+    chosen_lr, rejected_lr = policy[:n] - ref[:n], policy[n:] - ref[n:]  # [B] each
+    losses = dpo_loss(config.loss, chosen_lr, rejected_lr, beta=config.beta, label_smoothing=config.label_smoothing,
+                      chosen_tokens=batch.chosen_lengths, rejected_tokens=batch.rejected_lengths)
+    with torch.no_grad():
+        chosen_r, rejected_r = config.beta * chosen_lr.float(), config.beta * rejected_lr.float()
+        rho = (ref_logps - policy_logps).float().clamp(max=50.0)  # log π_ref − log πθ per token
+        sums = {
+            "loss": float(losses.sum()),
+            "rewards_chosen": float(chosen_r.sum()),
+            "rewards_rejected": float(rejected_r.sum()),
+            "margin": float((chosen_r - rejected_r).sum()),
+            "accuracy": float((chosen_r > rejected_r).float().sum()),
+            "logps_chosen": float(policy[:n].sum()),
+            "logps_rejected": float(policy[n:].sum()),
+            "kl_sum": float((rho.exp() - rho - 1.0).sum()),
+            "kl_tokens": float(rho.numel()),
+        }
+    return losses.mean(), sums
+
+
+class _Meter:
+    """Sums over the current optimizer step (`window`) and over the run (`totals`)."""
+
+    def __init__(self) -> None:
+        self.window: dict[str, float] = {}
+        self.totals = {"pairs": 0, "tokens": 0, "computed": 0, "padded": 0}
+
+    def add(self, sums: Mapping[str, float], batch: DPOBatch) -> None:
+        for key, value in {**sums, "pairs": float(batch.num_pairs)}.items():
+            self.window[key] = self.window.get(key, 0.0) + value
+        for key, value in (("pairs", batch.num_pairs), ("tokens", batch.real_tokens),
+                           ("computed", batch.computed_tokens), ("padded", batch.padded_tokens)):
+            self.totals[key] += value
+
+    def step(self, step: int, elapsed: float, *, lr: float, grad_norm: float) -> dict[str, float]:
+        """The step's log entry (per-pair means, per-token KL, throughput so far); resets the window."""
+        window, self.window = self.window, {}
+        n = window.pop("pairs")
+        kl_sum, kl_tokens = window.pop("kl_sum"), window.pop("kl_tokens")
+        return {"step": float(step), **{k: v / n for k, v in window.items()}, "kl": kl_sum / max(1.0, kl_tokens),
+                "lr": lr, "grad_norm": grad_norm, "elapsed_s": elapsed, "pairs_seen": float(self.totals["pairs"]),
+                "tokens_seen": float(self.totals["tokens"]), "pairs_per_s": self.totals["pairs"] / elapsed,
+                "tokens_per_s": self.totals["tokens"] / elapsed}
+
+
+def _plan(examples: Sequence[DPOExample], config: DPOConfig, shared: bool) -> list[list[int]]:
+    """Micro-batches (example indices) for the whole run, epoch after epoch, cut to the step budget."""
+    lengths = [e.shared_length if shared else e.separate_length for e in examples]
+    per_epoch = math.ceil(len(examples) / config.batch_size)
+    wanted = config.max_steps * config.grad_accum if config.max_steps else max(1, math.ceil(config.epochs * per_epoch))
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < wanted:
+        rng = random.Random(config.seed * 1_000_003 + epoch)
+        batches += bucketed_batches(lengths, config.batch_size, bucket_size=config.bucket_size, rng=rng)
+        epoch += 1
+    return batches[:wanted]
+
+
+def _prepare_reference(
+    config: DPOConfig, model: Any, examples: Sequence[DPOExample], batches: Sequence[Sequence[int]],
+    collate: DPOCollator, device: torch.device, amp: torch.dtype | None,
+) -> tuple[list[torch.Tensor] | None, Any | None]:
+    """(per-example reference log-probs, or None; frozen reference copy, or None) for the run."""
+    if not config.precompute_ref:
+        # LoRA switches its adapters off instead; full fine-tuning needs a frozen copy.
+        frozen = None if hasattr(model, "disable_adapter") else copy.deepcopy(model).eval().requires_grad_(False)
+        return None, frozen
+    needed = sorted({i for idx in batches for i in idx})  # a max_steps run needs only what it visits
+    model.eval()
+    with reference_of(model, None) as ref_model:
+        values = precompute_reference(ref_model, [examples[i] for i in needed], collate, device=device,
+                                      batch_size=config.ref_batch_size or 2 * config.batch_size, autocast=amp)
+    reference = [torch.zeros(0)] * len(examples)
+    for i, v in zip(needed, values, strict=True):
+        reference[i] = v
+    return reference, None
+
+
+def _optimizer(params: list[torch.nn.Parameter], config: DPOConfig, device: torch.device) -> torch.optim.AdamW:
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # no decay on norms/biases
+    # The fused kernel is one pass over each tensor; it exists on CPU and CUDA.
+    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=device.type in ("cpu", "cuda"))
+
+
+def _schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then linear decay to zero (transformers' default schedule)."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_dpo(
+    config: DPOConfig,
+    pairs: Iterable[PreferencePair | Mapping[str, Any]],
+    out_dir: str | Path,
+    progress: ProgressFn | None = None,
+    *,
+    lineage: dict[str, Any] | None = None,
+) -> DPOResult:
+    """Train a policy by DPO and publish it atomically as a checkpoint folder at `out_dir`.
+
+    `pairs`: `PreferencePair`s or raw snapshot/TRL records; ties are skipped
+    and counted. `progress(step, total_steps, metrics)` runs after every
+    optimizer step. `lineage` (snapshot, parent checkpoint, run id, ...) is
+    written into meta.json as given. Raises FileExistsError if `out_dir` is
+    a non-empty folder (checked before training), ValueError if no non-tie
+    pair is left.
+    """
+    started = time.perf_counter()
+    ensure_free(out_dir)
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)  # before LoRA init
+    device = resolve_device(config)
+    amp = resolve_autocast(config, device)
+    all_pairs = [p if isinstance(p, PreferencePair) else parse_pair(p) for p in pairs]
+    lora = None
+    if config.lora:
+        targets = config.lora_target_modules
+        lora = {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+                "target_modules": targets if isinstance(targets, str) else list(targets)}
+    model, tokenizer, model_path = load_policy(config.model, device, lora=lora,
+                                               gradient_checkpointing=config.gradient_checkpointing)
+    examples, report = encode_pairs(tokenizer, all_pairs, max_length=config.max_length,
+                                    max_prompt_length=config.max_prompt_length)
+    if not examples:
+        raise ValueError(f"no trainable pairs: {report.pairs_in} pairs in, {report.ties_skipped} ties")
+    shared = uses_shared_prefix(config, model)
+    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    collate = DPOCollator(pad_id, shared_prefix=shared)
+    batches = _plan(examples, config, shared)
+    total_steps = math.ceil(len(batches) / config.grad_accum)
+
+    ref_start = time.perf_counter()
+    reference, frozen = _prepare_reference(config, model, examples, batches, collate, device, amp)
+    ref_seconds = time.perf_counter() - ref_start
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, config, device)
+    scheduler = _schedule(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+
+    model.train()
+    history: list[dict[str, float]] = []
+    meter = _Meter()
+    setup_seconds = time.perf_counter() - started - ref_seconds
+    loop_start = time.perf_counter()
+    for i, idx in enumerate(batches):
+        chunk = [examples[j] for j in idx]
+        batch = collate(chunk, None if reference is None else [reference[j] for j in idx]).to(device)
+        with _autocast(device, amp):
+            policy_logps = token_logprobs(model, batch.tokens)
+            if batch.ref_token_logps is not None:
+                ref_logps = batch.ref_token_logps
+            else:
+                with torch.no_grad(), reference_of(model, frozen) as ref_model:
+                    ref_logps = token_logprobs(ref_model, batch.tokens)
+        loss, sums = batch_loss(policy_logps, ref_logps, batch, config)
+        (loss / config.grad_accum).backward()
+        meter.add(sums, batch)
+        if (i + 1) % config.grad_accum and i + 1 != len(batches):
+            continue
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        entry = meter.step(len(history) + 1, time.perf_counter() - loop_start, lr=scheduler.get_last_lr()[0],
+                           grad_norm=float(grad_norm))
+        history.append(entry)
+        if progress is not None:
+            progress(len(history), total_steps, entry)
+    train_seconds = time.perf_counter() - loop_start
+
+    metrics = {
+        **report.as_metrics(),
+        "optimizer_steps": float(len(history)),
+        "shared_prefix": float(shared),
+        "padding_fraction": 1.0 - meter.totals["computed"] / max(1, meter.totals["padded"]),
+        "setup_seconds": setup_seconds,
+        "reference_seconds": ref_seconds,
+        "train_seconds": train_seconds,
+        "pairs_per_s": meter.totals["pairs"] / train_seconds,
+        "tokens_per_s": meter.totals["tokens"] / train_seconds,
+        "tokens_per_s_with_reference": meter.totals["tokens"] / (train_seconds + ref_seconds),
+        "first_loss": history[0]["loss"],
+        **{f"final_{k}": history[-1][k] for k in ("loss", "margin", "accuracy", "kl", "rewards_chosen",
+                                                  "rewards_rejected")},
+    }
+    model.eval()
+    probe = DPOCollator(pad_id, shared_prefix=False)(examples[:1]).tokens.to(device)
+    with torch.no_grad():
+        expected = sequence_sums(token_logprobs(model, probe), probe.seq_index, probe.num_seqs)
+    meta = {
+        "kind": "dpo",
+        "base_model": config.model,
+        "base_model_path": model_path,
+        "config": config.to_dict(),
+        "lineage": dict(lineage or {}),
+        "metrics": metrics,
+    }
+    path = save_checkpoint(model, tokenizer, out_dir, meta, merge_lora=config.lora_merge,
+                           verify=probe_verifier(probe.to("cpu"), expected))
+    return DPOResult(config=config, checkpoint_path=str(path), metrics=metrics, history=history)
+
+
+if __name__ == "__main__":
+    from training.lib.dpo_cli import main
+
+    raise SystemExit(main())

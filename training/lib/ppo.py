@@ -1,0 +1,530 @@
+"""PPO of a causal LM against a reward model: config + prompts + folder in, result out.
+
+Each step samples ``batch_size`` rollouts from the policy, scores each whole
+response once (a reward-model folder, a ``rule:`` spec, or a ``reward_fn``),
+charges every token ``kl_coef * (log π − log π_ref)``, computes GAE with a
+value head, and runs ``ppo_epochs`` passes of shuffled minibatches of the
+clipped policy + value loss (the maths lives in ``ppo_core``). The value head
+is one linear layer on the policy's last hidden state (a shared backbone: the
+values come out of the same forward pass as the log-probabilities). The
+reference is a frozen copy of the starting policy, or, with LoRA, the same
+weights with the adapters switched off.
+
+Pure module: never imports Django or Celery; torch, transformers and the
+reward-model library load inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["PPOConfig", "PPOResult", "ProgressFn", "RewardFn", "rule_reward", "train_ppo"]
+
+RewardFn = Callable[[list[list[dict[str, str]]], list[str]], list[float]]
+"""``reward_fn(prompts, completions) -> one score per completion``; prompts are chat message lists."""
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+"""``progress(step, total_steps, metrics)`` after every PPO step."""
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Everything that decides a PPO run.
+
+    ``model``: what ``resolve_model`` accepts (alias, folder, hub id); its
+    tokenizer needs a chat template. ``reward``: a reward-model folder written
+    by ``rewardmodel.lib`` or ``"rule:count:WORD"`` / ``"rule:length"``; may be
+    empty when ``train_ppo`` gets a ``reward_fn``. ``batch_size`` rollouts per
+    step, updated in minibatches of ``mini_batch_size`` for ``ppo_epochs``
+    passes. ``adaptive_kl`` turns on the proportional controller that steers
+    the per-response KL towards ``kl_target`` nats over ``kl_horizon``
+    rollouts. ``lora_r > 0`` trains LoRA adapters on all linear layers instead
+    of every weight (the saved policy has them merged). ``dtype="auto"`` means
+    fp32 weights with bf16 autocast on CUDA and plain fp32 elsewhere.
+    Log-probabilities and the KL are those of the temperature-scaled
+    distribution; ``top_p < 1`` samples from a truncated one that the PPO
+    ratio does not see (as in most implementations), so keep 1.0 unless you
+    mean it.
+    """
+
+    model: str
+    reward: str = ""
+    learning_rate: float = 1e-5
+    batch_size: int = 16
+    mini_batch_size: int = 4
+    ppo_epochs: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kl_coef: float = 0.05
+    adaptive_kl: bool = False
+    kl_target: float = 6.0
+    kl_horizon: int = 10_000
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_advantages: bool = True
+    max_grad_norm: float = 1.0
+    steps: int = 100
+    seed: int = 0
+    device: str = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    lora_r: int = 0
+    lora_alpha: int = 16
+    reward_batch_size: int = 32
+    num_threads: int = 0  # 0 = leave torch's default
+
+    def __post_init__(self) -> None:
+        checks = {
+            "batch_size must be >= 1": self.batch_size >= 1,
+            "mini_batch_size must be in [1, batch_size]": 1 <= self.mini_batch_size <= self.batch_size,
+            "ppo_epochs, steps, max_new_tokens must be >= 1": min(self.ppo_epochs, self.steps,
+                                                                  self.max_new_tokens) >= 1,
+            "temperature must be > 0 (PPO needs the sampling distribution)": self.temperature > 0,
+            "top_p must be in (0, 1]": 0 < self.top_p <= 1,
+            "gamma and lam must be in [0, 1]": 0 <= self.gamma <= 1 and 0 <= self.lam <= 1,
+            "kl_target and kl_horizon must be > 0": self.kl_target > 0 and self.kl_horizon > 0,
+            "lora_r must be >= 0": self.lora_r >= 0,
+            f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "bf16"),
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError("; ".join(failed))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PPOConfig:
+        """Build from a dict, ignoring unknown keys (older/newer meta.json files)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class PPOResult:
+    """``metrics``: summary of the run; ``history``: one dict per step (the keys of ``_step_metrics``)."""
+
+    config: PPOConfig
+    out_dir: str
+    meta_path: str
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def rule_reward(spec: str) -> RewardFn:
+    """A rule-based reward from ``"rule:count:WORD"`` (occurrences of WORD among the
+    completion's whitespace-separated words) or ``"rule:length"`` (its word count)."""
+    kind, _, arg = spec.removeprefix("rule:").partition(":")
+    if kind == "count" and arg:
+        return lambda prompts, completions: [float(c.split().count(arg)) for c in completions]
+    if kind == "length":
+        return lambda prompts, completions: [float(len(c.split())) for c in completions]
+    raise ValueError(f"unknown reward rule {spec!r}; use rule:count:WORD or rule:length")
+
+
+def _reward_from_config(config: PPOConfig, device: Any) -> RewardFn:
+    if config.reward.startswith("rule:"):
+        return rule_reward(config.reward)
+    if not config.reward:
+        raise ValueError("config.reward is empty and no reward_fn was passed")
+    from rewardmodel.lib.model import load_reward_model
+    from rewardmodel.lib.score import score
+
+    reward_model = load_reward_model(config.reward, device=device)
+    return lambda prompts, completions: score(reward_model, prompts, completions, config.reward_batch_size)
+
+
+def train_ppo(
+    config: PPOConfig,
+    prompts: Sequence[Sequence[dict[str, str]]],
+    out_dir: str | Path,
+    progress: ProgressFn | None = None,
+    *,
+    reward_fn: RewardFn | None = None,
+    lineage: dict[str, Any] | None = None,
+) -> PPOResult:
+    """Run ``config.steps`` PPO steps and publish the policy in ``out_dir``; return the result.
+
+    Preconditions: ``prompts`` is non-empty, each a list of chat messages the
+    tokenizer's template accepts; ``out_dir`` does not exist yet (or is an
+    empty folder). Prompts are visited in a seeded shuffled order, epoch after
+    epoch. ``reward_fn`` wins over ``config.reward``. ``lineage`` (parent
+    checkpoint, reward-model version, run id...) is copied into meta.json.
+    The folder appears whole or not at all (``training.lib.checkpoint``):
+    ``save_pretrained`` files, tokenizer and meta.json.
+    """
+    import torch
+
+    from training.lib.checkpoint import ensure_free
+    from training.lib.ppo_core import adaptive_kl_coef
+
+    out = ensure_free(out_dir)  # fail before the run, not after it
+    if not prompts:
+        raise ValueError("no prompts")
+    started = time.perf_counter()
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    parts = _load_parts(config)
+    reward = reward_fn or _reward_from_config(config, parts.device)
+    encoded = [_encode_prompt(parts.tokenizer, p) for p in prompts]
+    params = [p for p in parts.policy.parameters() if p.requires_grad] + list(parts.value_head.parameters())
+    # eps=1e-5 as in the PPO reference implementations: Adam's default 1e-8 lets tiny second moments blow up steps.
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, eps=1e-5, weight_decay=0.0,
+                                  fused=parts.device.type in ("cpu", "cuda"))
+    order = _prompt_order(len(prompts), config.batch_size * config.steps, config.seed)
+    kl_coef = config.kl_coef
+    history: list[dict[str, float]] = []
+    loop_start = time.perf_counter()
+    for step in range(1, config.steps + 1):
+        picked = order[(step - 1) * config.batch_size : step * config.batch_size]
+        batch = _collect(parts, config, [encoded[i] for i in picked])
+        raw = reward([list(prompts[i]) for i in picked], batch.texts)
+        if len(raw) != len(picked):
+            raise ValueError(f"the reward gave {len(raw)} scores for {len(picked)} completions")
+        scores = torch.tensor(raw, dtype=torch.float32)
+        advantages, returns, kl = _advantages(batch, scores.to(parts.device), kl_coef, config)
+        update = _ppo_update(parts, config, optimizer, batch, advantages, returns)
+        observed_kl = float(kl.sum(dim=1).mean())
+        entry = _step_metrics(step, batch, scores, observed_kl, kl_coef, update, time.perf_counter() - loop_start)
+        history.append(entry)
+        if config.adaptive_kl:
+            kl_coef = adaptive_kl_coef(kl_coef, observed_kl, config.kl_target, config.kl_horizon, config.batch_size)
+        if progress is not None:
+            progress(step, config.steps, entry)
+    train_s = time.perf_counter() - loop_start
+
+    metrics = _summary(history, train_s, time.perf_counter() - started - train_s, kl_coef)
+    meta = {
+        "kind": "ppo",
+        "config": config.to_dict(),
+        "base_model": config.model,
+        "resolved_model": parts.model_path,
+        "reward": config.reward if reward_fn is None else f"callable:{getattr(reward_fn, '__name__', 'reward_fn')}",
+        "lineage": dict(lineage or {}),
+        "metrics": metrics,
+        "history": history,
+    }
+    meta_path = _save_policy(parts, out, meta)
+    return PPOResult(config=config, out_dir=str(out), meta_path=str(meta_path), metrics=metrics, history=history)
+
+
+def _prompt_order(n_prompts: int, needed: int, seed: int) -> list[int]:
+    """Prompt indices for the whole run: seeded shuffles of all prompts, one epoch after another."""
+    order: list[int] = []
+    epoch = 0
+    while len(order) < needed:
+        indices = list(range(n_prompts))
+        random.Random(seed * 1_000_003 + epoch).shuffle(indices)
+        order += indices
+        epoch += 1
+    return order[:needed]
+
+
+def _step_metrics(
+    step: int, batch: Any, scores: Any, kl: float, kl_coef: float, update: dict[str, float], elapsed: float
+) -> dict[str, float]:
+    """The per-step log: reward, KL (nats per response), entropy (nats per token), clip fraction,
+    value loss, response length (tokens), throughput."""
+    lengths = batch.response_mask.sum(dim=1).float()
+    return {
+        "step": float(step),
+        "reward_mean": float(scores.mean()),
+        "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
+        "kl": kl,
+        "kl_coef": kl_coef,
+        "objective": float(scores.mean()) - kl_coef * kl,
+        "entropy": batch.entropy,
+        "response_length": float(lengths.mean()),
+        **update,
+        "episodes": float(step * len(scores)),
+        "elapsed_s": elapsed,
+        "episodes_per_s": step * len(scores) / max(elapsed, 1e-9),
+    }
+
+
+def _summary(history: list[dict[str, float]], train_s: float, setup_s: float, kl_coef: float) -> dict[str, float]:
+    first, last = history[: max(1, len(history) // 4)], history[-max(1, len(history) // 4) :]
+
+    def mean(rows: list[dict[str, float]], key: str) -> float:
+        return sum(r[key] for r in rows) / len(rows)
+
+    return {
+        "steps": float(len(history)),
+        "episodes": history[-1]["episodes"],
+        "train_seconds": train_s,
+        "setup_seconds": setup_s,
+        "episodes_per_s": history[-1]["episodes"] / max(train_s, 1e-9),
+        "reward_first_quarter": mean(first, "reward_mean"),
+        "reward_last_quarter": mean(last, "reward_mean"),
+        "kl_last_quarter": mean(last, "kl"),
+        "final_kl_coef": kl_coef,
+    }
+
+
+# --- models, rollouts, updates -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Parts:
+    """The live objects of a run (mutable: they train). ``reference`` is None with LoRA
+    (the policy with its adapters switched off is the reference then)."""
+
+    tokenizer: Any
+    policy: Any
+    value_head: Any
+    reference: Any
+    device: Any
+    autocast_dtype: Any
+    eos_ids: list[int]
+    model_path: str
+
+    def autocast(self) -> Any:
+        import contextlib
+
+        import torch
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def reference_logprobs(self, ids: Any, mask: Any, prompt_width: int, temperature: float) -> Any:
+        if self.reference is not None:
+            return _forward(self.reference, None, ids, mask, prompt_width, temperature)[0]
+        with self.policy.disable_adapter():
+            return _forward(self.policy, None, ids, mask, prompt_width, temperature)[0]
+
+
+@dataclass(frozen=True)
+class _Rollouts:
+    """One batch of B sampled responses after a prompt block of width P (left padded).
+
+    input_ids, attention_mask [B, P + R]; response_mask, logprobs, ref_logprobs,
+    values [B, R] (float; values are V(state before each response token));
+    ``entropy``: mean per-token entropy of the sampling distribution, nats.
+    """
+
+    input_ids: Any
+    attention_mask: Any
+    prompt_width: int
+    response_mask: Any
+    logprobs: Any
+    ref_logprobs: Any
+    values: Any
+    entropy: float
+    texts: list[str]
+
+
+def _load_parts(config: PPOConfig) -> _Parts:
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rewardmodel.lib.backbones import resolve_model
+    from training.lib.generation import _eos_ids
+
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if config.device == "auto" else config.device)
+    if device.type != "cuda" and config.dtype == "bf16":
+        raise ValueError("dtype='bf16' is refused off CUDA: CPUs here have no bf16 units (~100x slower than fp32)")
+    use_bf16 = device.type == "cuda" and config.dtype != "fp32" and torch.cuda.is_bf16_supported()
+    path = resolve_model(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # masked out everywhere, so any id works
+    if not tokenizer.chat_template:
+        raise ValueError(f"{path}: the tokenizer has no chat template")
+    # Weights and optimizer state stay fp32; bf16 enters only through autocast.
+    policy: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    policy.to(device).eval()  # dropout off for good: it would make the PPO ratio noisy; gradients still flow
+    if config.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+        policy, reference = get_peft_model(policy, lora), None
+    else:
+        reference = copy.deepcopy(policy).requires_grad_(False)
+    hidden = policy.config.get_text_config().hidden_size
+    value_head = torch.nn.Linear(hidden, 1).to(device)
+    torch.nn.init.zeros_(value_head.weight)  # V starts at 0: early advantages are the plain returns
+    torch.nn.init.zeros_(value_head.bias)
+    return _Parts(tokenizer, policy, value_head, reference, device, torch.bfloat16 if use_bf16 else None,
+                  _eos_ids(tokenizer, policy), path)
+
+
+def _encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+    from training.lib.generation import _render
+
+    return list(tokenizer(_render(tokenizer, messages), add_special_tokens=False)["input_ids"])
+
+
+def _forward(model: Any, value_head: Any, ids: Any, mask: Any, prompt_width: int, temperature: float) -> tuple:
+    """(logprobs [B, R], values [B, R] or None, logits [B, R, V] / temperature) of the response tokens.
+
+    ids, mask [B, P + R] with P = prompt_width >= 1. Only the R + 1 last
+    positions go through the LM head (``logits_to_keep``): prompt tokens
+    never pay for a vocabulary projection.
+    """
+    import torch
+
+    width = ids.shape[1] - prompt_width
+    positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                output_hidden_states=value_head is not None, logits_to_keep=width + 1)
+    logits = out.logits[:, :-1].float() / temperature  # position P-1+t predicts response token t
+    targets = ids[:, prompt_width:]
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    values = None
+    if value_head is not None:
+        values = value_head(out.hidden_states[-1][:, prompt_width - 1 : -1]).squeeze(-1).float()
+    return logprobs, values, logits
+
+
+def _sample(parts: _Parts, config: PPOConfig, prompt_ids: list[list[int]]) -> tuple:
+    """(input_ids [B, P + R], attention_mask [B, P + R], P, response_mask [B, R] float)."""
+    import torch
+
+    pad = parts.tokenizer.pad_token_id
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompt_ids):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    ids, mask = ids.to(parts.device), mask.to(parts.device)
+    # no_grad, not inference_mode: these ids feed the differentiable forward passes later.
+    with torch.no_grad(), parts.autocast():
+        out = parts.policy.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
+                                    temperature=config.temperature, top_p=config.top_p,
+                                    max_new_tokens=config.max_new_tokens, eos_token_id=parts.eos_ids,
+                                    pad_token_id=pad)
+    response = out[:, width:]
+    is_eos = torch.isin(response, torch.tensor(parts.eos_ids, device=response.device)).long()
+    response_mask = ((is_eos.cumsum(dim=1) - is_eos) == 0).float()  # up to and including the first EOS
+    return out, torch.cat([mask, response_mask.long()], dim=1), width, response_mask
+
+
+def _trim(batch: _Rollouts, rows: Any) -> tuple[Any, Any, int, int]:
+    """(ids, mask, P', R') for ``rows``, cut to the columns any of them uses: less padding to compute."""
+    mask = batch.attention_mask[rows]
+    used_prompt = mask[:, : batch.prompt_width].sum(dim=0).nonzero()
+    start = int(used_prompt.min()) if len(used_prompt) else batch.prompt_width - 1
+    width = max(1, int(batch.response_mask[rows].sum(dim=1).max()))
+    end = batch.prompt_width + width
+    return batch.input_ids[rows, start:end], mask[:, start:end], batch.prompt_width - start, width
+
+
+def _collect(parts: _Parts, config: PPOConfig, prompt_ids: list[list[int]]) -> _Rollouts:
+    """Sample B responses, then (no grad) their log-probs, values, reference log-probs and entropy."""
+    import torch
+
+    from training.lib.ppo_core import token_entropy
+
+    ids, mask, prompt_width, response_mask = _sample(parts, config, prompt_ids)
+    n, width = response_mask.shape
+    logprobs, ref_logprobs, values = (torch.zeros(n, width, device=parts.device) for _ in range(3))
+    entropy_sum = 0.0
+    shell = _Rollouts(ids, mask, prompt_width, response_mask, None, None, None, 0.0, [])
+    with torch.no_grad(), parts.autocast():
+        for rows in torch.arange(n, device=parts.device).split(config.mini_batch_size):
+            sub_ids, sub_mask, sub_p, sub_r = _trim(shell, rows)
+            lp, v, logits = _forward(parts.policy, parts.value_head, sub_ids, sub_mask, sub_p, config.temperature)
+            logprobs[rows, :sub_r], values[rows, :sub_r] = lp, v
+            ref_logprobs[rows, :sub_r] = parts.reference_logprobs(sub_ids, sub_mask, sub_p, config.temperature)
+            entropy_sum += float((token_entropy(logits) * response_mask[rows, :sub_r]).sum())
+    texts = []
+    for row in range(n):
+        length = int(response_mask[row].sum())
+        texts.append(parts.tokenizer.decode(ids[row, prompt_width : prompt_width + length].tolist(),
+                                            skip_special_tokens=True).strip())
+    entropy = entropy_sum / max(1.0, float(response_mask.sum()))
+    return dataclasses.replace(shell, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values,
+                               entropy=entropy, texts=texts)
+
+
+def _advantages(batch: _Rollouts, scores: Any, kl_coef: float, config: PPOConfig) -> tuple[Any, Any, Any]:
+    """(advantages, returns, per-token KL), each [B, R]; advantages whitened if configured."""
+    from training.lib.ppo_core import gae, kl_penalized_rewards, masked_whiten
+
+    rewards, kl = kl_penalized_rewards(scores, batch.logprobs, batch.ref_logprobs, batch.response_mask, kl_coef)
+    advantages, returns = gae(rewards, batch.values, batch.response_mask, config.gamma, config.lam)
+    if config.whiten_advantages:
+        advantages = masked_whiten(advantages, batch.response_mask)
+    return advantages, returns, kl
+
+
+def _ppo_update(parts: _Parts, config: PPOConfig, optimizer: Any, batch: _Rollouts, advantages: Any,
+                returns: Any) -> dict[str, float]:
+    """``ppo_epochs`` shuffled passes of minibatch steps; returns the mean of each loss statistic."""
+    import torch
+
+    from training.lib.ppo_core import clipped_policy_loss, clipped_value_loss
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sums: dict[str, float] = {}
+    count = 0
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(len(batch.texts), device=parts.device)
+        for rows in order.split(config.mini_batch_size):
+            ids, mask, prompt_width, width = _trim(batch, rows)
+            with parts.autocast():
+                logprobs, values, _ = _forward(parts.policy, parts.value_head, ids, mask, prompt_width,
+                                               config.temperature)
+            response_mask = batch.response_mask[rows, :width]
+            policy = clipped_policy_loss(logprobs, batch.logprobs[rows, :width], advantages[rows, :width],
+                                         response_mask, config.clip_range)
+            value = clipped_value_loss(values, batch.values[rows, :width], returns[rows, :width], response_mask,
+                                       config.clip_range_value)
+            loss = policy.loss + config.vf_coef * value.loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            stats = {"policy_loss": policy.loss, "value_loss": value.loss, "clip_fraction": policy.clip_fraction,
+                     "approx_kl": policy.approx_kl, "value_clip_fraction": value.clip_fraction,
+                     "grad_norm": grad_norm}
+            for key, tensor in stats.items():
+                sums[key] = sums.get(key, 0.0) + float(tensor.detach())
+            count += 1
+    return {key: total / count for key, total in sums.items()}
+
+
+def _save_policy(parts: _Parts, out: Path, meta: dict[str, Any]) -> Path:
+    """Publish the policy (LoRA merged) atomically through ``checkpoint.save_checkpoint``; returns meta.json's path.
+
+    The folder is checked before it is renamed into place: it must load back
+    with exactly the trained weights.
+    """
+    from training.lib.checkpoint import META_FILE, save_checkpoint
+
+    def trained() -> Any:  # after a LoRA merge the peft wrapper's base model holds the merged weights
+        return parts.policy.get_base_model() if parts.reference is None else parts.policy
+
+    save_checkpoint(parts.policy, parts.tokenizer, out, meta, verify=lambda folder: _verify_saved(folder, trained()))
+    return out / META_FILE
+
+
+def _verify_saved(folder: Path, model: Any) -> None:
+    """Raise unless ``folder`` loads (model and tokenizer) with exactly the weights of ``model``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoTokenizer.from_pretrained(folder)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
+    live = model.state_dict()
+    if set(loaded) != set(live):
+        raise RuntimeError(f"saved policy in {folder} has different tensors: {sorted(set(loaded) ^ set(live))[:5]}")
+    for name, tensor in live.items():
+        if not torch.equal(loaded[name], tensor.detach().float().cpu()):
+            raise RuntimeError(f"saved policy in {folder} differs from the trained one at {name}")

@@ -1,0 +1,95 @@
+"""Command line for PPO, without the web app.
+
+    python -m training.lib.ppo_cli --model smollm2 --reward-model DIR --prompts prompts.jsonl --out DIR
+    python -m training.lib.ppo_cli --model DIR --reward-model rule:count:good --prompts p.jsonl --out DIR --steps 20
+
+``--reward-model`` is a folder written by ``rewardmodel.lib`` or a rule
+(``rule:count:WORD``, ``rule:length``). Each line of ``--prompts`` is a JSON
+object with ``"messages"`` or ``"prompt"`` (a list of chat messages or a
+string, read as one user turn) or a bare JSON list of messages. Every other
+``PPOConfig`` field is an option (``--kl-coef``, ``--adaptive-kl``...).
+Shows a tqdm progress bar and prints the run's metrics as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.lib.ppo import PPOConfig
+
+_OWN_OPTIONS = {"model", "reward"}
+
+
+def read_prompts(path: str | Path) -> list[list[dict[str, str]]]:
+    """Chat prompts from a JSONL file (see the module docstring for the accepted shapes)."""
+    prompts = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        row: Any = json.loads(line)
+        value = row if isinstance(row, list) else row.get("messages", row.get("prompt"))
+        if isinstance(value, str):
+            value = [{"role": "user", "content": value}]
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"{path}:{number}: no 'messages' or 'prompt'")
+        prompts.append([{"role": m["role"], "content": m["content"]} for m in value])
+    return prompts
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per PPOConfig field, typed from the field's default."""
+    hints = typing.get_type_hints(PPOConfig)
+    for f in dataclasses.fields(PPOConfig):
+        if f.name in _OWN_OPTIONS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is typing.Literal else None
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, choices=choices,
+                                help=f"default: {f.default}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.lib.ppo_cli", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="policy: folder, hub id, or alias (smollm2)")
+    parser.add_argument("--reward-model", required=True, help="reward-model folder, or rule:count:WORD / rule:length")
+    parser.add_argument("--prompts", required=True, help="JSONL prompts")
+    parser.add_argument("--out", required=True, help="output folder (must not exist yet)")
+    parser.add_argument("--lineage", default="{}", help="JSON object copied into meta.json")
+    _add_config_options(parser)
+    args = parser.parse_args(argv)
+
+    from tqdm import tqdm
+
+    from training.lib.ppo import train_ppo
+
+    names = {f.name for f in dataclasses.fields(PPOConfig)} - _OWN_OPTIONS
+    config = PPOConfig(model=args.model, reward=args.reward_model,
+                       **{k: v for k, v in vars(args).items() if k in names})
+    prompts = read_prompts(args.prompts)
+    bar = tqdm(total=config.steps, unit="step", desc="ppo", dynamic_ncols=True)
+
+    def progress(step: int, total: int, metrics: dict[str, float]) -> None:
+        bar.update(step - bar.n)
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.2f}",
+                        clip=f"{metrics['clip_fraction']:.2f}", eps=f"{metrics['episodes_per_s']:.1f}")
+
+    try:
+        result = train_ppo(config, prompts, args.out, progress, lineage=json.loads(args.lineage))
+    finally:
+        bar.close()
+    print(json.dumps(result.metrics, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
