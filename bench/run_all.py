@@ -24,6 +24,7 @@ BENCHMARKS = {
     "reward_vs_trl": [PY, "bench/reward_vs_trl.py"],
     "dpo_vs_trl": [PY, "bench/dpo_vs_trl.py"],
     "ppo_vs_trl": [PY, "bench/ppo_vs_trl.py"],
+    "ppo_vs_trl-smollm2": [PY, "bench/ppo_vs_trl.py", "--model", "smollm2"],
     "loop": [PY, "bench/loop.py"],
 }
 
@@ -33,7 +34,13 @@ Every figure here comes from a script under `bench/` (`make bench` runs them all
 time, and rewrites this page from their reports in `bench/out/`). Each script runs the peer
 it is measured against side by side in the same process tree. On this CPU-only 2-core
 machine absolute times say little; the ratios are the point. GPU figures are measured
-only when a GPU is lent to the session.
+only when a GPU is lent to the session (none was lent so far, so there are no MFU figures yet).
+
+**Caveat for the figures below:** they were taken while several other jobs shared the two
+cores (load average 6–12), so absolute numbers are low and noisy; each peer pair ran in one
+process tree under the same conditions, so the ratios hold better. Re-run `make bench` on a
+quiet machine before quoting absolute throughput; the vote-path figures in particular are
+far below what the same code does on an idle machine.
 
 """
 
