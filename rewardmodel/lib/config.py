@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: validating a config must stay cheap (web processes)
+    import torch
 
 LossName = Literal["bt", "bt_margin", "davidson", "rao_kupper"]
 Pooling = Literal["auto", "last", "mean", "cls"]
@@ -114,6 +115,8 @@ class RewardConfig:
 
 
 def resolve_device(config: RewardConfig) -> torch.device:
+    import torch
+
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(config.device)
@@ -125,6 +128,8 @@ def resolve_autocast_dtype(config: RewardConfig, device: torch.device) -> torch.
     Weights and optimizer state stay fp32 in every case; bf16 only enters
     through autocast, and only on CUDA.
     """
+    import torch
+
     if device.type != "cuda":
         if config.dtype == "bf16":
             raise ValueError("dtype='bf16' on CPU is refused: no bf16 units, ~100x slower than fp32")

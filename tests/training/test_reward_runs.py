@@ -130,3 +130,16 @@ def test_api_starts_and_reports_a_run(client, project, manager, annotator):
     assert bad.status_code == 400 and "nope" in bad.json()["error"]
     other = token_create(user=annotator)
     assert client.get(f"/api/runs/{run_id}", HTTP_AUTHORIZATION=f"Bearer {other}").status_code == 403
+
+
+def test_starting_a_run_from_the_web_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); django.setup();"
+        "from training.reward import reward_config_from; reward_config_from({'epochs': 2});"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
