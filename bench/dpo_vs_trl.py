@@ -2,11 +2,17 @@
 
     .venv/bin/python bench/dpo_vs_trl.py                 # SmolLM2-135M-Instruct, 16 steps of 4 pairs
     .venv/bin/python bench/dpo_vs_trl.py --tiny --steps 5  # smoke run on a tiny random Llama
+    .venv/bin/python bench/dpo_vs_trl.py --paired --threads 1 --runs trl-best,trl-fp32,trl-default
+
+With --paired, each TRL run is started at the same time as one of ours and
+the speed ratio is taken over the window where both were training: both see
+the same load from other jobs, which on a shared machine moves absolute
+figures by 3-10x within minutes.
 
 Both sides: full fine-tune, fp32 (unless noted), batch 4, the same β, learning
 rate (linear decay, no warmup), max_grad_norm, seed and the same pairs (one
 epoch of exactly steps x batch pairs). Each run is its own subprocess, one
-after the other, so they never share the CPU and each has its own peak RSS.
+after the other (or in pairs, see above); each has its own peak RSS.
 
 TRL runs: its default (bf16=True, gradient checkpointing, a reference model
 forward every step; capped at --trl-bf16-steps because bf16 crawls on a CPU
@@ -93,7 +99,7 @@ def make_pairs(n: int, seed: int) -> tuple[list[dict[str, Any]], str]:
     return pairs, source
 
 
-Mark = tuple[float, float, float, float]  # (wall s, process CPU s, real tokens so far, pairs so far)
+Mark = tuple[float, float, float, float, float]  # (wall s, CPU s, real tokens so far, pairs so far, epoch s)
 
 
 def _steady(marks: list[Mark]) -> dict[str, float]:
@@ -102,12 +108,34 @@ def _steady(marks: list[Mark]) -> dict[str, float]:
     tokens_per_cpu_s divides by the CPU time of the process (all threads): on
     a machine shared with other jobs it moves much less than wall-clock rates.
     """
-    first = marks[0] if len(marks) > 1 else (0.0, 0.0, 0.0, 0.0)
+    first = marks[0] if len(marks) > 1 else (0.0, 0.0, 0.0, 0.0, 0.0)
     last = marks[-1]
     wall, cpu = last[0] - first[0], last[1] - first[1]
     tokens = last[2] - first[2]
     return {"tokens_per_s": tokens / wall, "pairs_per_s": (last[3] - first[3]) / wall,
-            "tokens_per_cpu_s": tokens / max(cpu, 1e-9), "seconds_per_step": wall / max(1, len(marks) - 1)}
+            "tokens_per_cpu_s": tokens / max(cpu, 1e-9), "seconds_per_step": wall / max(1, len(marks) - 1),
+            "clock": [(m[4], m[2]) for m in marks]}
+
+
+def _tokens_at(clock: list[list[float]], t: float) -> float:
+    """Real tokens done by epoch time t, linear between step ends (clock: [(epoch s, tokens)])."""
+    for (t0, n0), (t1, n1) in zip(clock, clock[1:], strict=False):
+        if t0 <= t <= t1:
+            return n0 + (n1 - n0) * (t - t0) / max(t1 - t0, 1e-9)
+    return clock[-1][1] if t > clock[-1][0] else clock[0][1]
+
+
+def paired_rates(a: dict, b: dict) -> tuple[float, float] | None:
+    """Steady-state tokens/s of two runs that ran at the same time, over the window where both did.
+
+    Both saw the same load from other jobs at every moment, so the ratio is
+    fair even on a busy machine. None if the windows do not overlap.
+    """
+    start = max(a["clock"][0][0], b["clock"][0][0])
+    end = min(a["clock"][-1][0], b["clock"][-1][0])
+    if end - start <= 0:
+        return None
+    return tuple((_tokens_at(r["clock"], end) - _tokens_at(r["clock"], start)) / (end - start) for r in (a, b))
 
 
 def run_ours(args: argparse.Namespace, pairs: list[dict]) -> dict[str, Any]:
@@ -124,7 +152,7 @@ def run_ours(args: argparse.Namespace, pairs: list[dict]) -> dict[str, Any]:
     cpu0 = time.process_time()
 
     def progress(step: int, total: int, e: dict[str, float]) -> None:
-        marks.append((e["elapsed_s"], time.process_time() - cpu0, e["tokens_seen"], e["pairs_seen"]))
+        marks.append((e["elapsed_s"], time.process_time() - cpu0, e["tokens_seen"], e["pairs_seen"], time.time()))
         print(f"step {step}/{total} loss {e['loss']:.4f} {e['tokens_per_s']:.1f} tok/s", flush=True)
 
     result = train_dpo(config, pairs, out, progress)
@@ -163,7 +191,8 @@ def run_trl(args: argparse.Namespace, pairs: list[dict], variant: str) -> dict[s
         def on_step_end(self, a: Any, state: Any, control: Any, **k: Any) -> None:
             # TRL counts attention_mask.sum() per batch: the same "real tokens" as ours.
             marks.append((time.perf_counter() - start[0], time.process_time() - start[1],
-                          float(holder["trainer"]._total_train_tokens), float(state.global_step * args.batch_size)))
+                          float(holder["trainer"]._total_train_tokens), float(state.global_step * args.batch_size),
+                          time.time()))
 
     config = TRLConfig(
         output_dir=str(WORK / f"trl-{variant}"), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
@@ -218,8 +247,8 @@ def worker(args: argparse.Namespace) -> None:
     else:
         result = run_trl(args, pairs, args.worker.removeprefix("trl-"))
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["argv"] = [a for a in sys.argv[1:] if not a.startswith("--worker") and a != args.worker]
-    (WORK / f"{args.worker}.json").write_text(json.dumps(result))
+    result["argv"] = [a for a in sys.argv[1:] if a.split("=")[0] not in ("--worker", "--tag") and a != args.worker]
+    (WORK / f"{args.worker}{args.tag}.json").write_text(json.dumps(result))
 
 
 LABELS = [("ours", "training.lib.dpo (fp32; precomputed ref., shared prefix, bucketing)"),
@@ -232,43 +261,82 @@ def _fmt(x: float | None, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _row(name: str, r: dict) -> str:
+    loss = f"{r['losses'][0]:.4f} → {r['losses'][-1]:.4f}" if r["losses"] else "n/a"
+    return (f"| {name} | {r['tokens_per_s']:.1f} | {r['tokens_per_cpu_s']:.1f} | {r['tokens_per_s_with_ref']:.1f} | "
+            f"{r['pairs_per_s']:.3f} | {r['seconds_per_step']:.1f} | {_fmt(r['padding_fraction'], '.1%')} | "
+            f"{r['peak_rss_mib']:.0f} | {r['steps']} | {loss} |")
+
+
 def table(results: dict[str, dict], failures: dict[str, str], args: argparse.Namespace, source: str) -> str:
     lines = [
         f"# DPO: training.lib.dpo vs TRL DPOTrainer ({args.model})",
         "",
         f"{args.steps * args.batch_size} pairs ({source}), full fine-tune, batch {args.batch_size}, "
         f"{args.steps} steps, β {args.beta}, lr {args.lr} (linear decay), max_length {args.max_length}, "
-        f"{args.threads} threads, fp32 unless noted. The machine is shared with other jobs: absolute figures are "
-        "noisy, ratios less so.",
+        f"{args.threads} thread(s) per run, fp32 unless noted. The machine is shared with other jobs: absolute "
+        "figures are noisy" + ("; each TRL run ran at the same time as one of ours (\"ours @ X\"), and the ratios "
+                               "compare the two over the window where both were training." if args.paired else "."),
         "",
         "| run | real tokens/s | per CPU-s | with ref. | pairs/s | s/step | padding | peak RSS MiB | steps "
         "| first → last loss |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, name in LABELS:
-        if key in failures:
-            lines.append(f"| {name} | {failures[key]} | | | | | | | | |")
+        for run, label in ((key, name), (f"ours@{key}", f"ours @ {key} (same time)")):
+            if run in failures:
+                lines.append(f"| {label} | {failures[run]} | | | | | | | | |")
+            if run in results:
+                lines.append(_row(label, results[run]))
+    lines.append("")
+    for key in ("trl-fp32", "trl-best", "trl-default"):
         if key not in results:
             continue
-        r = results[key]
-        loss = f"{r['losses'][0]:.4f} → {r['losses'][-1]:.4f}" if r["losses"] else "n/a"
-        lines.append(f"| {name} | {r['tokens_per_s']:.1f} | {r['tokens_per_cpu_s']:.1f} | "
-                     f"{r['tokens_per_s_with_ref']:.1f} | {r['pairs_per_s']:.3f} | {r['seconds_per_step']:.1f} | "
-                     f"{_fmt(r['padding_fraction'], '.1%')} | {r['peak_rss_mib']:.0f} | {r['steps']} | {loss} |")
-    ours = results.get("ours")
+        peer, paired, ours = results[key], results.get(f"ours@{key}"), results.get("ours")
+        rates = paired_rates(paired, peer) if paired else None
+        if rates:
+            lines.append(f"- vs {key}: **{rates[0] / rates[1]:.2f}x** real tokens/s over the "
+                         f"{_overlap(paired, peer):.0f} s both trained ({rates[0]:.1f} vs {rates[1]:.1f}); "
+                         f"{paired['tokens_per_cpu_s'] / peer['tokens_per_cpu_s']:.2f}x per CPU-second; "
+                         f"{paired['tokens_per_s_with_ref'] / peer['tokens_per_s_with_ref']:.2f}x whole runs "
+                         "counting reference precompute.")
+        elif ours:
+            lines.append(f"- vs {key}: **{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x** real tokens/s "
+                         "(steady state, run one after the other), "
+                         f"{ours['tokens_per_cpu_s'] / peer['tokens_per_cpu_s']:.2f}x per CPU-second, "
+                         f"{ours['tokens_per_s_with_ref'] / peer['tokens_per_s_with_ref']:.2f}x "
+                         "counting reference precompute.")
+    ours = results.get("ours") or next((r for k, r in results.items() if k.startswith("ours@")), None)
     if ours:
-        lines.append("")
-        for key in ("trl-fp32", "trl-best", "trl-default"):
-            if key in results:
-                peer = results[key]
-                lines.append(f"- vs {key}: **{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x** real tokens/s "
-                             f"(steady state), {ours['tokens_per_cpu_s'] / peer['tokens_per_cpu_s']:.2f}x per "
-                             f"CPU-second, {ours['tokens_per_s_with_ref'] / peer['tokens_per_s_with_ref']:.2f}x "
-                             "counting reference precompute.")
         lines.append(f"- ours: shared prefix {'on' if ours['shared_prefix'] else 'off'}, "
                      f"reference precompute {ours['ref_seconds']:.1f} s, margins {ours['margins'][0]:.3f} → "
                      f"{ours['margins'][-1]:.3f}.")
     return "\n".join(lines) + "\n"
+
+
+def _overlap(a: dict, b: dict) -> float:
+    return min(a["clock"][-1][0], b["clock"][-1][0]) - max(a["clock"][0][0], b["clock"][0][0])
+
+
+def _run_together(jobs: list[tuple[str, str]], passthrough: list[str], args: argparse.Namespace) -> list[int | None]:
+    """Start the (worker, tag) jobs at once, wait for all; exit codes (None = timed out, killed)."""
+    procs = []
+    for worker_name, tag in jobs:
+        (WORK / f"{worker_name}{tag}.json").unlink(missing_ok=True)
+        log = open(WORK / f"{worker_name}{tag}.log", "w")  # noqa: SIM115 - closed below; TRL prints every step
+        cmd = [sys.executable, __file__, *passthrough, "--worker", worker_name, f"--tag={tag}"]
+        procs.append((subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log, worker_name))
+    codes: list[int | None] = []
+    for proc, log, worker_name in procs:
+        try:
+            codes.append(proc.wait(timeout=args.trl_bf16_timeout if worker_name == "trl-default" else None))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            codes.append(None)
+        finally:
+            log.close()
+    return codes
 
 
 def main() -> None:
@@ -288,6 +356,9 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="take a run's result from an earlier run if saved")
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--tag", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--paired", action="store_true",
+                        help="run ours at the same time as each TRL run (fair ratios on a busy machine)")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
@@ -309,28 +380,25 @@ def main() -> None:
     results: dict[str, dict] = {}
     failures: dict[str, str] = {}
     for key in args.runs.split(","):
-        saved = WORK / f"{key}.json"
-        if args.reuse and saved.exists() and json.loads(saved.read_text()).get("argv") == passthrough:
-            results[key] = json.loads(saved.read_text())
-            print(f"{key}: reused {saved}", flush=True)
+        partner = "ours" if args.paired and key.startswith("trl-") and key != "trl-default" else None
+        jobs = [(key, "")] + ([(partner, f"@{key}")] if partner else [])
+        names = [w + tag for w, tag in jobs]
+        saved = [WORK / f"{n}.json" for n in names]
+        if args.reuse and all(p.exists() and json.loads(p.read_text()).get("argv") == passthrough for p in saved):
+            results.update({n: json.loads(p.read_text()) for n, p in zip(names, saved, strict=True)})
+            print(f"{' + '.join(names)}: reused", flush=True)
             continue
-        saved.unlink(missing_ok=True)
-        print(f"running {key} ...", flush=True)
-        timeout = args.trl_bf16_timeout if key == "trl-default" else None
+        print(f"running {' + '.join(names)} ...", flush=True)
         started = time.perf_counter()
-        try:
-            with open(WORK / f"{key}.log", "w") as log:  # TRL prints every logged step
-                done = subprocess.run([sys.executable, __file__, *passthrough, "--worker", key], cwd=ROOT,
-                                      timeout=timeout, stdout=log, stderr=subprocess.STDOUT)
-        except subprocess.TimeoutExpired:
-            failures[key] = f"did not finish {args.trl_bf16_steps} step(s) in {timeout} s"
-            continue
-        if done.returncode != 0:
-            failures[key] = f"failed (exit {done.returncode}, see {WORK / (key + '.log')})"
-            continue
-        results[key] = json.loads((WORK / f"{key}.json").read_text())
-        print(f"{key}: {results[key]['tokens_per_s']:.1f} real tokens/s, {time.perf_counter() - started:.0f} s",
-              flush=True)
+        for name, code in zip(names, _run_together(jobs, passthrough, args), strict=True):
+            if code is None:
+                failures[name] = f"did not finish {args.trl_bf16_steps} step(s) in {args.trl_bf16_timeout} s"
+            elif code != 0:
+                failures[name] = f"failed (exit {code}, see {WORK / (name + '.log')})"
+            else:
+                results[name] = json.loads((WORK / f"{name}.json").read_text())
+                print(f"{name}: {results[name]['tokens_per_s']:.1f} real tokens/s, "
+                      f"{time.perf_counter() - started:.0f} s", flush=True)
     report = table(results, failures, args, source)
     print(report)
     (OUT / "dpo_vs_trl.md").write_text(report)

@@ -6,11 +6,14 @@
 Both sides get the same backbone, the same training pairs, the same held-out
 pairs (split by prompt), batch size, learning rate, epochs, schedule and
 seed. Each run is its own subprocess (fresh peak-RSS figure), one after the
-other so they never share the CPU. TRL runs at its default (bf16=True,
-gradient checkpointing on; steps capped because bf16 crawls on a CPU without
-bf16 units), with bf16=False (steps capped too: it only shows what gradient
-checkpointing costs), and at its best CPU setting (bf16=False and no
-gradient checkpointing), which trains fully and is quoted as the peer.
+other so they never share the CPU. Variants (see VARIANTS): ours in fp32 and
+in bf16 autocast; TRL with bf16=False and with bf16=True, both without
+gradient checkpointing (its fastest settings; these train fully and are the
+peers), and TRL's two gradient-checkpointing settings, its default included
+(steps capped: they only show what checkpointing costs). bf16 pays only on a
+CPU with bf16 instructions (this machine's AMD EPYC has AVX512-BF16, where
+a bf16 matmul runs ~4x faster than fp32); elsewhere it crawls, so the bf16
+rows are skipped on CPUs without them.
 
 Data: pairs of completions of the same prompt from data/demo/completions.jsonl
 when it exists (labelled by a structure rule: more list items, then
@@ -33,6 +36,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,31 @@ FILLER = (
     "answer question system result value step first then each use make note example user python function file "
     "list number word text line error test run change case point way part work set order need may should would"
 ).split()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One benchmarked run. `cap` > 0 limits optimizer steps (a throughput-only row, no accuracy)."""
+
+    key: str
+    label: str
+    library: str  # "ours" or "trl"
+    bf16: bool
+    checkpointing: bool = False
+    cap_flag: str | None = None  # name of the argparse option holding the step cap
+
+
+VARIANTS = [
+    Variant("ours", "rewardmodel.lib fp32 (packed rows)", "ours", bf16=False),
+    Variant("ours-bf16", "rewardmodel.lib bf16 autocast (packed rows)", "ours", bf16=True),
+    Variant("trl-fp32", "TRL bf16=False, no grad. ckpt", "trl", bf16=False),
+    Variant("trl-bf16", "TRL bf16=True, no grad. ckpt", "trl", bf16=True),
+    Variant("trl-fp32-gc", "TRL bf16=False, grad. ckpt on", "trl", bf16=False, checkpointing=True,
+            cap_flag="trl_gc_steps"),
+    Variant("trl-default", "TRL default (bf16=True, grad. ckpt on)", "trl", bf16=True, checkpointing=True,
+            cap_flag="trl_gc_steps"),
+]
+BY_KEY = {v.key: v for v in VARIANTS}
 
 
 def marker_oracle(response: str) -> float:
@@ -129,7 +158,7 @@ def _steady(marks: list[tuple[float, float, float, float]]) -> dict[str, float]:
     return {"pairs_per_s": pairs / wall, "tokens_per_s": tokens / wall, "pairs_per_cpu_s": pairs / cpu}
 
 
-def run_ours(args: argparse.Namespace, train: list[dict], held_out: list[dict]) -> dict[str, Any]:
+def run_ours(args: argparse.Namespace, train: list[dict], held_out: list[dict], variant: Variant) -> dict[str, Any]:
     import torch
 
     from rewardmodel.lib.config import RewardConfig
@@ -139,15 +168,16 @@ def run_ours(args: argparse.Namespace, train: list[dict], held_out: list[dict]) 
     from rewardmodel.lib.train import train_reward_model
 
     config = RewardConfig(backbone=args.backbone, max_length=args.max_length, batch_size=args.batch_size,
-                          learning_rate=args.lr, epochs=args.epochs, seed=args.seed, eval_fraction=0.0)
+                          learning_rate=args.lr, epochs=args.epochs, seed=args.seed, eval_fraction=0.0,
+                          dtype="bf16" if variant.bf16 else "fp32")
     marks: list[tuple[float, float, float, float]] = []
     t0, c0 = time.perf_counter(), time.process_time()
 
     def clock(step: int, total: int, m: dict[str, float]) -> None:
         marks.append((time.perf_counter() - t0, time.process_time() - c0, m["pairs_seen"], m["tokens_seen"]))
 
-    result = train_reward_model(config, train, OUT / "work" / "ours", clock)
-    model = load_reward_model(OUT / "work" / "ours")
+    result = train_reward_model(config, train, OUT / "work" / variant.key, clock)
+    model = load_reward_model(OUT / "work" / variant.key)
     encoded = model.formatter.encode([parse_pair(r) for r in held_out], args.max_length)
     chosen, rejected = predict_pair_rewards(model, encoded, batch_size=64, device=torch.device("cpu"))
     return {**_steady(marks), "steps": len(marks), "padding_fraction": result.metrics["padding_fraction"],
@@ -155,7 +185,7 @@ def run_ours(args: argparse.Namespace, train: list[dict], held_out: list[dict]) 
             "train_seconds": result.metrics["train_seconds"], "dropped_pairs": 0}
 
 
-def run_trl(args: argparse.Namespace, train: list[dict], held_out: list[dict], variant: str) -> dict[str, Any]:
+def run_trl(args: argparse.Namespace, train: list[dict], held_out: list[dict], variant: Variant) -> dict[str, Any]:
     import datasets
     import torch
     from transformers import AutoTokenizer, TrainerCallback
@@ -167,8 +197,8 @@ def run_trl(args: argparse.Namespace, train: list[dict], held_out: list[dict], v
 
     path = resolve_backbone(args.backbone)
     tok = AutoTokenizer.from_pretrained(path)
-    bf16, checkpointing, cap = {"default": (True, True, args.trl_bf16_steps),
-                                "fp32": (False, True, args.trl_fp32_steps), "best": (False, False, -1)}[variant]
+    bf16, checkpointing = variant.bf16, variant.checkpointing
+    cap = getattr(args, variant.cap_flag) if variant.cap_flag else -1
     conversational = bool(getattr(tok, "chat_template", None))
 
     def trl_row(r: dict) -> dict:
@@ -200,7 +230,7 @@ def run_trl(args: argparse.Namespace, train: list[dict], held_out: list[dict], v
                           state.global_step * args.batch_size, stats["real"]))
 
     config = TRLConfig(
-        output_dir=str(OUT / "work" / f"trl-{variant}"), per_device_train_batch_size=args.batch_size,
+        output_dir=str(OUT / "work" / variant.key), per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr, num_train_epochs=args.epochs, max_steps=cap, bf16=bf16,
         gradient_checkpointing=checkpointing, max_length=args.max_length, seed=args.seed, report_to="none",
         save_strategy="no", logging_steps=10_000, disable_tqdm=True, use_cpu=True, lr_scheduler_type="linear",
@@ -235,46 +265,48 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     data = json.loads((OUT / "work" / "split.json").read_text())
-    run = run_ours if args.worker == "ours" else None
-    if run is not None:
-        result = run(args, data["train"], data["eval"])
-    else:
-        result = run_trl(args, data["train"], data["eval"], args.worker.removeprefix("trl-"))
+    variant = BY_KEY[args.worker]
+    run = run_ours if variant.library == "ours" else run_trl
+    result = run(args, data["train"], data["eval"], variant)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (OUT / "work" / f"{args.worker}.json").write_text(json.dumps(result))
 
 
-ROWS = [("ours", "rewardmodel.lib (fp32, packed rows)"), ("trl-best", "TRL best CPU (bf16=False, no grad. ckpt)"),
-        ("trl-fp32", "TRL bf16=False (grad. ckpt on, its default)"), ("trl-default", "TRL default (bf16=True)")]
-
-
 def table(results: dict[str, dict], args: argparse.Namespace, n_train: int, n_eval: int, source: str) -> str:
-    peer = results.get("trl-best") or results.get("trl-fp32")
     lines = [
         f"# Reward model: rewardmodel.lib vs TRL RewardTrainer ({args.backbone})",
         "",
         f"{n_train} train pairs, {n_eval} held-out pairs (split by prompt), batch {args.batch_size}, lr {args.lr}, "
-        f"epochs {args.epochs}, max_length {args.max_length}, {args.threads} threads, fp32 unless noted, "
-        f"best of {args.repeat} alternating runs. "
-        f"Label ceiling ~0.90 (10% label noise). Data: {source}.",
+        f"epochs {args.epochs}, max_length {args.max_length}, {args.threads} thread(s); full runs are the best of "
+        f"{args.repeat} alternating runs. Label ceiling ~0.90 (10% label noise). Data: {source}.",
         "",
         "| run | pairs/s | pairs per CPU-s | real tokens/s | padding | peak RSS MiB | held-out acc. | steps | "
         "train s | dropped |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key, name in ROWS:
-        if key not in results:
+    for variant in VARIANTS:
+        if variant.key not in results:
             continue
-        r = results[key]
+        r = results[variant.key]
         acc = "n/a (capped)" if r["accuracy"] != r["accuracy"] else f"{r['accuracy']:.3f}"
-        lines.append(f"| {name} | {r['pairs_per_s']:.2f} | {r['pairs_per_cpu_s']:.2f} | {r['tokens_per_s']:.0f} | {r['padding_fraction']:.1%} | "
-                     f"{r['peak_rss_mib']:.0f} | {acc} | {r['steps']} | {r['train_seconds']:.1f} | "
-                     f"{r['dropped_pairs']} |")
-    if peer and "ours" in results:
-        ratio = results["ours"]["pairs_per_s"] / peer["pairs_per_s"]
-        cpu_ratio = results["ours"]["pairs_per_cpu_s"] / peer["pairs_per_cpu_s"]
-        lines += ["", f"Speed-up vs the best TRL setting: **{ratio:.2f}x** pairs/s (wall clock), "
-                      f"**{cpu_ratio:.2f}x** pairs per CPU-second."]
+        lines.append(
+            f"| {variant.label} | {r['pairs_per_s']:.2f} | {r['pairs_per_cpu_s']:.2f} | {r['tokens_per_s']:.0f} | "
+            f"{r['padding_fraction']:.1%} | {r['peak_rss_mib']:.0f} | {acc} | {r['steps']} | "
+            f"{r['train_seconds']:.1f} | {r['dropped_pairs']} |"
+        )
+    lines.append("")
+    full_trl = [k for k in results if BY_KEY[k].library == "trl" and not BY_KEY[k].cap_flag]
+    for ours, peer in (("ours", "trl-fp32"), ("ours-bf16", "trl-bf16")):
+        if ours in results and peer in results:
+            lines.append(f"- {BY_KEY[ours].label} vs {BY_KEY[peer].label}: "
+                         f"**{results[ours]['pairs_per_s'] / results[peer]['pairs_per_s']:.2f}x** pairs/s, "
+                         f"{results[ours]['pairs_per_cpu_s'] / results[peer]['pairs_per_cpu_s']:.2f}x per CPU-s.")
+    ours_keys = [k for k in results if BY_KEY[k].library == "ours"]
+    if ours_keys and full_trl:
+        best_ours = max(ours_keys, key=lambda k: results[k]["pairs_per_s"])
+        best_trl = max(full_trl, key=lambda k: results[k]["pairs_per_s"])
+        lines.append(f"- fastest vs fastest ({BY_KEY[best_ours].label} vs {BY_KEY[best_trl].label}): "
+                     f"**{results[best_ours]['pairs_per_s'] / results[best_trl]['pairs_per_s']:.2f}x** pairs/s.")
     return "\n".join(lines) + "\n"
 
 
@@ -289,9 +321,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--trl-bf16-steps", type=int, default=2, help="step cap of TRL's (slow) bf16 default run")
-    parser.add_argument("--trl-fp32-steps", type=int, default=8, help="step cap of TRL's bf16=False run (-1: none)")
-    parser.add_argument("--runs", default="ours,trl-best,trl-fp32,trl-default")
+    parser.add_argument("--trl-gc-steps", type=int, default=8,
+                        help="step cap of the TRL runs with gradient checkpointing (-1: none); they only show its cost")
+    parser.add_argument("--runs", default=",".join(v.key for v in VARIANTS), help="comma-separated variant keys")
     parser.add_argument("--repeat", type=int, default=1, help="alternate the full runs this many times, keep the best")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -311,15 +343,18 @@ def main() -> None:
     (OUT / "work" / "split.json").write_text(json.dumps(split))
     passthrough = [f"--backbone={args.backbone}", f"--batch-size={args.batch_size}", f"--lr={args.lr}",
                    f"--epochs={args.epochs}", f"--max-length={args.max_length}", f"--seed={args.seed}",
-                   f"--threads={args.threads}", f"--trl-bf16-steps={args.trl_bf16_steps}",
-                   f"--trl-fp32-steps={args.trl_fp32_steps}"]
+                   f"--threads={args.threads}", f"--trl-gc-steps={args.trl_gc_steps}"]
     every: dict[str, list[dict]] = {}
     # Full-length runs alternate `--repeat` times (ours, TRL, ours, TRL, ...) and
     # the fastest of each is kept, so a burst of load from other processes on a
     # shared machine hurts neither side more than the other.
     keys = args.runs.split(",")
-    order = [k for _ in range(args.repeat) for k in keys if k in ("ours", "trl-best")]
-    order += [k for k in keys if k not in ("ours", "trl-best")]
+    from rewardmodel.lib.config import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        keys = [k for k in keys if not BY_KEY[k].bf16 or BY_KEY[k].key == "trl-default"]
+    full = [k for k in keys if not BY_KEY[k].cap_flag]
+    order = [k for _ in range(args.repeat) for k in full] + [k for k in keys if k not in full]
     for key in order:
         print(f"running {key} ...", flush=True)
         done = subprocess.run([sys.executable, __file__, *passthrough, "--worker", key], cwd=ROOT)

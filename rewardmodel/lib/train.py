@@ -152,7 +152,10 @@ def train_reward_model(
     total_steps = math.ceil(len(batches) / config.grad_accum)
     optimizer = _optimizer(model, config, device)
     scheduler = _linear_schedule(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    forward = torch.compile(model, dynamic=True) if resolve_compile(config, device) else model
+    forward: Callable[..., torch.Tensor] = model
+    if resolve_compile(config, device):
+        model.final_layer_shortcut = False  # swaps modules mid-forward, which a compiled graph must not see
+        forward = torch.compile(model, dynamic=True)
     autocast = (
         (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
     )

@@ -9,10 +9,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from rewardmodel.lib.config import RewardConfig
 from rewardmodel.lib.data import PairCollator, PairFormatter, PreferencePair, parse_pair, split_by_prompt
 
 WORDS = (
@@ -164,3 +166,18 @@ def test_collator_pads_dynamically_and_indexes_last_tokens() -> None:
     mask = packed.attention_mask[0, 0]
     assert mask[8, :9].all() and not mask[9, :9].any() and not mask[7, 8]  # separate, causal sequences
     assert (packed.input_ids.flatten()[packed.last_index] == tok.eos_token_id).all()
+
+
+def test_cpu_runs_fp32_unless_bf16_is_asked_for_and_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rewardmodel.lib import config as config_module
+
+    cpu = torch.device("cpu")
+    assert config_module.resolve_autocast_dtype(RewardConfig(backbone="x"), cpu) is None
+    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="bf16"):
+        config_module.resolve_autocast_dtype(RewardConfig(backbone="x", dtype="bf16"), cpu)
+    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: True)
+    assert config_module.resolve_autocast_dtype(RewardConfig(backbone="x", dtype="bf16"), cpu) == torch.bfloat16
+    assert not config_module.resolve_compile(RewardConfig(backbone="x"), cpu)
+    with pytest.raises(ValueError, match="ensemble_size"):
+        RewardConfig(backbone="x", ensemble_size=0)

@@ -17,10 +17,10 @@ from rewardmodel.lib.data import PreferencePair
 from tests.rewardmodel.test_lib_tiny import llama_config, llama_tokenizer, save_tiny_llama
 from training.lib import checkpoint as checkpoint_module
 from training.lib.checkpoint import load_checkpoint
-from training.lib.dpo import DPOConfig, batch_loss, train_dpo
+from training.lib.dpo import DPOConfig, batch_loss, resolve_autocast, train_dpo
 from training.lib.dpo_data import DPOCollator, encode_pairs, fit_lengths
 from training.lib.dpo_losses import dpo_loss, ipo_loss, robust_loss, sigmoid_loss
-from training.lib.logprobs import sequence_sums, token_logprobs
+from training.lib.logprobs import rows_to_scored_tokens, sequence_sums, token_logprobs
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [
@@ -103,6 +103,32 @@ def test_sigmoid_loss_matches_trl_dpo_trainer(tmp_path: Path) -> None:
             loss, _ = batch_loss(policy_tok, ref_tok, batch, config)
         assert abs(float(loss) - math.log(2)) > 1e-3  # a non-trivial value
         assert float(loss) == pytest.approx(trl_loss, abs=1e-4)
+    # One sequence per row (PPO's layout) scores the same tokens as TRL's completion mask.
+    rows = rows_to_scored_tokens(trl_ids, trl_batch["attention_mask"], trl_batch["completion_mask"])
+    with torch.no_grad():
+        per_row = sequence_sums(token_logprobs(policy, rows), rows.seq_index, rows.num_seqs)
+        ours = _seq_logps(policy, DPOCollator(tok.pad_token_id, shared_prefix=False)(examples))
+    assert torch.allclose(per_row, ours, atol=1e-5)
+
+
+def test_chunked_and_full_forward_paths_agree(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tok = llama_tokenizer(chat=True)
+    examples, _ = encode_pairs(tok, toy_pairs(4), max_length=64, max_prompt_length=32)
+    tokens = DPOCollator(tok.pad_token_id, shared_prefix=True)(examples).tokens
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+
+    def values_and_grad(**kwargs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        model.zero_grad()
+        values = token_logprobs(model, tokens, **kwargs)
+        values.sum().backward()
+        return values.detach(), model.get_output_embeddings().weight.grad.clone()
+
+    plain = values_and_grad()
+    chunked = values_and_grad(chunk_rows=7)  # recomputed chunks of the LM head
+    monkeypatch.setattr("training.lib.logprobs.causal_lm_parts", lambda m: None)
+    full = values_and_grad()  # the full-forward path, for models with logit transforms
+    for other in (chunked, full):
+        assert torch.allclose(other[0], plain[0], atol=1e-5) and torch.allclose(other[1], plain[1], atol=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo", "robust"])
@@ -249,3 +275,15 @@ def test_command_line_trains_from_a_snapshot_file(tiny: Path, tmp_path: Path, ca
     assert printed["checkpoint"] == str(out) and printed["metrics"]["ties_skipped"] == 1
     meta = json.loads((out / "meta.json").read_text())
     assert meta["lineage"] == {"data": str(data), "run_id": 9} and meta["config"]["loss"] == "ipo"
+
+
+def test_config_refuses_bad_values_and_bf16_on_a_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_autocast(DPOConfig(model="m"), cpu) is None  # "auto" is fp32 on a CPU
+    with pytest.raises(ValueError, match="bf16"):
+        resolve_autocast(DPOConfig(model="m", dtype="bf16"), cpu)
+    for bad in ({"loss": "hinge"}, {"beta": 0.0}, {"label_smoothing": 0.5}, {"max_prompt_length": 1024}):
+        with pytest.raises(ValueError):
+            DPOConfig(model="m", **bad)
+    config = DPOConfig(model="m", lora=True, lora_target_modules=("q_proj", "v_proj"))
+    assert DPOConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # meta.json round trip

@@ -397,6 +397,7 @@ def train_dpo(
         **{f"final_{k}": history[-1][k] for k in ("loss", "margin", "accuracy", "kl", "rewards_chosen",
                                                   "rewards_rejected")},
     }
+    del optimizer, scheduler, frozen  # Adam state (2x the weights) is freed before verification loads a copy
     model.eval()
     probe = DPOCollator(pad_id, shared_prefix=False)(examples[:1]).tokens.to(device)
     with torch.no_grad():
