@@ -20,7 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,7 @@ def filters_clean(filters: dict | None) -> dict:
 def _when(value: Any) -> datetime | None:
     parsed = parse_datetime(value) if isinstance(value, str) else None
     if parsed is not None and parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt_timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed
 
 
@@ -162,9 +162,9 @@ def _rows(
         sides = {first["comparison__completion_a_id"]: "a", first["comparison__completion_b_id"]: "b"}
         # A vote counts for the completion it picked, whatever side it was shown on.
         choices = [sides.get(vote["winner_id"], vote["choice"]) for vote in group]
-        verdict = aggregate([(choice, vote["strength"]) for choice, vote in zip(choices, group)])
+        verdict = aggregate([(choice, vote["strength"]) for choice, vote in zip(choices, group, strict=True)])
         if fmt == "raw":
-            yield from (_raw(vote, choice, verdict) for vote, choice in zip(group, choices))
+            yield from (_raw(vote, choice, verdict) for vote, choice in zip(group, choices, strict=True))
         elif fmt == "pairs":
             row = _pair(first, verdict)
             if row is not None:

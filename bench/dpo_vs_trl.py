@@ -401,7 +401,7 @@ def main() -> None:
                       f"{time.perf_counter() - started:.0f} s", flush=True)
     report = table(results, failures, args, source)
     print(report)
-    (OUT / "dpo_vs_trl.md").write_text(report)
+    (OUT / ("dpo_vs_trl-tiny.md" if args.tiny else "dpo_vs_trl.md")).write_text(report)
     (OUT / "dpo_vs_trl.json").write_text(json.dumps({"args": vars(args), "source": source, "results": results,
                                                      "failures": failures}, indent=2))
 

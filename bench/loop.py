@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--initial-votes", type=int, default=120)
     parser.add_argument("--held-out", type=int, default=24)
     parser.add_argument("--dpo-steps", type=int, default=30)
+    parser.add_argument("--lr", type=float, default=1e-5, help="DPO learning rate")
     parser.add_argument("--battle-prompts", type=int, default=24)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     args = parser.parse_args()
@@ -102,7 +103,7 @@ def main() -> None:
     project.save()
     settings = loop_settings(project)
     settings.method, settings.battle_prompts = "dpo", args.battle_prompts
-    settings.policy_config = {"max_steps": args.dpo_steps, "batch_size": 4, "learning_rate": 5e-6, "max_length": 384}
+    settings.policy_config = {"max_steps": args.dpo_steps, "batch_size": 4, "learning_rate": args.lr, "max_length": 384}
     settings.sampling = {"max_new_tokens": args.max_new_tokens, "temperature": 0.7}
     settings.save()
     oracle = parse_oracle(args.oracle)
@@ -119,7 +120,7 @@ def main() -> None:
                 raise SystemExit(f"run {run.pk} {run.state}: {run.error[-1500:]}")
             previous, run = run, next_stage(run, enqueue=False)
         timed(f"round {number}: oracle votes on the battle",
-              lambda: simulate_votes(project=project, votes=args.battle_prompts, oracle=oracle, seed=number))
+              lambda n=number: simulate_votes(project=project, votes=args.battle_prompts, oracle=oracle, seed=n))
         candidate = previous.checkpoint_in  # the generation run's first checkpoint is the candidate
         Checkpoint.objects.filter(project=project, state="incumbent").update(state="retired")
         Checkpoint.objects.filter(pk=candidate.pk).update(state="incumbent")
@@ -130,7 +131,7 @@ def main() -> None:
     rows = "\n".join(f"| {label} | {seconds:.1f} |" for label, seconds in timings)
     report = f"""## The loop on the demo project (`bench/loop.py`)
 
-Command: `.venv/bin/python bench/loop.py --rounds {args.rounds} --oracle {args.oracle} --dpo-steps {args.dpo_steps}`
+Command: `.venv/bin/python bench/loop.py --rounds {args.rounds} --oracle {args.oracle} --dpo-steps {args.dpo_steps} --lr {args.lr}`
 Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'CPU'}; SmolLM2-135M-Instruct on the CPU, fp32.
 
 Oracle `{args.oracle}`: the final checkpoint `{final.name}` against the first `{first.name}` on {len(evaluation)}

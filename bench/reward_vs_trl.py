@@ -365,8 +365,9 @@ def main() -> None:
     results = {key: max(runs, key=lambda r: r["pairs_per_s"]) for key, runs in every.items()}
     report = table(results, args, len(split["train"]), len(split["eval"]), source)
     print(report)
-    (OUT / "reward_vs_trl.md").write_text(report)
-    (OUT / "reward_vs_trl.json").write_text(json.dumps({"args": vars(args), "best": results, "all": every}, indent=2))
+    name = "reward_vs_trl" if args.backbone == "all-minilm-l6-v2" else f"reward_vs_trl-{Path(args.backbone).name.lower()}"
+    (OUT / f"{name}.md").write_text(report)
+    (OUT / f"{name}.json").write_text(json.dumps({"args": vars(args), "best": results, "all": every}, indent=2))
 
 
 if __name__ == "__main__":

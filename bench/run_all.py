@@ -21,8 +21,11 @@ PY = sys.executable
 BENCHMARKS = {
     "vote_http": [PY, "bench/vote_http.py"],
     "export": [PY, "bench/export.py", "--votes", "100000"],
-    "reward_vs_trl": [PY, "bench/reward_vs_trl.py"],
-    "dpo_vs_trl": [PY, "bench/dpo_vs_trl.py"],
+    "reward_vs_trl": [PY, "bench/reward_vs_trl.py", "--repeat", "2"],
+    "reward_vs_trl-smollm2": [PY, "bench/reward_vs_trl.py", "--smollm2", "--pairs", "120", "--epochs", "1",
+                              "--batch-size", "8", "--max-length", "384", "--runs", "ours,trl-fp32"],
+    "dpo_vs_trl": [PY, "bench/dpo_vs_trl.py", "--paired", "--threads", "1", "--runs", "trl-best,trl-fp32"],
+    "dpo_vs_trl-tiny": [PY, "bench/dpo_vs_trl.py", "--tiny", "--steps", "8"],
     "ppo_vs_trl": [PY, "bench/ppo_vs_trl.py"],
     "ppo_vs_trl-smollm2": [PY, "bench/ppo_vs_trl.py", "--model", "smollm2"],
     "loop": [PY, "bench/loop.py"],

@@ -65,9 +65,9 @@ def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
         todo = [p for p in prompts if p.pk not in existing]
         reporter.log(f"{checkpoint.name}: {len(todo)} prompts to sample, {len(existing)} already sampled")
         offset = index * len(prompts) + len(existing)
-        outputs = _generate(checkpoint, todo, sampling, lambda done, _: reporter.progress(offset + done, total)) if todo else []
+        outputs = _generate(checkpoint, todo, sampling, lambda done, _, offset=offset: reporter.progress(offset + done, total)) if todo else []
         with transaction.atomic():
-            for prompt, output in zip(todo, outputs):
+            for prompt, output in zip(todo, outputs, strict=True):
                 if output.text.strip():
                     existing[prompt.pk], _ = services.completion_get_or_create(
                         prompt=prompt, checkpoint=checkpoint, text=output.text, sampling=output.params, seed=output.seed

@@ -38,7 +38,7 @@ def _config(cls, defaults: dict, overrides: dict, **fixed):
 
 
 def dpo_config_from(run_config: dict, *, model: str):
-    from training.lib.dpo import DPOConfig
+    from training.lib.dpo_config import DPOConfig
 
     return _config(DPOConfig, DPO_DEFAULTS, run_config, model=model)
 

@@ -76,7 +76,7 @@ def test_trl_export_loads_unchanged_and_trains_reward_and_dpo_one_step(project, 
     comparisons = make_comparisons(project, 6, texts=("The answer is short", "A longer answer that rambles"))
     for i, comparison in enumerate(comparisons):
         choices = ["tie"] * 3 if i == 5 else ["a", "a", "b"] if i % 2 else ["b", "b", "b"]
-        for voter, choice in zip(voters, choices):
+        for voter, choice in zip(voters, choices, strict=True):
             strength = None if choice == "tie" else 2
             vote_record(annotator=voter, comparison_id=comparison.pk, choice=choice, strength=strength)
 

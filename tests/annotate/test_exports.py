@@ -52,7 +52,7 @@ def rows(project, fmt: str) -> list[dict]:
 def judged(project, annotator):
     """Four single-vote comparisons: A wins (strength 3), B wins, a tie, both bad."""
     comparisons = make_comparisons(project, 4)
-    for comparison, choice, strength in zip(comparisons, ["a", "b", "tie", "both_bad"], [3, None, None, None]):
+    for comparison, choice, strength in zip(comparisons, ["a", "b", "tie", "both_bad"], [3, None, None, None], strict=True):
         vote_record(annotator=annotator, comparison_id=comparison.pk, choice=choice, strength=strength,
                     rationale="because", time_spent_ms=1200)
     return comparisons
@@ -100,9 +100,9 @@ def test_three_voters_majority_decides_with_agreement_two_thirds(project, compar
     project.save(update_fields=["votes_per_comparison"])
     first, split = comparisons[0], comparisons[1]
     voters = people(project, 3)
-    for voter, choice, strength in zip(voters, ["b", "b", "a"], [1, 3, 2]):
+    for voter, choice, strength in zip(voters, ["b", "b", "a"], [1, 3, 2], strict=True):
         vote_record(annotator=voter, comparison_id=first.pk, choice=choice, strength=strength)
-    for voter, choice in zip(voters, ["a", "b"]):  # an even split: no pairwise row, a tie in pairs
+    for voter, choice in zip(voters, ["a", "b"], strict=False):  # an even split: no pairwise row, a tie in pairs
         vote_record(annotator=voter, comparison_id=split.pk, choice=choice)
 
     (trl,) = rows(project, "trl")

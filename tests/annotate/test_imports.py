@@ -43,7 +43,7 @@ def test_prompts_import_from_jsonl_with_strings_messages_and_tags(project):
 
 
 def test_prompts_import_from_csv_with_tags(project):
-    data = 'prompt,tags\n"Hello, who are you?","greeting, chat"\nWhat is rust?,\n'.encode()
+    data = b'prompt,tags\n"Hello, who are you?","greeting, chat"\nWhat is rust?,\n'
     result = imports.import_prompts(project=project, stream=io.BytesIO(data), filename="prompts.CSV")
     assert result.created == 2
     hello = Prompt.objects.get(tags=["greeting", "chat"])

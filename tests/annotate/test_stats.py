@@ -79,7 +79,7 @@ def test_annotator_report_counts_medians_agreement_bias_and_ties(project, three)
     ann, bob, cat = three
     c = make_comparisons(project, 5)
     # Shared comparisons 0-2: ann and bob agree with each other; cat disagrees with them twice.
-    for comparison, (x, y, z) in zip(c[:3], [("a", "a", "b"), ("b", "b", "b"), ("a", "a", "tie")]):
+    for comparison, (x, y, z) in zip(c[:3], [("a", "a", "b"), ("b", "b", "b"), ("a", "a", "tie")], strict=True):
         _vote(ann, comparison, x, 1000)
         _vote(bob, comparison, y, 3000)
         _vote(cat, comparison, z, 5000)
@@ -121,7 +121,7 @@ def test_sources_filter_leaves_out_simulated_votes(project, three):
 
 def test_median_of_an_even_group_is_the_mean_of_the_middle_two(project, three):
     ann = three[0]
-    for comparison, ms in zip(make_comparisons(project, 4), [400, 100, 300, 200]):
+    for comparison, ms in zip(make_comparisons(project, 4), [400, 100, 300, 200], strict=True):
         _vote(ann, comparison, "a", ms)
     assert median_ms(Vote.objects.all()) == {None: 250.0}
     assert median_ms(Vote.objects.all(), by="annotator_id") == {ann.pk: 250.0}

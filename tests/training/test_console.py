@@ -12,7 +12,17 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from annotate.models import Checkpoint, Comparison, Completion, Membership, Prompt, Snapshot, Vote, messages_hash, text_hash
+from annotate.models import (
+    Checkpoint,
+    Comparison,
+    Completion,
+    Membership,
+    Prompt,
+    Snapshot,
+    Vote,
+    messages_hash,
+    text_hash,
+)
 from annotate.tokens import token_create
 from rewardmodel.models import RewardModel
 from training.models import RunStep, TrainingRun

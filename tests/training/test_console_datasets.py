@@ -19,7 +19,7 @@ from training import charts
 def voted(project, annotator, settings, tmp_path):
     settings.ARTIFACTS_DIR = tmp_path / "artifacts"
     comparisons = make_comparisons(project, 6, texts=("Answer **one**", "Answer two"))
-    for comparison, (choice, strength) in zip(comparisons, [("a", 2), ("b", 3), ("tie", None), ("a", None), ("both_bad", None), ("b", 1)]):
+    for comparison, (choice, strength) in zip(comparisons, [("a", 2), ("b", 3), ("tie", None), ("a", None), ("both_bad", None), ("b", 1)], strict=True):
         vote_record(annotator=annotator, comparison_id=comparison.pk, choice=choice, strength=strength)
     return comparisons
 

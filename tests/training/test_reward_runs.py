@@ -6,15 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from annotate import services
-from annotate.models import Membership
 from annotate.tokens import token_create
 from annotate.votes import vote_record
 from rewardmodel.models import RewardModel
-from tests.conftest import PASSWORD, make_comparisons
+from tests.conftest import make_comparisons
 from tests.rewardmodel.test_lib_tiny import save_tiny_bert
 from training.models import RunStep, TrainingRun
-from training.reward import reward_model_start, reward_model_train_job, retrain_if_due
+from training.reward import retrain_if_due, reward_model_start, reward_model_train_job
 from training.runs import run_cancel, run_execute, runs_reap_stale
 
 
@@ -57,7 +55,7 @@ def test_a_run_freezes_a_snapshot_trains_and_publishes_a_version(project, annota
 def test_a_failing_run_is_marked_failed_with_the_error(project, annotator, artifacts):
     vote_by_rule(project, annotator, 4)
     run = reward_model_start(project=project, config={"backbone": "/nonexistent/backbone"}, enqueue=False)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="nonexistent"):
         run_execute(run.pk, reward_model_train_job)
     run.refresh_from_db()
     assert run.state == TrainingRun.State.FAILED
@@ -139,6 +137,9 @@ def test_starting_a_run_from_the_web_does_not_import_torch():
     code = (
         "import os, sys, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); django.setup();"
         "from training.reward import reward_config_from; reward_config_from({'epochs': 2});"
+        "from training.policy import dpo_config_from, ppo_config_from;"
+        "dpo_config_from({'beta': 0.2, 'loss': 'ipo'}, model='smollm2');"
+        "ppo_config_from({'steps': 3}, model='smollm2', reward='rule:length');"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

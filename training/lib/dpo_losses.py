@@ -28,14 +28,14 @@ Pure module: torch only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from training.lib.dpo_config import LOSS_NAMES, LossName
+
 __all__ = ["LOSS_NAMES", "LossName", "dpo_loss", "ipo_loss", "robust_loss", "sigmoid_loss"]
 
-LossName = Literal["sigmoid", "ipo", "robust"]
 
 
 def sigmoid_loss(
@@ -88,7 +88,7 @@ _LOSSES: dict[str, LossFn] = {
         c, r, beta=beta, chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens
     ),
 }
-LOSS_NAMES: tuple[str, ...] = tuple(_LOSSES)
+assert set(_LOSSES) == set(LOSS_NAMES), "dpo_config.LOSS_NAMES and the loss table disagree"
 
 
 def dpo_loss(

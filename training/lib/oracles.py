@@ -34,7 +34,7 @@ class Oracle:
 def _by_predicate(test: Callable[[str], bool]):
     def judge(prompts, answers_a, answers_b) -> list[Verdict]:
         verdicts = []
-        for a, b in zip(answers_a, answers_b):
+        for a, b in zip(answers_a, answers_b, strict=True):
             pa, pb = test(a), test(b)
             verdicts.append("a" if pa and not pb else "b" if pb and not pa else "tie")
         return verdicts
@@ -46,7 +46,7 @@ def _by_score(score: Callable[[str], float]):
     def judge(prompts, answers_a, answers_b) -> list[Verdict]:
         return [
             "a" if score(a) > score(b) else "b" if score(b) > score(a) else "tie"
-            for a, b in zip(answers_a, answers_b)
+            for a, b in zip(answers_a, answers_b, strict=True)
         ]
 
     return judge
@@ -62,7 +62,7 @@ def reward_model_oracle(path: str, *, batch_size: int = 16) -> Oracle:
         prompts = list(prompts)
         ra = score(model, prompts, list(answers_a), batch_size=batch_size)
         rb = score(model, prompts, list(answers_b), batch_size=batch_size)
-        return ["a" if x > y else "b" if y > x else "tie" for x, y in zip(ra, rb)]
+        return ["a" if x > y else "b" if y > x else "tie" for x, y in zip(ra, rb, strict=True)]
 
     return Oracle(name=f"rm:{path}", judge=judge)
 
@@ -101,7 +101,7 @@ def judge_oracle(base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KE
         with httpx.Client() as client, ThreadPoolExecutor(max_workers=concurrency) as pool:
             replies = pool.map(
                 lambda item: chat_once(client, config, _judge_messages(*item), seed=0)[0],
-                zip(prompts, answers_a, answers_b),
+                zip(prompts, answers_a, answers_b, strict=True),
             )
             return [parse_verdict(r) for r in replies]
 

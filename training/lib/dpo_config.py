@@ -1,0 +1,100 @@
+"""The DPO run's configuration: a frozen dataclass that validates itself.
+
+Kept apart from `training.lib.dpo` so that checking a configuration (in a web
+process, before a run is queued) imports neither torch nor transformers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["LOSS_NAMES", "DPOConfig", "LossName"]
+
+LossName = Literal["sigmoid", "ipo", "robust"]
+LOSS_NAMES: tuple[str, ...] = ("sigmoid", "ipo", "robust")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """Everything that defines a DPO run (recorded in the checkpoint's meta.json).
+
+    model: alias ("smollm2"), local folder or hub id (see `resolve_model`).
+    beta: β, strength of the pull towards the reference (IPO: its τ).
+    loss: "sigmoid" (DPO; cDPO with label_smoothing > 0), "ipo", "robust" (rDPO).
+    label_smoothing: ε, the assumed label-flip rate, in [0, 0.5).
+    batch_size: pairs per micro-batch; grad_accum micro-batches per step.
+    epochs: passes over the pairs (fractional allowed); max_steps, if set,
+        is the number of optimizer steps instead.
+    max_length / max_prompt_length: tokens per prompt+response / per prompt
+        (see `dpo_data` for the truncation rule; pairs are never dropped).
+    lora: train LoRA adapters (r, alpha, dropout, target modules) instead of
+        all weights; lora_merge saves merged weights, else the adapter alone.
+    precompute_ref: reference log-probs once before training (else per step).
+    shared_prefix: "auto" = on for architectures in SHARED_PREFIX_TYPES.
+    device: "auto" = cuda if available. dtype: "auto" = bf16 autocast on a
+        bf16-capable GPU, else fp32; "bf16" on a CPU is refused.
+    bucket_size: batches per length-sorting window (bigger: less padding,
+        less shuffling). ref_batch_size: pairs per reference batch (default
+        2 x batch_size). num_threads: torch CPU threads (0 = torch default).
+    """
+
+    model: str
+    beta: float = 0.1
+    loss: LossName = "sigmoid"
+    label_smoothing: float = 0.0
+    learning_rate: float = 1e-6
+    epochs: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 1024
+    max_prompt_length: int = 512
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] | str = "all-linear"
+    lora_merge: bool = True
+    precompute_ref: bool = True
+    seed: int = 0
+    device: str = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    max_steps: int | None = None
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    shared_prefix: Literal["auto", "on", "off"] = "auto"
+    gradient_checkpointing: bool = False
+    bucket_size: int = 64
+    ref_batch_size: int | None = None
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            f"unknown loss {self.loss!r} (expected one of {LOSS_NAMES})": self.loss in LOSS_NAMES,
+            "beta must be > 0": self.beta > 0,
+            "label_smoothing must be in [0, 0.5)": 0.0 <= self.label_smoothing < 0.5,
+            "batch_size and grad_accum must be >= 1": self.batch_size >= 1 and self.grad_accum >= 1,
+            "epochs must be > 0": self.epochs > 0,
+            "max_steps must be >= 1": self.max_steps is None or self.max_steps >= 1,
+            "need 0 < max_prompt_length < max_length": 0 < self.max_prompt_length < self.max_length,
+            f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "bf16"),
+            f"unknown shared_prefix {self.shared_prefix!r}": self.shared_prefix in ("auto", "on", "off"),
+            "warmup_ratio must be in [0, 1]": 0.0 <= self.warmup_ratio <= 1.0,
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError("; ".join(failed))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DPOConfig:
+        """Build from a dict (e.g. a meta.json), ignoring unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        if isinstance(values.get("lora_target_modules"), list):
+            values["lora_target_modules"] = tuple(values["lora_target_modules"])
+        return cls(**values)
