@@ -365,7 +365,7 @@ def main() -> None:
 
     WORK.mkdir(parents=True, exist_ok=True)
     if args.tiny:
-        from tests.rewardmodel.test_lib_tiny import save_tiny_llama
+        from tests.tiny import save_tiny_llama
 
         args.model, args.model_path = "tiny random llama", str(save_tiny_llama(WORK / "tiny", chat=True))
     else:

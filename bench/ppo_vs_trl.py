@@ -89,7 +89,7 @@ def prepare(args: argparse.Namespace) -> dict[str, str]:
 
     from rewardmodel.lib.backbones import resolve_model
     from rewardmodel.lib.model import RewardModel, save_reward_model
-    from tests.rewardmodel.test_lib_tiny import WORDS, llama_tokenizer
+    from tests.tiny import WORDS, llama_tokenizer
 
     work = work_dir(args.model)
     shutil.rmtree(work, ignore_errors=True)

@@ -17,7 +17,7 @@ from rewardmodel.lib.evaluate import predict_pair_rewards
 from rewardmodel.lib.model import RewardModel, build_reward_model, load_reward_model
 from rewardmodel.lib.score import score, score_with_uncertainty
 from rewardmodel.lib.train import train_reward_model
-from tests.rewardmodel.test_lib_tiny import counting_pairs, llama_tokenizer, save_tiny_bert, save_tiny_llama
+from tests.tiny import counting_pairs, llama_tokenizer, save_tiny_bert, save_tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
 

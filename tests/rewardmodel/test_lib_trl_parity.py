@@ -10,7 +10,7 @@ import torch
 from rewardmodel.lib.data import PairCollator, parse_pair
 from rewardmodel.lib.losses import bradley_terry_loss
 from rewardmodel.lib.model import RewardModel
-from tests.rewardmodel.test_lib_tiny import llama_config, llama_tokenizer
+from tests.tiny import llama_config, llama_tokenizer
 
 ROWS = [
     {"prompt": "hello world", "chosen": " good good yes", "rejected": " bad", "margin": 0.5},
@@ -61,7 +61,7 @@ def test_encoder_rewards_match_trl_sequence_classification(tmp_path: Path) -> No
     up to its head bias, which cancels in every pairwise loss."""
     from transformers import BertForSequenceClassification
 
-    from tests.rewardmodel.test_lib_tiny import bert_tokenizer, save_tiny_bert
+    from tests.tiny import bert_tokenizer, save_tiny_bert
 
     folder = save_tiny_bert(tmp_path / "bert")
     tok = bert_tokenizer()

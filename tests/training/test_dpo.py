@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from rewardmodel.lib.data import PreferencePair
-from tests.rewardmodel.test_lib_tiny import llama_config, llama_tokenizer, save_tiny_llama
+from tests.tiny import llama_config, llama_tokenizer, save_tiny_llama
 from training.lib import checkpoint as checkpoint_module
 from training.lib.checkpoint import load_checkpoint
 from training.lib.dpo import DPOConfig, batch_loss, resolve_autocast, train_dpo

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from annotate import services
 from annotate.models import Comparison, Completion, Vote
 from tests.conftest import make_comparisons
-from tests.rewardmodel.test_lib_tiny import save_tiny_llama
+from tests.tiny import save_tiny_llama
 from training.generation import generation_job, generation_start
 from training.lib.oracles import parse_oracle, parse_verdict
 from training.runs import run_execute

@@ -14,7 +14,7 @@ from annotate import services
 from annotate.models import Checkpoint, Comparison, Membership
 from annotate.queue import comparison_next
 from tests.conftest import PASSWORD
-from tests.rewardmodel.test_lib_tiny import save_tiny_llama
+from tests.tiny import save_tiny_llama
 from tests.training.test_reward_runs import vote_by_rule
 from tests.training.test_worker import worker  # noqa: F401  (the fixture)
 from training.loop import loop_settings

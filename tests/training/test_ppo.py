@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.rewardmodel.test_lib_tiny import llama_config, llama_tokenizer, save_tiny_llama
+from tests.tiny import llama_config, llama_tokenizer, save_tiny_llama
 from training.lib.ppo import PPOConfig, rule_reward, train_ppo
 from training.lib.ppo_core import (
     adaptive_kl_coef,

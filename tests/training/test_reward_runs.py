@@ -10,7 +10,7 @@ from annotate.tokens import token_create
 from annotate.votes import vote_record
 from rewardmodel.models import RewardModel
 from tests.conftest import make_comparisons
-from tests.rewardmodel.test_lib_tiny import save_tiny_bert
+from tests.tiny import save_tiny_bert
 from training.models import RunStep, TrainingRun
 from training.reward import retrain_if_due, reward_model_start, reward_model_train_job
 from training.runs import run_cancel, run_execute, runs_reap_stale

@@ -18,7 +18,7 @@ from annotate import services
 from annotate.models import Membership
 from rewardmodel.models import RewardModel
 from tests.conftest import PASSWORD
-from tests.rewardmodel.test_lib_tiny import save_tiny_bert
+from tests.tiny import save_tiny_bert
 from tests.training.test_reward_runs import vote_by_rule
 from training.models import TrainingRun
 

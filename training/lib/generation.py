@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["GeneratedText", "GenerationConfig", "Message", "Progress", "generate_local"]
+__all__ = ["GeneratedText", "GenerationConfig", "Message", "Progress", "eos_token_ids", "generate_local", "render_prompt"]
 
 Message = Mapping[str, str]
 """One chat turn: ``{"role": "system" | "user" | "assistant", "content": str}``."""
@@ -111,11 +111,11 @@ def generate_local(
     path = resolve_model(config.model)
     tokenizer, model = _load(path, config)
 
-    rendered = [_render(tokenizer, messages) for messages in prompts]
+    rendered = [render_prompt(tokenizer, messages) for messages in prompts]
     # One tokenization pass for the lengths; the batches tokenize again with padding.
     lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
     order = sorted(range(total), key=lambda index: lengths[index])
-    eos_ids = _eos_ids(tokenizer, model)
+    eos_ids = eos_token_ids(tokenizer, model)
     params = config.sampling_params()
     # top_k=None switches off transformers' default top_k=50, so the sampling is
     # exactly what `params` records: temperature and nucleus (top_p) only.
@@ -171,7 +171,8 @@ def _load(path: str, config: GenerationConfig) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def _render(tokenizer: Any, messages: Sequence[Message]) -> str:
+def render_prompt(tokenizer: Any, messages: Sequence[Message]) -> str:
+    """The chat-template text of a conversation, ending where the assistant's answer starts."""
     if not messages:
         raise ValueError("a prompt needs at least one message")
     return tokenizer.apply_chat_template(
@@ -181,7 +182,7 @@ def _render(tokenizer: Any, messages: Sequence[Message]) -> str:
     )
 
 
-def _eos_ids(tokenizer: Any, model: Any) -> list[int]:
+def eos_token_ids(tokenizer: Any, model: Any) -> list[int]:
     """Every id that ends a turn: the tokenizer's EOS and the model's generation-config EOS (one or many)."""
     ids: list[int] = []
     configured = model.generation_config.eos_token_id

@@ -331,7 +331,7 @@ def _load_parts(config: PPOConfig) -> _Parts:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rewardmodel.lib.backbones import resolve_model
-    from training.lib.generation import _eos_ids
+    from training.lib.generation import eos_token_ids
 
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if config.device == "auto" else config.device)
@@ -360,13 +360,13 @@ def _load_parts(config: PPOConfig) -> _Parts:
     torch.nn.init.zeros_(value_head.weight)  # V starts at 0: early advantages are the plain returns
     torch.nn.init.zeros_(value_head.bias)
     return _Parts(tokenizer, policy, value_head, reference, device, torch.bfloat16 if use_bf16 else None,
-                  _eos_ids(tokenizer, policy), path)
+                  eos_token_ids(tokenizer, policy), path)
 
 
 def _encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
-    from training.lib.generation import _render
+    from training.lib.generation import render_prompt
 
-    return list(tokenizer(_render(tokenizer, messages), add_special_tokens=False)["input_ids"])
+    return list(tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
 
 
 def _forward(model: Any, value_head: Any, ids: Any, mask: Any, prompt_width: int, temperature: float) -> tuple:
