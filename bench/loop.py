@@ -66,6 +66,16 @@ def win_rate(first_uri: str, final_uri: str, prompts, oracle, max_new_tokens: in
     return (wins + 0.5 * ties) / len(verdicts), wins, losses, ties
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test, ties left out: the chance of a split at least this uneven if neither were better."""
+    from math import comb
+
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
@@ -135,7 +145,8 @@ Command: `.venv/bin/python bench/loop.py --rounds {args.rounds} --oracle {args.o
 Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'CPU'}; SmolLM2-135M-Instruct on the CPU, fp32.
 
 Oracle `{args.oracle}`: the final checkpoint `{final.name}` against the first `{first.name}` on {len(evaluation)}
-held-out prompts: **win rate {rate:.0%}** ({wins} wins, {losses} losses, {ties} ties; ties count half).
+held-out prompts: **win rate {rate:.0%}** ({wins} wins, {losses} losses, {ties} ties; ties count half;
+two-sided sign test p = {sign_test(wins, losses):.3g}).
 
 | stage | wall time (s) |
 |---|---|

@@ -9,8 +9,9 @@ so the recorded config stays what the user asked for.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 if TYPE_CHECKING:  # torch is imported where it is used: validating a config must stay cheap (web processes)
     import torch
@@ -22,8 +23,31 @@ Pooling = Literal["auto", "last", "mean", "cls"]
 TIE_LOSSES: frozenset[str] = frozenset({"davidson", "rao_kupper"})
 
 
+class ConfigBase:
+    """What every run configuration shares: checks, and a round trip through meta.json."""
+
+    def _require(self, checks: dict[str, bool]) -> None:
+        """Raise one ValueError naming every failed check (message -> condition that must hold)."""
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError("; ".join(failed))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Build from a dict (e.g. a meta.json), ignoring unknown keys; JSON lists become tuples where a tuple is due."""
+        values = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in data:
+                value = data[f.name]
+                values[f.name] = tuple(value) if isinstance(value, list) and "tuple" in str(f.type) else value
+        return cls(**values)
+
+
 @dataclass(frozen=True)
-class RewardConfig:
+class RewardConfig(ConfigBase):
     """Everything that defines a reward-model run.
 
     backbone: a local folder, a hub id, or an alias understood by
@@ -97,23 +121,11 @@ class RewardConfig:
             f"unknown loss {self.loss!r}": self.loss in ("bt", "bt_margin", "davidson", "rao_kupper"),
             f"unknown pooling {self.pooling!r}": self.pooling in ("auto", "last", "mean", "cls"),
         }
-        failed = [message for message, ok in checks.items() if not ok]
-        if failed:
-            raise ValueError("; ".join(failed))
+        self._require(checks)
 
     @property
     def margin_enabled(self) -> bool:
         return self.use_margin or self.loss == "bt_margin"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RewardConfig:
-        """Build from a dict, ignoring unknown keys (older/newer meta.json files)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
 
 def resolve_device(config: RewardConfig) -> torch.device:
     import torch

@@ -5,10 +5,10 @@ process, before a run is queued) imports neither torch nor transformers.
 """
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
+
+from rewardmodel.lib.config import ConfigBase
 
 __all__ = ["LOSS_NAMES", "DPOConfig", "LossName"]
 
@@ -17,7 +17,7 @@ LOSS_NAMES: tuple[str, ...] = ("sigmoid", "ipo", "robust")
 
 
 @dataclass(frozen=True)
-class DPOConfig:
+class DPOConfig(ConfigBase):
     """Everything that defines a DPO run (recorded in the checkpoint's meta.json).
 
     model: alias ("smollm2"), local folder or hub id (see `resolve_model`).
@@ -83,18 +83,4 @@ class DPOConfig:
             f"unknown shared_prefix {self.shared_prefix!r}": self.shared_prefix in ("auto", "on", "off"),
             "warmup_ratio must be in [0, 1]": 0.0 <= self.warmup_ratio <= 1.0,
         }
-        failed = [message for message, ok in checks.items() if not ok]
-        if failed:
-            raise ValueError("; ".join(failed))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DPOConfig:
-        """Build from a dict (e.g. a meta.json), ignoring unknown keys."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
-        if isinstance(values.get("lora_target_modules"), list):
-            values["lora_target_modules"] = tuple(values["lora_target_modules"])
-        return cls(**values)
+        self._require(checks)

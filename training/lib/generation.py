@@ -199,3 +199,9 @@ def _count_until_eos(ids: list[int], eos_ids: list[int]) -> int:
         if token in eos_ids:
             return position + 1
     return len(ids)
+
+
+if __name__ == "__main__":
+    from training.lib.generation_cli import main
+
+    raise SystemExit(main())

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rewardmodel.lib.config import ConfigBase
+
 __all__ = ["PPOConfig", "PPOResult", "ProgressFn", "RewardFn", "rule_reward", "train_ppo"]
 
 RewardFn = Callable[[list[list[dict[str, str]]], list[str]], list[float]]
@@ -33,7 +35,7 @@ ProgressFn = Callable[[int, int, dict[str, float]], None]
 
 
 @dataclass(frozen=True)
-class PPOConfig:
+class PPOConfig(ConfigBase):
     """Everything that decides a PPO run.
 
     ``model``: what ``resolve_model`` accepts (alias, folder, hub id); its
@@ -94,18 +96,7 @@ class PPOConfig:
             "lora_r must be >= 0": self.lora_r >= 0,
             f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "bf16"),
         }
-        failed = [message for message, ok in checks.items() if not ok]
-        if failed:
-            raise ValueError("; ".join(failed))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PPOConfig:
-        """Build from a dict, ignoring unknown keys (older/newer meta.json files)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        self._require(checks)
 
 
 @dataclass(frozen=True)

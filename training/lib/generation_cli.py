@@ -1,0 +1,136 @@
+"""Command line for generation without the web app.
+
+    python -m training.lib.generation --prompts prompts.jsonl --model smollm2 --out completions.jsonl
+    python -m training.lib.generation --prompts prompts.jsonl --endpoint http://127.0.0.1:8001/v1 \\
+        --model Qwen/Qwen2.5-7B-Instruct --api-key-env OPENAI_API_KEY --concurrency 8 --out completions.jsonl
+
+Prompts: JSONL, one object per line with ``"prompt"`` (a string, or a list of chat
+messages) or ``"messages"``, as the prompt import takes them. Output: JSONL rows
+``{"prompt": [messages], "checkpoint": NAME, "text", "sampling", "seed", "tokens"}``,
+in input order, which ``manage.py import_completions`` reads back as they are (an
+empty completion is left out and counted, as the web app's generation runs do). The
+file is written to a temporary name and renamed when complete, so a failed run
+leaves no half file. A tqdm bar counts prompts; a summary is printed as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.lib.generation import GenerationConfig, Message, generate_local
+
+
+def read_prompts(path: str | Path) -> list[list[Message]]:
+    """Chat-message lists from a JSONL file; a ValueError names the line and the field that is wrong."""
+    prompts: list[list[Message]] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"line {number}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"line {number}: expected a JSON object")
+            field = "messages" if "messages" in row else "prompt"
+            value = row.get(field)
+            if isinstance(value, str) and value.strip():
+                prompts.append([{"role": "user", "content": value}])
+            elif (isinstance(value, list) and value and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in value)):
+                prompts.append([{"role": m["role"], "content": m["content"]} for m in value])
+            else:
+                raise ValueError(f"line {number}, field {field!r}: a non-empty string or a list of "
+                                 '{"role", "content"} messages is required')
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.lib.generation",
+                                     description="Sample one completion per prompt, locally or from an endpoint.")
+    parser.add_argument("--prompts", required=True, help="JSONL of prompts")
+    parser.add_argument("--out", required=True, help="JSONL to write (replaced only when complete)")
+    parser.add_argument("--model", default="smollm2", help="alias, local folder or hub id; with --endpoint, "
+                                                           "the model name the endpoint serves")
+    parser.add_argument("--checkpoint-name", help="the checkpoint column of the output (default: --model)")
+    parser.add_argument("--endpoint", help="base URL of an OpenAI-compatible API (e.g. a vLLM server's /v1)")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (endpoint only)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (endpoint only)")
+    parser.add_argument("--retries", type=int, default=3, help="extra attempts on 429/5xx/timeouts (endpoint only)")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts sampled together (local only)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (local only)")
+    return parser
+
+
+def _write_atomically(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    args = _parser().parse_args(argv)
+    try:
+        prompts = read_prompts(args.prompts)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    bar = tqdm(total=len(prompts), unit="prompt", desc="generate", dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        if args.endpoint:
+            from training.lib.endpoint import EndpointConfig, generate_endpoint
+
+            endpoint = EndpointConfig(base_url=args.endpoint, model=args.model, api_key_env=args.api_key_env,
+                                      temperature=args.temperature, top_p=args.top_p,
+                                      max_new_tokens=args.max_new_tokens, seed=args.seed, timeout_s=args.timeout,
+                                      retries=args.retries, concurrency=args.concurrency)
+            outputs = generate_endpoint(endpoint, prompts, progress)
+        else:
+            config = GenerationConfig(model=args.model, temperature=args.temperature, top_p=args.top_p,
+                                      max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                      batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+            outputs = generate_local(config, prompts, progress)
+    finally:
+        bar.close()
+    name = args.checkpoint_name or args.model
+    rows = [{"prompt": list(prompt), "checkpoint": name, "text": out.text, "sampling": out.params,
+             "seed": out.seed, "tokens": out.tokens} for prompt, out in zip(prompts, outputs, strict=True)]
+    kept = [row for row in rows if row["text"].strip()]  # as the web app's generation runs do
+    _write_atomically(Path(args.out), kept)
+    json.dump({"out": args.out, "completions": len(kept), "empty_left_out": len(rows) - len(kept),
+               "tokens": sum(row["tokens"] for row in kept)}, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
