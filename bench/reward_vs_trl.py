@@ -11,9 +11,10 @@ in bf16 autocast; TRL with bf16=False and with bf16=True, both without
 gradient checkpointing (its fastest settings; these train fully and are the
 peers), and TRL's two gradient-checkpointing settings, its default included
 (steps capped: they only show what checkpointing costs). bf16 pays only on a
-CPU with bf16 instructions (this machine's AMD EPYC has AVX512-BF16, where
-a bf16 matmul runs ~4x faster than fp32); elsewhere it crawls, so the bf16
-rows are skipped on CPUs without them.
+CPU with bf16 instructions (AVX512-BF16 or AMX, where a bf16 matmul runs ~4x
+faster than fp32; some of the machines these benchmarks ran on have them,
+some do not); elsewhere it crawls, so the full bf16 rows are skipped and
+TRL's bf16 default gets --capped-timeout seconds.
 
 Data: pairs of completions of the same prompt from data/demo/completions.jsonl
 when it exists (labelled by a structure rule: more list items, then
@@ -272,7 +273,8 @@ def worker(args: argparse.Namespace) -> None:
     (OUT / "work" / f"{args.worker}.json").write_text(json.dumps(result))
 
 
-def table(results: dict[str, dict], args: argparse.Namespace, n_train: int, n_eval: int, source: str) -> str:
+def table(results: dict[str, dict], args: argparse.Namespace, n_train: int, n_eval: int, source: str,
+          failures: dict[str, str]) -> str:
     lines = [
         f"# Reward model: rewardmodel.lib vs TRL RewardTrainer ({args.backbone})",
         "",
@@ -285,6 +287,8 @@ def table(results: dict[str, dict], args: argparse.Namespace, n_train: int, n_ev
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in VARIANTS:
+        if variant.key in failures:
+            lines.append(f"| {variant.label} | {failures[variant.key]} | | | | | | | | |")
         if variant.key not in results:
             continue
         r = results[variant.key]
@@ -323,6 +327,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trl-gc-steps", type=int, default=8,
                         help="step cap of the TRL runs with gradient checkpointing (-1: none); they only show its cost")
+    parser.add_argument("--capped-timeout", type=int, default=300, help="seconds a capped run may take")
     parser.add_argument("--runs", default=",".join(v.key for v in VARIANTS), help="comma-separated variant keys")
     parser.add_argument("--repeat", type=int, default=1, help="alternate the full runs this many times, keep the best")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -355,15 +360,23 @@ def main() -> None:
         keys = [k for k in keys if not BY_KEY[k].bf16 or BY_KEY[k].key == "trl-default"]
     full = [k for k in keys if not BY_KEY[k].cap_flag]
     order = [k for _ in range(args.repeat) for k in full] + [k for k in keys if k not in full]
+    failures: dict[str, str] = {}
     for key in order:
         print(f"running {key} ...", flush=True)
-        done = subprocess.run([sys.executable, __file__, *passthrough, "--worker", key], cwd=ROOT)
+        # A capped run only shows what a setting costs; bf16 without bf16 instructions can take
+        # many minutes a step, so it gets a time limit and a row saying it ran out of time.
+        timeout = args.capped_timeout if BY_KEY[key].cap_flag else None
+        try:
+            done = subprocess.run([sys.executable, __file__, *passthrough, "--worker", key], cwd=ROOT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            failures[key] = f"did not finish {getattr(args, BY_KEY[key].cap_flag)} steps in {timeout} s"
+            continue
         if done.returncode != 0:
-            print(f"{key} failed with exit code {done.returncode}", file=sys.stderr)
+            failures[key] = f"failed (exit {done.returncode})"
             continue
         every.setdefault(key, []).append(json.loads((OUT / "work" / f"{key}.json").read_text()))
     results = {key: max(runs, key=lambda r: r["pairs_per_s"]) for key, runs in every.items()}
-    report = table(results, args, len(split["train"]), len(split["eval"]), source)
+    report = table(results, args, len(split["train"]), len(split["eval"]), source, failures)
     print(report)
     name = "reward_vs_trl" if args.backbone == "all-minilm-l6-v2" else f"reward_vs_trl-{Path(args.backbone).name.lower()}"
     (OUT / f"{name}.md").write_text(report)

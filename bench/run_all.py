@@ -36,14 +36,14 @@ HEADER = """# Benchmarks
 Every figure here comes from a script under `bench/` (`make bench` runs them all, one at a
 time, and rewrites this page from their reports in `bench/out/`). Each script runs the peer
 it is measured against side by side in the same process tree. On this CPU-only 2-core
-machine absolute times say little; the ratios are the point. GPU figures are measured
-only when a GPU is lent to the session (none was lent so far, so there are no MFU figures yet).
+machine (AMD EPYC, no bf16 instructions) absolute times say little; the ratios are the
+point. GPU figures are measured only when a GPU is lent to a session; none has been so far,
+so there are no MFU figures yet.
 
-**Caveat for the figures below:** they were taken while several other jobs shared the two
-cores (load average 6–12), so absolute numbers are low and noisy; each peer pair ran in one
-process tree under the same conditions, so the ratios hold better. Re-run `make bench` on a
-quiet machine before quoting absolute throughput; the vote-path figures in particular are
-far below what the same code does on an idle machine.
+Each section says how it was run. The DPO comparison runs each TRL configuration at the same
+time as one of ours, one thread each, and compares them over the window where both were
+training, so load from anything else hits both sides alike. The reward-model comparison runs
+the two one after the other, best of alternating repeats.
 
 """
 

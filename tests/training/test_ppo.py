@@ -210,7 +210,8 @@ def test_lora_run_against_a_reward_model_folder(tmp_path: Path) -> None:
 
 
 def test_command_line_runs_on_a_jsonl_of_prompts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from training.lib.ppo_cli import main, read_prompts
+    from training.lib.generation import read_prompts
+    from training.lib.ppo_cli import main
 
     policy = save_tiny_llama(tmp_path / "policy", chat=True)
     lines = [json.dumps({"messages": PROMPTS[0]}), json.dumps({"prompt": "q3 hello"}), json.dumps(PROMPTS[2]), ""]

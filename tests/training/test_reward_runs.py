@@ -82,6 +82,27 @@ def test_enough_new_votes_queue_exactly_one_retrain(project, annotator, django_c
     assert retrain_if_due(project_id=project.pk) is None  # one pending at most
 
 
+def test_only_votes_after_the_latest_reward_model_count_and_the_check_is_cheap(
+    project, annotator, tiny_backbone, artifacts, django_capture_on_commit_callbacks, django_assert_max_num_queries
+):
+    project.retrain_threshold = 3
+    project.save()
+    with django_capture_on_commit_callbacks(execute=False):
+        vote_by_rule(project, annotator, 8)
+    run = reward_model_start(project=project, config={"backbone": tiny_backbone, "batch_size": 8}, enqueue=False)
+    with django_assert_max_num_queries(1):  # a retrain is queued: one statement says so
+        assert retrain_if_due(project_id=project.pk) is None
+    run_execute(run.pk, reward_model_train_job)
+    with django_capture_on_commit_callbacks(execute=False):
+        vote_by_rule(project, annotator, 2, start=8)
+    with django_assert_max_num_queries(2):  # every vote pays for this check: two statements, not due yet
+        assert retrain_if_due(project_id=project.pk) is None  # the 8 votes before the snapshot do not count
+    with django_capture_on_commit_callbacks(execute=False):
+        vote_by_rule(project, annotator, 1, start=10)
+    run = retrain_if_due(project_id=project.pk)
+    assert run is not None and run.reason.startswith("3+ new votes")
+
+
 def test_cancelling_a_queued_run_means_it_never_starts(project):
     run = reward_model_start(project=project, enqueue=False)
     run_cancel(run=run)

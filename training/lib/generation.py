@@ -11,11 +11,13 @@ imported inside ``generate_local`` so importing this module stays cheap.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["GeneratedText", "GenerationConfig", "Message", "Progress", "eos_token_ids", "generate_local", "render_prompt"]
+__all__ = ["GeneratedText", "GenerationConfig", "Message", "Progress", "eos_token_ids", "generate_local", "read_prompts", "render_prompt"]
 
 Message = Mapping[str, str]
 """One chat turn: ``{"role": "system" | "user" | "assistant", "content": str}``."""
@@ -199,6 +201,42 @@ def _count_until_eos(ids: list[int], eos_ids: list[int]) -> int:
         if token in eos_ids:
             return position + 1
     return len(ids)
+
+
+
+def read_prompts(path: str | Path) -> list[list[Message]]:
+    """Chat-message lists from a JSONL file; a ValueError names the line and the field that is wrong.
+
+    Each line: ``{"prompt": str | [messages]}``, ``{"messages": [messages]}`` or a bare
+    list of ``{"role", "content"}`` messages; a string is one user turn.
+    """
+    prompts: list[list[Message]] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"line {number}: not valid JSON ({error.msg})") from None
+            if isinstance(row, list):  # a bare list of messages
+                row = {"messages": row}
+            if not isinstance(row, dict):
+                raise ValueError(f"line {number}: expected a JSON object or a list of messages")
+            field = "messages" if "messages" in row else "prompt"
+            value = row.get(field)
+            if isinstance(value, str) and value.strip():
+                prompts.append([{"role": "user", "content": value}])
+            elif (isinstance(value, list) and value and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in value)):
+                prompts.append([{"role": m["role"], "content": m["content"]} for m in value])
+            else:
+                raise ValueError(f"line {number}, field {field!r}: a non-empty string or a list of "
+                                 '{"role", "content"} messages is required')
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts
 
 
 if __name__ == "__main__":

@@ -24,36 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.lib.generation import GenerationConfig, Message, generate_local
-
-
-def read_prompts(path: str | Path) -> list[list[Message]]:
-    """Chat-message lists from a JSONL file; a ValueError names the line and the field that is wrong."""
-    prompts: list[list[Message]] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"line {number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"line {number}: expected a JSON object")
-            field = "messages" if "messages" in row else "prompt"
-            value = row.get(field)
-            if isinstance(value, str) and value.strip():
-                prompts.append([{"role": "user", "content": value}])
-            elif (isinstance(value, list) and value and all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in value)):
-                prompts.append([{"role": m["role"], "content": m["content"]} for m in value])
-            else:
-                raise ValueError(f"line {number}, field {field!r}: a non-empty string or a list of "
-                                 '{"role", "content"} messages is required')
-    if not prompts:
-        raise ValueError(f"{path}: no prompts")
-    return prompts
+from training.lib.generation import GenerationConfig, generate_local, read_prompts
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -19,28 +19,11 @@ import json
 import sys
 import typing
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
+from training.lib.generation import read_prompts
 from training.lib.ppo import PPOConfig
 
 _OWN_OPTIONS = {"model", "reward"}
-
-
-def read_prompts(path: str | Path) -> list[list[dict[str, str]]]:
-    """Chat prompts from a JSONL file (see the module docstring for the accepted shapes)."""
-    prompts = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        row: Any = json.loads(line)
-        value = row if isinstance(row, list) else row.get("messages", row.get("prompt"))
-        if isinstance(value, str):
-            value = [{"role": "user", "content": value}]
-        if not isinstance(value, list) or not value:
-            raise ValueError(f"{path}:{number}: no 'messages' or 'prompt'")
-        prompts.append([{"role": m["role"], "content": m["content"]} for m in value])
-    return prompts
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
