@@ -20,6 +20,8 @@ PY = sys.executable
 
 BENCHMARKS = {
     "vote_http": [PY, "bench/vote_http.py"],
+    "vote_http-granian": [PY, "bench/vote_http.py", "--server", "granian", "--workers", "3", "--threads", "1",
+                          "--overlaps", "1", "--out", "bench/out/vote_http-granian.md"],
     "export": [PY, "bench/export.py", "--votes", "100000"],
     "reward_vs_trl": [PY, "bench/reward_vs_trl.py", "--repeat", "2"],
     "reward_vs_trl-smollm2": [PY, "bench/reward_vs_trl.py", "--smollm2", "--pairs", "120", "--epochs", "1",
@@ -44,6 +46,11 @@ Each section says how it was run. The DPO comparison runs each TRL configuration
 time as one of ours, one thread each, and compares them over the window where both were
 training, so load from anything else hits both sides alike. The reward-model comparison runs
 the two one after the other, best of alternating repeats.
+
+The vote path (gunicorn and granian), the reward-model, DPO and loop sections were measured on
+2026-11-22 on a quiet machine (load below 2). The export, PPO and tiny-DPO sections come from an
+earlier session on a machine shared with other jobs (load 3 to 12), whose CPU had bf16
+instructions; re-run them (`make bench`) before quoting their absolute figures.
 
 """
 

@@ -1,4 +1,4 @@
-"""Latency and throughput of "next comparison + vote" over real HTTP, gunicorn on PostgreSQL.
+"""Latency and throughput of "next comparison + vote" over real HTTP, gunicorn (or granian) on PostgreSQL.
 
     .venv/bin/python bench/vote_http.py                # closed loop at 1, 10, 50 annotators, then paced at 100 and 400/s
     .venv/bin/python bench/vote_http.py --levels 50 --duration 5 --no-paced --overlaps 1
@@ -6,7 +6,8 @@
 What it does, in order: drops and creates a throwaway PostgreSQL database
 (``flywheel_bench``), migrates it, seeds one project per overlap with enough
 comparisons, gives every simulated annotator a bearer token, starts gunicorn
-(``config.wsgi``) on 127.0.0.1 with ``bench/gunicorn.conf.py``, and drives it.
+(``config.wsgi``) on 127.0.0.1 with ``bench/gunicorn.conf.py`` (or, with ``--server granian``,
+the same WSGI application under granian), and drives it.
 
 Each simulated annotator owns one persistent HTTP/1.1 connection and runs cycles of
 ``GET /api/projects/<slug>/comparisons/next`` then ``POST /api/comparisons/<id>/vote``
@@ -62,7 +63,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--comparisons", type=int, default=0, help="per project; 0: enough for 1,000 votes/s")
     p.add_argument("--retrain-threshold", type=int, default=None,
                    help="set on the projects (default: the model's; 0 keeps the retrain check off the path)")
-    p.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: the conf file)")
+    p.add_argument("--server", choices=("gunicorn", "granian"), default="gunicorn", help="the production HTTP server")
+    p.add_argument("--workers", type=int, default=None, help="server workers (default: the conf file)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--worker-class", default=None)
     p.add_argument("--server-settings", default="config.settings",
@@ -178,18 +180,25 @@ def free_port() -> int:
 
 
 def server_start(args, url: str, port: int, log: Path) -> tuple[subprocess.Popen, list[str]]:
-    cmd = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-c", "bench/gunicorn.conf.py",
-           "--bind", f"127.0.0.1:{port}"]
-    for flag, value in (("--workers", args.workers), ("--threads", args.threads), ("--worker-class", args.worker_class)):
-        if value is not None:
-            cmd += [flag, str(value)]
+    if args.server == "granian":
+        # Rust HTTP server calling the same WSGI application from a pool of blocking threads.
+        cmd = [sys.executable, "-m", "granian", "--interface", "wsgi", "config.wsgi:application",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers or 2),
+               "--blocking-threads", str(args.threads or 4), "--backlog", "512", "--no-access-log"]
+    else:
+        cmd = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-c", "bench/gunicorn.conf.py",
+               "--bind", f"127.0.0.1:{port}"]
+        for flag, value in (("--workers", args.workers), ("--threads", args.threads),
+                            ("--worker-class", args.worker_class)):
+            if value is not None:
+                cmd += [flag, str(value)]
     env = {**os.environ, "DATABASE_URL": url, "DB_CONN_MAX_AGE": "600", "DEBUG": "0",
            "DJANGO_SETTINGS_MODULE": args.server_settings}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"gunicorn exited with {proc.returncode}; see {log}")
+            raise SystemExit(f"{args.server} exited with {proc.returncode}; see {log}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(b"GET /api/openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
@@ -199,7 +208,7 @@ def server_start(args, url: str, port: int, log: Path) -> tuple[subprocess.Popen
             pass
         time.sleep(0.2)
     proc.kill()
-    raise SystemExit(f"gunicorn did not answer within 60 s; see {log}")
+    raise SystemExit(f"{args.server} did not answer within 60 s; see {log}")
 
 
 def server_stop(proc: subprocess.Popen) -> None:
@@ -228,7 +237,7 @@ def _stat(pid: int) -> tuple[int, str, float] | None:
 
 
 class CpuMeter:
-    """CPU seconds of gunicorn (master and workers), of this database's PostgreSQL backends,
+    """CPU seconds of the server (master and workers), of this database's PostgreSQL backends,
     of this client, and of the whole machine, so other work on the host shows up as such."""
 
     def __init__(self, server_pid: int, url: str):
@@ -505,7 +514,7 @@ def ceiling(lv: Level) -> float:
 
 HEADER = (
     "| overlap | load | votes/s | cycle p50 ms | cycle p99 ms | next p50 / p99 ms | vote p50 / p99 ms | errors "
-    "| CPU ms per vote: gunicorn / postgres / client | CPU ceiling votes/s | other load, cores |\n"
+    "| CPU ms per vote: server / postgres / client | CPU ceiling votes/s | other load, cores |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -562,7 +571,7 @@ def main(argv: list[str]) -> int:
     print(f"seeded {args.db} in {time.monotonic() - started:.0f} s", flush=True)
 
     port = free_port()
-    proc, cmdline = server_start(args, url, port, OUT / "gunicorn.log")
+    proc, cmdline = server_start(args, url, port, OUT / f"{args.server}.log")
     rows, checks = [], []
     meter = CpuMeter(proc.pid, url)
     try:
@@ -597,13 +606,14 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
     ok = all(v == 0 for _, facts in checks for k, v in facts.items() if k != "votes")
-    gunicorn = " ".join(shlex.quote(a) for a in cmdline[3:])
+    server = " ".join(shlex.quote(a) for a in cmdline[2:])
     lines = [
-        "# Next comparison + vote over HTTP",
+        "# Next comparison + vote over HTTP" + (f" ({args.server})" if args.server != "gunicorn" else ""),
         "",
         f"- command: `{' '.join(shlex.quote(a) for a in [sys.executable.replace(str(ROOT) + '/', ''), 'bench/vote_http.py', *argv])}`",
         f"- machine: {machine()}",
-        f"- server: `gunicorn {gunicorn}` (see bench/gunicorn.conf.py), Django {django.get_version()},"
+        f"- server: `{server}`{' (see bench/gunicorn.conf.py)' if args.server == 'gunicorn' else ''},"
+        f" Django {django.get_version()},"
         f" settings {args.server_settings}",
         f"- database: {postgres_facts(args.pg + '/postgres')}",
         f"- load average when it started: {load_at_start}; projects' retrain threshold:"
@@ -618,7 +628,7 @@ def main(argv: list[str]) -> int:
         " second, so at 50 annotators a p99 under 25 ms would need well over 2,000 votes/s. The paced rows"
         " measure latency at a given offered rate, counted from when each cycle was due. CPU ceiling: votes/s"
         " if all cores did only this work at the CPU cost per vote measured in that row. Other load: cores"
-        " busy with anything but gunicorn, this database's PostgreSQL backends and this client (PostgreSQL's"
+        " busy with anything but the server, this database's PostgreSQL backends and this client (PostgreSQL's"
         " WAL writer included); well above 0 means the machine was shared and the wall-clock figures are low.",
         "",
         "Integrity (every count but votes must be 0): "
