@@ -90,7 +90,8 @@ def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
 def votes_since_last_reward_model(project: Project, *, limit: int) -> int:
     """New votes since the snapshot of the latest reward model, counted up to ``limit`` (cheap)."""
     latest = latest_reward_model(project)
-    return _count_new_votes(project.pk, None if latest is None else latest.snapshot.created_at, limit)
+    since = None if latest is None else connection.ops.adapt_datetimefield_value(latest.snapshot.created_at)
+    return _count_new_votes(project.pk, since, limit)
 
 
 # Every vote asks whether a retrain is due, so the question costs two small SQL statements
