@@ -79,3 +79,17 @@ def test_a_bad_prompts_file_names_the_line_and_field_and_writes_nothing(tmp_path
     assert done.returncode != 0
     assert "line 2, field 'messages'" in done.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == [prompts]
+
+
+def test_an_endpoint_that_cannot_be_reached_is_a_clear_error_and_no_file(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS[:1])
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(SystemExit, match="error: .*127.0.0.1"):
+        main(["--prompts", str(prompts), "--endpoint", f"http://127.0.0.1:{port}/v1", "--model", "m",
+              "--retries", "0", "--timeout", "2", "--out", str(out)])
+    assert not out.exists()

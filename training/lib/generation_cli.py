@@ -76,9 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def progress(done: int, total: int) -> None:
         bar.update(done - bar.n)
 
+    from training.lib.endpoint import EndpointConfig, EndpointError, generate_endpoint
+
     try:
         if args.endpoint:
-            from training.lib.endpoint import EndpointConfig, generate_endpoint
 
             endpoint = EndpointConfig(base_url=args.endpoint, model=args.model, api_key_env=args.api_key_env,
                                       temperature=args.temperature, top_p=args.top_p,
@@ -90,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       max_new_tokens=args.max_new_tokens, seed=args.seed,
                                       batch_size=args.batch_size, device=args.device, dtype=args.dtype)
             outputs = generate_local(config, prompts, progress)
+    except (EndpointError, OSError, ValueError) as error:  # a bad model path or setting, an endpoint that gave up
+        raise SystemExit(f"error: {error}") from None
     finally:
         bar.close()
     name = args.checkpoint_name or args.model
