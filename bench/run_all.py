@@ -29,7 +29,9 @@ BENCHMARKS = {
     "dpo_vs_trl": [PY, "bench/dpo_vs_trl.py", "--paired", "--threads", "1", "--runs", "trl-best,trl-fp32"],
     "dpo_vs_trl-tiny": [PY, "bench/dpo_vs_trl.py", "--tiny", "--steps", "8"],
     "ppo_vs_trl": [PY, "bench/ppo_vs_trl.py"],
-    "ppo_vs_trl-smollm2": [PY, "bench/ppo_vs_trl.py", "--model", "smollm2"],
+    "ppo_vs_trl-smollm2": [PY, "bench/ppo_vs_trl.py", "--model", "smollm2", "--prompts", "32", "--steps", "3",
+                           "--batch-size", "8", "--mini-batch-size", "4", "--ppo-epochs", "2",
+                           "--max-new-tokens", "16", "--runs", "ours,trl-best"],
     "loop": [PY, "bench/loop.py"],
 }
 
@@ -47,10 +49,9 @@ time as one of ours, one thread each, and compares them over the window where bo
 training, so load from anything else hits both sides alike. The reward-model comparison runs
 the two one after the other, best of alternating repeats.
 
-The vote path (gunicorn and granian), the reward-model, DPO and loop sections were measured on
-2026-11-22 on a quiet machine (load below 2). The export, PPO and tiny-DPO sections come from an
-earlier session on a machine shared with other jobs (load 3 to 12), whose CPU had bf16
-instructions; re-run them (`make bench`) before quoting their absolute figures.
+Every section below was measured on 2026-11-22 on a quiet machine (load below 2), one
+benchmark at a time. Earlier figures came from a busier machine whose CPU had bf16
+instructions; ratios moved between the two, so quote a ratio together with its machine.
 
 """
 
