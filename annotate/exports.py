@@ -216,8 +216,15 @@ def _texts(vote: dict, verdict: Verdict) -> tuple[str, str]:
 
 
 def _pairwise(fmt: str, vote: dict, verdict: Verdict, margin: bool) -> dict:
-    messages = vote["comparison__prompt__messages"]
     chosen, rejected = _texts(vote, verdict)
+    return pairwise_row(fmt, vote["comparison__prompt__messages"], chosen, rejected,
+                        strength=verdict.strength, margin=margin)
+
+
+def pairwise_row(fmt: str, messages: list[dict], chosen: str, rejected: str, *, strength: int | None,
+                 margin: bool) -> dict:
+    """One row of a pairwise format (trl, trl-conversational, hh-rlhf); with ``margin``, TRL's
+    ``margin`` column from the strength (0, 0.5, 1; 0 when unknown). hh-rlhf has no margin."""
     if fmt == "hh-rlhf":
         return {"chosen": f"{_hh(messages)} {chosen}", "rejected": f"{_hh(messages)} {rejected}"}
     if fmt == "trl":
@@ -229,7 +236,7 @@ def _pairwise(fmt: str, vote: dict, verdict: Verdict, margin: bool) -> dict:
             "rejected": [{"role": "assistant", "content": rejected}],
         }
     if margin:
-        row["margin"] = 0.0 if verdict.strength is None else (verdict.strength - 1) / 2
+        row["margin"] = 0.0 if strength is None else (strength - 1) / 2
     return row
 
 

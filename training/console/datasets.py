@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from annotate.exports import FORMATS, HH_LABELS, export_stream, prompt_text
+from annotate.exports import FORMATS, export_stream, pairwise_row
 from annotate.models import Snapshot
 from annotate.services import InvalidInput
 from annotate.snapshots import snapshot_path
@@ -54,27 +54,6 @@ def _pairs(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def _hh(messages: list[dict]) -> str:
-    return "".join(f"\n\n{HH_LABELS[m['role']]}: {m['content']}" for m in messages) + "\n\nAssistant:"
-
-
-def _row(pair: dict, fmt: str, margin: bool) -> dict:
-    messages, chosen, rejected = pair["prompt"], pair["chosen"], pair["rejected"]
-    if fmt == "hh-rlhf":
-        return {"chosen": f"{_hh(messages)} {chosen}", "rejected": f"{_hh(messages)} {rejected}"}
-    if fmt == "trl":
-        row: dict = {"prompt": prompt_text(messages), "chosen": chosen, "rejected": rejected}
-    else:
-        row = {
-            "prompt": messages,
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}],
-        }
-    if margin:
-        row["margin"] = 0.0 if pair.get("strength") is None else (pair["strength"] - 1) / 2
-    return row
-
-
 def _derived(path: Path, fmt: str) -> Iterator[bytes]:
     margin = fmt != "hh-rlhf" and any(p.get("strength") is not None for p in _pairs(path))
     buffer: list[bytes] = []
@@ -82,7 +61,9 @@ def _derived(path: Path, fmt: str) -> Iterator[bytes]:
     for pair in _pairs(path):
         if pair.get("tie"):
             continue
-        line = (json.dumps(_row(pair, fmt, margin), ensure_ascii=False) + "\n").encode()
+        row = pairwise_row(fmt, pair["prompt"], pair["chosen"], pair["rejected"], strength=pair.get("strength"),
+                           margin=margin)
+        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
         buffer.append(line)
         size += len(line)
         if size >= CHUNK_BYTES:
