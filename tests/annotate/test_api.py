@@ -9,19 +9,6 @@ from annotate.models import Vote
 from annotate.tokens import token_create
 
 
-@pytest.fixture
-def api(client, annotator):
-    token = token_create(user=annotator)
-
-    def call(method, url, body=None):
-        kwargs = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
-        if body is not None:
-            kwargs.update(data=json.dumps(body), content_type="application/json")
-        return getattr(client, method)(url, **kwargs)
-
-    return call
-
-
 def test_openapi_document_lists_every_api_route(client):
     from django.urls import get_resolver
 
