@@ -18,7 +18,7 @@ import os
 import statistics
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -285,9 +285,14 @@ def _line(row: dict) -> bytes:
 
 def export_stream(*, project: Project, fmt: str, filters: dict | None = None) -> Iterator[bytes]:
     """The export as JSONL bytes, yielded in pieces of about 64 KiB; memory stays flat."""
+    return jsonl_chunks(export_rows(project=project, fmt=fmt, filters=filters))
+
+
+def jsonl_chunks(rows: Iterable[dict]) -> Iterator[bytes]:
+    """Rows as JSONL bytes, yielded in pieces of about ``FLUSH_BYTES`` (for streamed downloads)."""
     buffer: list[bytes] = []
     size = 0
-    for row in export_rows(project=project, fmt=fmt, filters=filters):
+    for row in rows:
         line = _line(row)
         buffer.append(line)
         size += len(line)

@@ -15,11 +15,10 @@ import dataclasses
 import hashlib
 import json
 import sys
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from rewardmodel.lib.config import RewardConfig
+from rewardmodel.lib.config import RewardConfig, add_config_options
 
 
 def file_sha256(path: str | Path) -> str:
@@ -28,22 +27,6 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per RewardConfig field, typed from the field's default."""
-    hints = typing.get_type_hints(RewardConfig)
-    for f in dataclasses.fields(RewardConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "backbone":
-            parser.add_argument(flag, required=True, help="folder, hub id, or alias (all-minilm-l6-v2, smollm2)")
-            continue
-        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is typing.Literal else None
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, choices=choices,
-                                help=f"default: {f.default}")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -92,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = commands.add_parser("train", help="train a reward model from a JSONL snapshot")
     train.add_argument("--data", required=True, help="JSONL pairs (snapshot or TRL format)")
     train.add_argument("--out", required=True, help="output folder")
-    _add_config_options(train)
+    train.add_argument("--backbone", required=True, help="folder, hub id, or alias (all-minilm-l6-v2, smollm2)")
+    add_config_options(train, RewardConfig, skip={"backbone"})
     train.set_defaults(run=_train)
     scorer = commands.add_parser("score", help="score the pairs of a JSONL file with a saved model")
     scorer.add_argument("--model", required=True)

@@ -9,7 +9,7 @@ so the recorded config stays what the user asked for.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -44,6 +44,32 @@ class ConfigBase:
                 value = data[f.name]
                 values[f.name] = tuple(value) if isinstance(value, list) and "tuple" in str(f.type) else value
         return cls(**values)
+
+
+def add_config_options(parser: Any, cls: type, *, skip: Collection[str] = (), help: Mapping[str, str] | None = None) -> None:
+    """One command-line option per field of the config dataclass ``cls`` (``--max-length`` for ``max_length``).
+
+    Typed from the default (from the annotation when the default is None); booleans become
+    ``--x`` / ``--no-x``; Literal fields get their values as choices. ``skip``: fields the
+    command line adds itself.
+    """
+    import argparse
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        text = (help or {}).get(f.name, f"default: {f.default}")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
+            continue
+        choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+        kind = type(f.default) if f.default is not None else next(
+            a for a in typing.get_args(hint) if a is not type(None))
+        parser.add_argument(flag, type=kind, default=f.default, choices=choices, help=text)
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,7 @@ def davidson_loss(
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Davidson tie-aware NLL. chosen, rejected: [B] or [B, K]; tie: [B] bool; log_nu: scalar (learned)."""
-    log_win, log_tie = davidson_log_probs(chosen - rejected, log_nu)
-    return _mean(-torch.where(_expand(tie, log_win), log_tie, log_win), weights)
+    return _tie_aware_nll(*davidson_log_probs(chosen - rejected, log_nu), tie, weights)
 
 
 def rao_kupper_log_probs(diff: torch.Tensor, raw_eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +77,12 @@ def rao_kupper_loss(
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rao–Kupper tie-aware NLL. chosen, rejected: [B] or [B, K]; tie: [B] bool; raw_eta: scalar (learned)."""
-    log_win, log_tie = rao_kupper_log_probs(chosen - rejected, raw_eta)
+    return _tie_aware_nll(*rao_kupper_log_probs(chosen - rejected, raw_eta), tie, weights)
+
+
+def _tie_aware_nll(log_win: torch.Tensor, log_tie: torch.Tensor, tie: torch.Tensor,
+                   weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean NLL: -log P(tie) for tie pairs, -log P(chosen wins) for the rest."""
     return _mean(-torch.where(_expand(tie, log_win), log_tie, log_win), weights)
 
 

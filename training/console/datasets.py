@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from annotate.exports import FORMATS, export_stream, pairwise_row
+from annotate.exports import FORMATS, export_stream, jsonl_chunks, pairwise_row
 from annotate.models import Snapshot
 from annotate.services import InvalidInput
 from annotate.snapshots import snapshot_path
@@ -56,18 +56,8 @@ def _pairs(path: Path) -> Iterator[dict]:
 
 def _derived(path: Path, fmt: str) -> Iterator[bytes]:
     margin = fmt != "hh-rlhf" and any(p.get("strength") is not None for p in _pairs(path))
-    buffer: list[bytes] = []
-    size = 0
-    for pair in _pairs(path):
-        if pair.get("tie"):
-            continue
-        row = pairwise_row(fmt, pair["prompt"], pair["chosen"], pair["rejected"], strength=pair.get("strength"),
-                           margin=margin)
-        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
-        buffer.append(line)
-        size += len(line)
-        if size >= CHUNK_BYTES:
-            yield b"".join(buffer)
-            buffer, size = [], 0
-    if buffer:
-        yield b"".join(buffer)
+    return jsonl_chunks(
+        pairwise_row(fmt, pair["prompt"], pair["chosen"], pair["rejected"], strength=pair.get("strength"),
+                     margin=margin)
+        for pair in _pairs(path) if not pair.get("tie")
+    )

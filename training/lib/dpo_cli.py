@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from rewardmodel.lib.config import add_config_options
 from rewardmodel.lib.data import read_pairs
 from training.lib.dpo import DPOConfig, train_dpo
 
@@ -36,18 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="JSONL of pairs (our snapshot format or TRL's)")
     parser.add_argument("--out", required=True, help="checkpoint folder to create (must not exist or be empty)")
     parser.add_argument("--lineage", default="{}", help="JSON object recorded in meta.json")
-    for f in dataclasses.fields(DPOConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        if f.name == "model":
-            parser.add_argument(flag, default="smollm2", help=_HELP["model"])
-        elif isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif f.name == "lora_target_modules":
-            parser.add_argument(flag, default=default, help=_HELP[f.name])
-        else:
-            kind = type(default) if default is not None else int
-            parser.add_argument(flag, type=kind, default=default, help=_HELP.get(f.name))
+    parser.add_argument("--model", default="smollm2", help=_HELP["model"])
+    add_config_options(parser, DPOConfig, skip={"model"}, help=_HELP)
     return parser
 
 

@@ -17,28 +17,13 @@ import argparse
 import dataclasses
 import json
 import sys
-import typing
 from collections.abc import Sequence
 
+from rewardmodel.lib.config import add_config_options
 from training.lib.generation import read_prompts
 from training.lib.ppo import PPOConfig
 
 _OWN_OPTIONS = {"model", "reward"}
-
-
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per PPOConfig field, typed from the field's default."""
-    hints = typing.get_type_hints(PPOConfig)
-    for f in dataclasses.fields(PPOConfig):
-        if f.name in _OWN_OPTIONS:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is typing.Literal else None
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, choices=choices,
-                                help=f"default: {f.default}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prompts", required=True, help="JSONL prompts")
     parser.add_argument("--out", required=True, help="output folder (must not exist yet)")
     parser.add_argument("--lineage", default="{}", help="JSON object copied into meta.json")
-    _add_config_options(parser)
+    add_config_options(parser, PPOConfig, skip=_OWN_OPTIONS)
     args = parser.parse_args(argv)
 
     from tqdm import tqdm
