@@ -8,7 +8,6 @@ import json
 from functools import wraps
 
 from django.core.exceptions import PermissionDenied
-from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -16,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from annotate import access, imports, selectors
 from annotate.models import Project
 from annotate.queue import comparison_next
-from annotate.tokens import user_for_token
+from annotate.tokens import Caller, caller_for_token
 from annotate.views_manage import export_response
 from annotate.votes import VoteError, vote_record
 
@@ -25,20 +24,33 @@ def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
 
-def api_view(view):
-    """Authenticate by ``Authorization: Bearer <token>`` and turn access errors into JSON."""
+def api_view(view=None, *, scope: str = ""):
+    """Authenticate by ``Authorization: Bearer <token>`` and turn access errors into JSON.
+
+    With ``scope="project"`` (the URL's ``slug``) or ``scope="comparison"`` (its
+    ``comparison_id``), the token lookup also reads that project and the caller's role
+    in it, in the same statement, as ``request.caller`` (a ``tokens.Caller``).
+    """
+    if view is None:
+        return lambda view: api_view(view, scope=scope)
 
     @csrf_exempt  # Bearer tokens are not sent by browsers on their own, so CSRF does not apply.
     @wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         scheme, _, raw = header.partition(" ")
-        user = user_for_token(raw.strip()) if scheme.lower() == "bearer" else None
-        if user is None:
+        caller = None
+        if scheme.lower() == "bearer":
+            caller = caller_for_token(
+                raw.strip(),
+                slug=kwargs.get("slug") if scope == "project" else None,
+                comparison_id=kwargs.get("comparison_id") if scope == "comparison" else None,
+            )
+        if caller is None:
             response = _error(401, "a valid bearer token is required (python manage.py create_api_token USER)")
             response["WWW-Authenticate"] = "Bearer"
             return response
-        request.user = user
+        request.user, request.caller = caller.user, caller
         try:
             return view(request, *args, **kwargs)
         except Http404 as error:
@@ -49,37 +61,12 @@ def api_view(view):
     return wrapper
 
 
-# The two calls of every annotation check access in one query each, written out in SQL
-# because the ORM spent more CPU building them than the database spent answering. They
-# mean what access.project_for_annotator means: members and staff pass; anyone else
-# gets a 404, so slugs don't leak.
-_PROJECT_WITH_ROLE = """
-    SELECT p.*, m.role AS my_role FROM annotate_project p
-    LEFT JOIN annotate_membership m ON m.project_id = p.id AND m.user_id = %s
-    WHERE p.slug = %s
-"""
-_COMPARISON_WITH_ROLE = """
-    SELECT c.id, m.role FROM annotate_comparison c
-    LEFT JOIN annotate_membership m ON m.project_id = c.project_id AND m.user_id = %s
-    WHERE c.id = %s
-"""
-
-
-def _project_for_annotator(user, slug: str) -> Project:
-    project = next(iter(Project.objects.raw(_PROJECT_WITH_ROLE, (user.pk, slug))), None)
-    if project is None or not (user.is_staff or project.my_role):
+def _annotator_project(caller: Caller) -> Project:
+    """The project the URL names, if the caller may annotate it (what access.project_for_annotator
+    means: members and staff pass; anyone else gets a 404, so slugs don't leak)."""
+    if not caller.may_annotate():
         raise Http404("No such project.")
-    return project
-
-
-def _may_vote_on(user, comparison_id: int) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(_COMPARISON_WITH_ROLE, [user.pk, comparison_id])
-        row = cursor.fetchone()
-    if row is None:
-        raise Http404(f"comparison {comparison_id} does not exist")
-    if not (user.is_staff or row[1]):
-        raise Http404("No such project.")
+    return caller.project
 
 
 def _json_body(request: HttpRequest):
@@ -108,34 +95,48 @@ def projects(request: HttpRequest) -> JsonResponse:
     )
 
 
+def _comparison_json(comparison) -> dict:
+    messages = comparison.prompt_messages  # read with the comparison, as JSON text on some backends
+    return {
+        "id": comparison.pk,
+        "prompt": json.loads(messages) if isinstance(messages, str) else messages,
+        "a": {"id": comparison.completion_a_id, "text": comparison.text_a},
+        "b": {"id": comparison.completion_b_id, "text": comparison.text_b},
+    }
+
+
 @require_GET
-@api_view
+@api_view(scope="project")
 def comparison_next_view(request: HttpRequest, slug: str) -> HttpResponse:
-    project = _project_for_annotator(request.user, slug)
-    comparison = comparison_next(project=project, annotator=request.user)
+    caller = request.caller
+    project = _annotator_project(caller)
+    comparison = comparison_next(project=project, annotator=caller.user, holds_lease=caller.holds_lease)
     if comparison is None:
         return HttpResponse(status=204)
-    messages = comparison.prompt_messages  # read with the comparison, as JSON text on some backends
-    return JsonResponse(
-        {
-            "id": comparison.pk,
-            "prompt": json.loads(messages) if isinstance(messages, str) else messages,
-            "a": {"id": comparison.completion_a_id, "text": comparison.text_a},
-            "b": {"id": comparison.completion_b_id, "text": comparison.text_b},
-        }
-    )
+    return JsonResponse(_comparison_json(comparison))
+
+
+def _wants_next(request: HttpRequest, body: dict) -> bool:
+    flag = request.GET.get("next", "")
+    return body.get("next") is True or flag.lower() in {"1", "true", "yes"}
 
 
 @require_POST
-@api_view
+@api_view(scope="comparison")
 def vote(request: HttpRequest, comparison_id: int) -> JsonResponse:
-    _may_vote_on(request.user, comparison_id)
+    """Record a vote; with ``"next": true`` in the body (or ``?next=1``) the answer also carries
+    the next comparison of the project (``"next": null`` when nothing is left), so an annotation
+    client needs one request per pair instead of two."""
+    caller = request.caller
+    if not caller.comparison_exists:
+        raise Http404(f"comparison {comparison_id} does not exist")
+    project = _annotator_project(caller)
     try:
         body = _json_body(request)
         if not isinstance(body, dict):
             raise _BadRequest('the body must be a JSON object like {"choice": "a"}')
         outcome = vote_record(
-            annotator=request.user,
+            annotator=caller.user,
             comparison_id=comparison_id,
             choice=body.get("choice", ""),
             strength=body.get("strength"),
@@ -156,6 +157,11 @@ def vote(request: HttpRequest, comparison_id: int) -> JsonResponse:
         "strength": vote.strength,
         "created": outcome.created,
     }
+    if _wants_next(request, body):
+        # After the vote's own transaction (and its retrain check) has committed. The lease the
+        # vote released does not count; one held on another pair is handed out again.
+        following = comparison_next(project=project, annotator=caller.user, holds_lease=caller.holds_lease)
+        payload["next"] = None if following is None else _comparison_json(following)
     return JsonResponse(payload, status=201 if outcome.created else 200)
 
 

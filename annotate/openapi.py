@@ -61,6 +61,10 @@ SPEC: dict = {
                     "rationale": {"type": "string", "maxLength": 10000},
                     "time_spent_ms": {"type": "integer"},
                     "idempotency_key": {"type": "string", "maxLength": 64},
+                    "next": {
+                        "type": "boolean",
+                        "description": "also reserve and return the caller's next comparison of this project",
+                    },
                 },
             },
             "Vote": {
@@ -72,6 +76,11 @@ SPEC: dict = {
                     "winner": {"type": ["integer", "null"], "description": "id of the winning completion"},
                     "strength": {"type": ["integer", "null"]},
                     "created": {"type": "boolean"},
+                    "next": {
+                        "oneOf": [{"$ref": "#/components/schemas/Comparison"}, {"type": "null"}],
+                        "description": "only when the vote asked for next: the next comparison, reserved like "
+                        "GET .../comparisons/next, or null when nothing is left",
+                    },
                 },
             },
             "ImportResult": _IMPORT_RESULT,
@@ -102,11 +111,21 @@ SPEC: dict = {
         "/api/comparisons/{id}/vote": {
             "post": {
                 "summary": "Vote on a comparison (idempotent with idempotency_key)",
-                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "description": "With `\"next\": true` in the body (or `?next=1`) the answer also carries the "
+                "caller's next comparison of the project, so an annotation client needs one request per pair. "
+                "A replay (200) answers with the same reserved next comparison; errors carry no next.",
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}},
+                    {"name": "next", "in": "query", "required": False, "schema": {"type": "boolean"},
+                     "description": "same as \"next\": true in the body"},
+                ],
                 "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/VoteIn"})},
                 "responses": {
-                    "201": {"description": "recorded", **_json({"$ref": "#/components/schemas/Vote"})},
-                    "200": {"description": "a replay: the first vote", **_json({"$ref": "#/components/schemas/Vote"})},
+                    "201": {"description": "recorded (with next, when asked)", **_json({"$ref": "#/components/schemas/Vote"})},
+                    "200": {
+                        "description": "a replay: the first vote (with next, when asked)",
+                        **_json({"$ref": "#/components/schemas/Vote"}),
+                    },
                     "400": _err("invalid vote"),
                     "404": _err("no such comparison for the caller"),
                     "409": _err("the comparison has all its votes, or the key was used elsewhere"),

@@ -18,7 +18,8 @@ Speed: this is half of every annotation, so its statements are written out in SQ
 (portable between PostgreSQL and SQLite): building the same queries with the ORM
 cost several times more CPU than running them. It takes a fixed number of round
 trips, locked in by ``tests/annotate/test_api_perf.py``: a one-table probe for a held
-lease, then one transaction of candidate read and lease upsert.
+lease (skipped when the caller already knows, as the API does from its token lookup),
+then one transaction of candidate read and lease upsert.
 """
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ _RETRY = object()
 
 # The pair is shown at once, so the prompt and both texts come with the comparison,
 # as the attributes ``prompt_messages`` (JSON text or list), ``text_a`` and ``text_b``.
-_DISPLAY = """
-    SELECT c.*, p.messages AS prompt_messages, a.text AS text_a, b.text AS text_b
+_COLUMNS = ("id", "project_id", "prompt_id", "completion_a_id", "completion_b_id", "priority", "reason", "state",
+            "vote_count")
+_DISPLAY = f"""
+    SELECT {", ".join("c." + name for name in _COLUMNS)}, p.messages, a.text, b.text
     FROM annotate_comparison c
     JOIN annotate_prompt p ON p.id = c.prompt_id
     JOIN annotate_completion a ON a.id = c.completion_a_id
@@ -81,15 +84,30 @@ _LEASE = """
     DO UPDATE SET expires_at = excluded.expires_at, created_at = excluded.created_at
     RETURNING id
 """
+# PostgreSQL: the same, and the lease's commit need not wait for the WAL flush. A lease is a
+# soft reservation: if the server crashed before it reached the disk, the pair would only go
+# back to the queue, and vote_record re-checks the overlap under its own lock; a vote's commit
+# still waits. set_config(..., true) is SET LOCAL, sent with the statement to save a round trip.
+_LEASE_PG = _LEASE.replace("    ON CONFLICT", "      AND set_config('synchronous_commit', 'off', true) = 'off'\n    ON CONFLICT")
 
 
 def _first(sql: str, params: tuple) -> Comparison | None:
-    # A raw queryset still converts column values (JSON, SQLite datetimes) like the ORM does.
-    return next(iter(Comparison.objects.raw(sql, params)), None)
+    """The first row of a ``_DISPLAY`` query as a Comparison (other fields load on first access)."""
+    adapt = connection.ops.adapt_unknown_value
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [adapt(value) for value in params])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    n = len(_COLUMNS)
+    comparison = Comparison.from_db(connection.alias, _COLUMNS, row[:n])
+    # JSON text on some backends; the API and the page parse it when they need it.
+    comparison.prompt_messages, comparison.text_a, comparison.text_b = row[n:]
+    return comparison
 
 
-def _held_lease(*, project: Project, annotator, now) -> Comparison | None:
-    if not _exists(_ANY_HELD, (annotator.pk, now, False)):
+def _held_lease(*, project: Project, annotator, now, probe: bool) -> Comparison | None:
+    if probe and not _exists(_ANY_HELD, (annotator.pk, now, False)):
         return None
     return _first(_HELD, (annotator.pk, now, False, project.pk, Comparison.State.OPEN, annotator.pk))
 
@@ -103,11 +121,6 @@ def _reserve(*, project: Project, annotator, now):
         # SQLite: the IMMEDIATE transaction already keeps everyone else out.
         comparison = _first(_CANDIDATE, params)
     else:
-        with connection.cursor() as cursor:
-            # A lease is a soft reservation: if the server crashed before it reached the disk, the
-            # pair would only go back to the queue, and vote_record re-checks the overlap under its
-            # own lock. So this commit need not wait for the WAL flush; a vote's commit still does.
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
         comparison = _first(_CANDIDATE + " FOR UPDATE OF c SKIP LOCKED", params)
         if comparison is None:
             # Everything left may be locked by people taking it right now. Wait for the first row;
@@ -120,7 +133,8 @@ def _reserve(*, project: Project, annotator, now):
         return None
     expires = now + timedelta(seconds=project.lease_seconds)
     lease = (comparison.pk, me, expires, False, now, comparison.pk, comparison.pk, now, me, wanted)
-    return comparison if _exists(_LEASE, lease) else _RETRY
+    sql = _LEASE_PG if connection.vendor == "postgresql" else _LEASE
+    return comparison if _exists(sql, lease) else _RETRY
 
 
 def _exists(sql: str, params: tuple) -> bool:
@@ -130,15 +144,19 @@ def _exists(sql: str, params: tuple) -> bool:
         return cursor.fetchone() is not None
 
 
-def comparison_next(*, project: Project, annotator, now=None) -> Comparison | None:
+def comparison_next(*, project: Project, annotator, now=None, holds_lease: bool | None = None) -> Comparison | None:
     """Reserve and return the next comparison for ``annotator``, or None when nothing is left.
 
     Calling it again before voting returns the same comparison (the live lease),
     so a reload never burns a slot. The comparison carries what the page shows:
     ``prompt_messages`` (a list, or its JSON text), ``text_a`` and ``text_b``.
+    ``holds_lease`` is whether the annotator holds any live, unskipped lease, when the
+    caller has already read it (False skips looking for a held comparison); None: look.
     """
     now = now or timezone.now()
-    held = _held_lease(project=project, annotator=annotator, now=now)
+    held = None
+    if holds_lease is not False:
+        held = _held_lease(project=project, annotator=annotator, now=now, probe=holds_lease is None)
     if held is not None:
         return held
     for _ in range(ROUNDS):

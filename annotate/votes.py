@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -16,9 +17,17 @@ from django.utils import timezone
 from annotate.models import Comparison, Vote
 from annotate.signals import votes_recorded
 
-# The comparison and its project's overlap, locked (on PostgreSQL) until the vote commits.
+# The comparison, its project's overlap and what this annotator already has on it: a vote
+# on it, the comparison their idempotency key was used on (a NULL key matches nothing) and
+# when their lease on it began. The row is locked (on PostgreSQL) until the vote commits.
+# The subqueries read the snapshot taken before the lock was granted; that is enough: a
+# vote that slipped in meanwhile makes the INSERT hit the unique constraints (a replay),
+# and other people's leases are counted again by the write, after the lock.
 _LOCK = """
-    SELECT c.state, c.vote_count, c.completion_a_id, c.completion_b_id, c.project_id, p.votes_per_comparison
+    SELECT c.state, c.vote_count, c.completion_a_id, c.completion_b_id, c.project_id, p.votes_per_comparison,
+           (SELECT v.id FROM annotate_vote v WHERE v.annotator_id = %s AND v.comparison_id = c.id),
+           (SELECT v.comparison_id FROM annotate_vote v WHERE v.annotator_id = %s AND v.idempotency_key = %s),
+           (SELECT l.created_at FROM annotate_lease l WHERE l.comparison_id = c.id AND l.annotator_id = %s)
     FROM annotate_comparison c JOIN annotate_project p ON p.id = c.project_id
     WHERE c.id = %s
 """
@@ -27,18 +36,35 @@ _EARLIER = """
     SELECT id, comparison_id, idempotency_key FROM annotate_vote
     WHERE annotator_id = %s AND (comparison_id = %s OR idempotency_key = %s)
 """
-# Other people's live leases and this annotator's own lease (live or not).
-_LEASES = """
-    SELECT id, annotator_id, created_at FROM annotate_lease
-    WHERE comparison_id = %s AND (annotator_id = %s OR expires_at > %s)
-"""
+# Other people's live leases on the comparison (under the row lock nobody can add one).
+_OTHERS = "SELECT COUNT(*) FROM annotate_lease WHERE comparison_id = %s AND annotator_id <> %s AND expires_at > %s"
 _VOTE_FIELDS = [f for f in Vote._meta.concrete_fields if not f.primary_key]
 _INSERT = (
     f"INSERT INTO {Vote._meta.db_table} ({', '.join(f.column for f in _VOTE_FIELDS)})"
     f" VALUES ({', '.join(['%s'] * len(_VOTE_FIELDS))}) RETURNING id"
 )
 _COUNT = "UPDATE annotate_comparison SET vote_count = %s, state = %s WHERE id = %s"
-_UNLEASE = "DELETE FROM annotate_lease WHERE id = %s"
+_UNLEASE = "DELETE FROM annotate_lease WHERE comparison_id = %s AND annotator_id = %s"
+
+
+@cache
+def _write_pg() -> str:
+    """PostgreSQL writes the vote in one statement (a fresh snapshot, after the lock): count other
+    people's live leases, and only if there is room insert the vote, update the count and drop the
+    annotator's lease. Parameters: comparison, annotator, now, the vote's columns, vote_count,
+    wanted, new count, new state, comparison, comparison, annotator. Returns the vote id, or no
+    row when the comparison is full."""
+    # Typed placeholders: INSERT ... SELECT does not infer parameter types from the target columns.
+    values = ", ".join(f"%s::{f.cast_db_type(connection)}" for f in _VOTE_FIELDS)
+    return f"""
+    WITH others AS ({_OTHERS.replace("SELECT COUNT(*)", "SELECT COUNT(*) AS n")}),
+    ins AS (INSERT INTO {Vote._meta.db_table} ({', '.join(f.column for f in _VOTE_FIELDS)})
+            SELECT {values} FROM others WHERE %s + others.n < %s RETURNING id),
+    upd AS (UPDATE annotate_comparison SET vote_count = %s, state = %s
+            WHERE id = %s AND EXISTS (SELECT 1 FROM ins)),
+    del AS (DELETE FROM annotate_lease WHERE comparison_id = %s AND annotator_id = %s AND EXISTS (SELECT 1 FROM ins))
+    SELECT id FROM ins
+    """
 
 
 def _rows(sql: str, params: tuple) -> list[tuple]:
@@ -48,14 +74,16 @@ def _rows(sql: str, params: tuple) -> list[tuple]:
         return cursor.fetchall() if cursor.description else []
 
 
-def _insert_vote(**values) -> Vote:
-    """INSERT one vote (every column from the model, defaults filled in) and return it as a saved row."""
+def _vote_values(**values) -> list:
+    """Every column of a new vote, in ``_VOTE_FIELDS`` order, defaults filled in, ready for the database."""
     for field in _VOTE_FIELDS:
         if field.attname not in values:
             values[field.attname] = field.get_default()
-    (pk,) = _rows(_INSERT, tuple(f.get_db_prep_save(values[f.attname], connection) for f in _VOTE_FIELDS))[0]
-    values[Vote._meta.pk.attname] = pk
-    return Vote.from_db(connection.alias, None, [values[f.attname] for f in Vote._meta.concrete_fields])
+    return [values[f.attname] for f in _VOTE_FIELDS]
+
+
+def _saved_vote(pk: int, values: list) -> Vote:
+    return Vote.from_db(connection.alias, None, [pk, *values])
 
 
 def _aware(value: datetime) -> datetime:
@@ -159,31 +187,25 @@ def _earlier_vote(*, annotator, comparison_id: int, idempotency_key: str) -> Vot
 def _record_locked(
     *, annotator, comparison_id, choice, strength, rationale, time_spent_ms, idempotency_key, source, now
 ) -> VoteOutcome:
+    me = annotator.pk
     lock = _LOCK + (" FOR UPDATE OF c" if connection.features.has_select_for_update_of else "")
-    found = _rows(lock, (comparison_id,))
+    found = _rows(lock, (me, me, idempotency_key or None, me, comparison_id))
     if not found:
         raise VoteError(f"comparison {comparison_id} does not exist")
-    state, vote_count, completion_a_id, completion_b_id, project_id, wanted = found[0]
-    # Under the row lock nobody else can add a vote here, so this read decides replay or new vote.
-    replay = _earlier_vote(annotator=annotator, comparison_id=comparison_id, idempotency_key=idempotency_key)
-    if replay is not None:
-        return replay
-    others, own = 0, None
-    for lease_id, annotator_id, created_at in _rows(_LEASES, (comparison_id, annotator.pk, now)):
-        if annotator_id == annotator.pk:
-            own = (lease_id, _aware(created_at))
-        else:
-            others += 1
-    if state != Comparison.State.OPEN or vote_count + others >= wanted:
-        raise ComparisonFull("this comparison already has all the votes it needs")
-    if time_spent_ms is None and own is not None:
-        time_spent_ms = max(0, int((now - own[1]).total_seconds() * 1000))
-    winner_id = {"a": completion_a_id, "b": completion_b_id}.get(choice)
-    vote = _insert_vote(
+    state, vote_count, completion_a_id, completion_b_id, project_id, wanted, voted, keyed_on, leased_at = found[0]
+    if keyed_on is not None and keyed_on != comparison_id:
+        raise IdempotencyConflict("idempotency_key was already used for a different comparison")
+    if voted is not None:
+        return VoteOutcome(Vote.objects.get(pk=voted), created=False)
+    if state != Comparison.State.OPEN or vote_count >= wanted:
+        return _replay_or_full(annotator=annotator, comparison_id=comparison_id, idempotency_key=idempotency_key)
+    if time_spent_ms is None and leased_at is not None:
+        time_spent_ms = max(0, int((now - _aware(leased_at)).total_seconds() * 1000))
+    values = _vote_values(
         comparison_id=comparison_id,
-        annotator_id=annotator.pk,
+        annotator_id=me,
         choice=choice,
-        winner_id=winner_id,
+        winner_id={"a": completion_a_id, "b": completion_b_id}.get(choice),
         strength=strength,
         rationale=rationale.strip(),
         time_spent_ms=time_spent_ms,
@@ -192,8 +214,30 @@ def _record_locked(
         created_at=now,
     )
     vote_count += 1
-    _rows(_COUNT, (vote_count, Comparison.State.CLOSED if vote_count >= wanted else state, comparison_id))
-    if own is not None:
-        _rows(_UNLEASE, (own[0],))
+    count = (vote_count, Comparison.State.CLOSED if vote_count >= wanted else state, comparison_id)
+    if connection.vendor == "postgresql":
+        prepared = [f.get_db_prep_save(v, connection) for f, v in zip(_VOTE_FIELDS, values, strict=True)]
+        inserted = _rows(_write_pg(), (comparison_id, me, now, *prepared, vote_count - 1, wanted, *count,
+                                       comparison_id, me))
+    else:
+        # SQLite: the IMMEDIATE transaction keeps every other writer out, so plain statements do.
+        (others,) = _rows(_OTHERS, (comparison_id, me, now))[0]
+        inserted = []
+        if vote_count - 1 + others < wanted:
+            prepared = [f.get_db_prep_save(v, connection) for f, v in zip(_VOTE_FIELDS, values, strict=True)]
+            inserted = _rows(_INSERT, tuple(prepared))
+            _rows(_COUNT, count)
+            _rows(_UNLEASE, (comparison_id, me))
+    if not inserted:
+        return _replay_or_full(annotator=annotator, comparison_id=comparison_id, idempotency_key=idempotency_key)
     transaction.on_commit(lambda: votes_recorded.send(sender=Vote, project_id=project_id, count=1))
-    return VoteOutcome(vote, created=True)
+    return VoteOutcome(_saved_vote(inserted[0][0], values), created=True)
+
+
+def _replay_or_full(*, annotator, comparison_id: int, idempotency_key: str) -> VoteOutcome:
+    """No room left: a replay of a vote that committed while we waited for the row lock (the
+    lock's own read could not see it yet) gets that vote; anything else is ComparisonFull."""
+    replay = _earlier_vote(annotator=annotator, comparison_id=comparison_id, idempotency_key=idempotency_key)
+    if replay is None:
+        raise ComparisonFull("this comparison already has all the votes it needs")
+    return replay

@@ -102,3 +102,67 @@ def test_manager_adds_prompts_and_completions_by_api(client, manager, project):
     ]
     r = client.post(reverse("api-completions", args=["demo"]), data=json.dumps(rows), **auth)
     assert r.status_code == 201 and r.json()["comparisons"] == 1
+
+
+def test_vote_with_next_returns_the_vote_and_the_next_comparison(api, project, comparisons):
+    first = api("get", "/api/projects/demo/comparisons/next").json()
+    response = api("post", f"/api/comparisons/{first['id']}/vote", {"choice": "a", "next": True})
+    assert response.status_code == 201
+    body = response.json()
+    assert body["comparison"] == first["id"] and body["created"] is True
+    following = body["next"]
+    assert set(following) == {"id", "prompt", "a", "b"} and following["id"] != first["id"]
+    # The next comparison is reserved: asking again hands out the same one.
+    assert api("get", "/api/projects/demo/comparisons/next").json() == following
+    assert Vote.objects.count() == 1
+
+
+def test_vote_with_next_as_a_query_flag(api, project, comparisons):
+    pair = api("get", "/api/projects/demo/comparisons/next").json()
+    response = api("post", f"/api/comparisons/{pair['id']}/vote?next=1", {"choice": "tie"})
+    assert response.status_code == 201 and response.json()["next"]["id"] != pair["id"]
+    plain = api("post", f"/api/comparisons/{response.json()['next']['id']}/vote", {"choice": "tie"})
+    assert plain.status_code == 201 and "next" not in plain.json()
+
+
+def test_replayed_vote_with_next_is_200_with_the_same_next_and_one_vote(api, project, comparisons):
+    pair = api("get", "/api/projects/demo/comparisons/next").json()
+    url = f"/api/comparisons/{pair['id']}/vote"
+    first = api("post", url, {"choice": "b", "idempotency_key": "k1", "next": True})
+    replay = api("post", url, {"choice": "b", "idempotency_key": "k1", "next": True})
+    assert first.status_code == 201 and replay.status_code == 200
+    assert replay.json()["id"] == first.json()["id"] and replay.json()["created"] is False
+    # A client that lost the first answer gets the same next pair, not a second slot.
+    assert replay.json()["next"] == first.json()["next"]
+    assert Vote.objects.count() == 1
+
+
+def test_vote_with_next_walks_the_whole_queue_and_ends_with_null(api, project, comparisons):
+    pair = api("get", "/api/projects/demo/comparisons/next").json()
+    seen = []
+    while pair is not None:
+        seen.append(pair["id"])
+        response = api("post", f"/api/comparisons/{pair['id']}/vote", {"choice": "a", "next": True})
+        assert response.status_code == 201
+        pair = response.json()["next"]
+    assert sorted(seen) == sorted(c.pk for c in comparisons)
+    assert Vote.objects.count() == len(comparisons)
+    assert api("get", "/api/projects/demo/comparisons/next").status_code == 204
+
+
+def test_vote_with_next_is_refused_to_outsiders(client, outsider, comparisons):
+    token = token_create(user=outsider)
+    response = client.post(
+        f"/api/comparisons/{comparisons[0].pk}/vote", data=json.dumps({"choice": "a", "next": True}),
+        content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}",
+    )
+    assert response.status_code == 404 and "next" not in response.json()
+    assert not Vote.objects.exists()
+
+
+def test_openapi_document_describes_vote_with_next(client):
+    spec = client.get("/api/openapi.json").json()
+    vote = spec["paths"]["/api/comparisons/{id}/vote"]["post"]
+    assert "next" in spec["components"]["schemas"]["VoteIn"]["properties"]
+    assert "next" in spec["components"]["schemas"]["Vote"]["properties"]
+    assert any(p["name"] == "next" and p["in"] == "query" for p in vote["parameters"])
