@@ -9,9 +9,15 @@ comparisons, gives every simulated annotator a bearer token, starts gunicorn
 (``config.wsgi``) on 127.0.0.1 with ``bench/gunicorn.conf.py`` (or, with ``--server granian``,
 the same WSGI application under granian), and drives it.
 
-Each simulated annotator owns one persistent HTTP/1.1 connection and runs cycles of
-``GET /api/projects/<slug>/comparisons/next`` then ``POST /api/comparisons/<id>/vote``
-(with an idempotency key). All connections are driven from one thread with
+Each simulated annotator owns one persistent HTTP/1.1 connection and runs cycles in one
+of two modes (``--modes``, both by default, reported side by side):
+
+- two requests: ``GET /api/projects/<slug>/comparisons/next`` then
+  ``POST /api/comparisons/<id>/vote`` (with an idempotency key);
+- one request: ``POST /api/comparisons/<id>/vote`` with ``"next": true``, whose answer
+  carries the next comparison (the first pair of a run comes from a GET, and after the
+  window each annotator votes once more, without next, on the pair it holds).
+ All connections are driven from one thread with
 ``selectors`` and hand-parsed responses, so the load generator costs little of the
 CPU it shares with the server; its own CPU time is reported next to the server's.
 
@@ -60,6 +66,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--paced-clients", type=int, default=50)
     p.add_argument("--no-paced", action="store_true")
     p.add_argument("--overlaps", default="1,2", help="one run per overlap (votes wanted per comparison)")
+    p.add_argument("--modes", default="two,one",
+                   help="two: next + vote, two requests per cycle; one: vote with next, one request per cycle")
     p.add_argument("--comparisons", type=int, default=0, help="per project; 0: enough for 1,000 votes/s")
     p.add_argument("--retrain-threshold", type=int, default=None,
                    help="set on the projects (default: the model's; 0 keeps the retrain check off the path)")
@@ -294,8 +302,9 @@ class Level:
 class Conn:
     """One annotator: a socket, a token, the cycle it is in."""
 
-    def __init__(self, i: int, token: str, slug: str, port: int, run: str):
-        self.i, self.port, self.run = i, port, run
+    def __init__(self, i: int, token: str, slug: str, port: int, run: str, combined: bool = False):
+        self.i, self.port, self.run, self.combined = i, port, run, combined
+        self.pending: int | None = None  # the comparison a vote-with-next answer handed out
         self.head = f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
         self.next_request = f"GET /api/projects/{slug}/comparisons/next HTTP/1.1\r\n{self.head}\r\n".encode()
         self.sock: socket.socket | None = None
@@ -305,9 +314,11 @@ class Conn:
         self.due = 0.0
         self.rng = random.Random(i)
 
-    def vote_request(self, comparison: int) -> bytes:
+    def vote_request(self, comparison: int, with_next: bool = False) -> bytes:
         choice = self.rng.choice(CHOICES)
         body: dict[str, object] = {"choice": choice, "idempotency_key": f"{self.run}-{self.i}-{comparison}"}
+        if with_next:
+            body["next"] = True
         if choice in ("a", "b"):
             body["strength"] = self.rng.randint(1, 3)
         data = json.dumps(body).encode()
@@ -358,12 +369,19 @@ def drive(conns: list[Conn], level: Level, *, warmup: float, duration: float, ra
 
     def start_cycle(c: Conn) -> None:
         if now() >= t_end:
+            if c.pending is not None:  # vote on the pair still on screen, so no lease is left behind
+                send(c, "final", c.vote_request(c.pending))
+                c.pending = None
+                return
             active.discard(c)
             return
         c.started = c.cycle_start = time.monotonic_ns()
         if rate:  # count from when the cycle was due, not from when we got round to it
             c.cycle_start = min(c.cycle_start, int(c.due * 1e9))
-        send(c, "next", c.next_request)
+        if c.pending is not None:
+            send(c, "vote", c.vote_request(c.pending, with_next=True))
+        else:
+            send(c, "next", c.next_request)
 
     def finish_cycle(c: Conn) -> None:
         if rate:
@@ -389,17 +407,26 @@ def drive(conns: list[Conn], level: Level, *, warmup: float, duration: float, ra
             if in_window:
                 level.next_ns.append(done - c.sent)
             if status == 200:
-                send(c, "vote", c.vote_request(json.loads(body)["id"]))
+                send(c, "vote", c.vote_request(json.loads(body)["id"], with_next=c.combined))
                 return
             if status == 204:
                 level.queue_empty += 1
                 active.discard(c)
                 return
+        elif c.kind == "final":
+            level.created_total += status == 201
+            if status != 201:
+                level.errors[f"final vote {status}"] = level.errors.get(f"final vote {status}", 0) + 1
+            active.discard(c)
+            return
         else:
             if in_window:
                 level.vote_ns.append(done - c.sent)
             if status == 201:
                 level.created_total += 1
+                if c.combined:
+                    following = json.loads(body)["next"]
+                    c.pending = None if following is None else following["id"]
                 t = now()
                 if t_measure <= t <= t_end:
                     level.votes += 1
@@ -495,11 +522,14 @@ def pct(values: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))] / 1e6
 
 
-def row(overlap: int, lv: Level) -> str:
+MODES = {"two": "2 requests: next, vote", "one": "1 request: vote with next"}
+
+
+def row(overlap: int, mode: str, lv: Level) -> str:
     votes = max(lv.votes, 1)
     cpu = lv.cpu
     errors = sum(lv.errors.values())
-    return (f"| {overlap} | {lv.name} | {lv.votes / lv.seconds:,.0f} | {pct(lv.cycle_ns, .5):.1f} | "
+    return (f"| {overlap} | {MODES[mode]} | {lv.name} | {lv.votes / lv.seconds:,.0f} | {pct(lv.cycle_ns, .5):.1f} | "
             f"{pct(lv.cycle_ns, .99):.1f} | {pct(lv.next_ns, .5):.1f} / {pct(lv.next_ns, .99):.1f} | "
             f"{pct(lv.vote_ns, .5):.1f} / {pct(lv.vote_ns, .99):.1f} | {errors} | "
             f"{1000 * cpu['server'] / votes:.2f} / {1000 * cpu['postgres'] / votes:.2f} / "
@@ -513,9 +543,9 @@ def ceiling(lv: Level) -> float:
 
 
 HEADER = (
-    "| overlap | load | votes/s | cycle p50 ms | cycle p99 ms | next p50 / p99 ms | vote p50 / p99 ms | errors "
+    "| overlap | cycle | load | votes/s | cycle p50 ms | cycle p99 ms | next p50 / p99 ms | vote p50 / p99 ms | errors "
     "| CPU ms per vote: server / postgres / client | CPU ceiling votes/s | other load, cores |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -543,7 +573,10 @@ def main(argv: list[str]) -> int:
     levels = [int(x) for x in args.levels.split(",") if x]
     overlaps = [int(x) for x in args.overlaps.split(",") if x]
     paced = [] if args.no_paced else [float(x) for x in args.paced_rates.split(",") if x]
-    seconds = (len(levels) + len(paced)) * (args.duration + args.warmup)
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - set(MODES):
+        raise SystemExit(f"--modes takes {', '.join(MODES)}")
+    seconds = len(modes) * (len(levels) + len(paced)) * (args.duration + args.warmup)
     # Enough comparisons that the queue cannot run dry below 1,000 votes/s.
     comparisons = {o: args.comparisons or int(1000 * seconds / o) + 1000 for o in overlaps}
     annotators = max(levels + [args.paced_clients if paced else 0])
@@ -581,13 +614,14 @@ def main(argv: list[str]) -> int:
             plan += [(f"paced {rate:g}/s, {args.paced_clients} annotators", args.paced_clients, rate)
                      for rate in paced]
             created = 0
-            for name, n, rate in plan:
-                run = f"o{overlap}-{n}-{rate or 0:.0f}"
-                conns = [Conn(i, tokens[i], slug, port, run) for i in range(n)]
+            # Both modes of a load run back to back, so their rows sit side by side.
+            for (name, n, rate), mode in ((step, mode) for step in plan for mode in modes):
+                run = f"o{overlap}-{n}-{rate or 0:.0f}-{mode}"
+                conns = [Conn(i, tokens[i], slug, port, run, combined=mode == "one") for i in range(n)]
                 lv = drive(conns, Level(name, n), warmup=args.warmup, duration=args.duration, rate=rate,
                            meter=meter)
                 created += lv.created_total
-                rows.append(row(overlap, lv))
+                rows.append(row(overlap, mode, lv))
                 print(rows[-1], lv.errors or "", f"(queue ran dry {lv.queue_empty}x)" if lv.queue_empty else "",
                       flush=True)
             fresh = fresh_comparisons(slug, 20)
@@ -618,8 +652,9 @@ def main(argv: list[str]) -> int:
         f"- database: {postgres_facts(args.pg + '/postgres')}",
         f"- load average when it started: {load_at_start}; projects' retrain threshold:"
         f" {'model default' if args.retrain_threshold is None else args.retrain_threshold}",
-        f"- {args.warmup:g} s warm-up, then {args.duration:g} s measured per row; a cycle is next + vote;"
-        " latency in ms; CPU is per vote stored, in the measured window.",
+        f"- {args.warmup:g} s warm-up, then {args.duration:g} s measured per row; a cycle is one pair annotated:"
+        " next then vote (2 requests), or one vote that asks for the next pair (1 request; its next column is"
+        " the run's first GET only); latency in ms; CPU is per vote stored, in the measured window.",
         "",
         HEADER,
         *rows,

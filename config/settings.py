@@ -92,6 +92,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
+# Requests under /api/ (config.wsgi routes them): bearer-token calls need no session, CSRF,
+# messages or htmx, so they skip those; the security headers still apply.
+API_MIDDLEWARE = ["django.middleware.security.SecurityMiddleware"]
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
