@@ -618,6 +618,9 @@ def main(argv: list[str]) -> int:
             for (name, n, rate), mode in ((step, mode) for step in plan for mode in modes):
                 run = f"o{overlap}-{n}-{rate or 0:.0f}-{mode}"
                 conns = [Conn(i, tokens[i], slug, port, run, combined=mode == "one") for i in range(n)]
+                # Every row starts from vacuumed queue tables, as autovacuum keeps a live database; without
+                # this a row would pay for the dead index entries the rows before it left at the queue head.
+                meter.conn.execute("VACUUM (ANALYZE) annotate_comparison, annotate_lease, annotate_vote")
                 lv = drive(conns, Level(name, n), warmup=args.warmup, duration=args.duration, rate=rate,
                            meter=meter)
                 created += lv.created_total
@@ -652,6 +655,8 @@ def main(argv: list[str]) -> int:
         f"- database: {postgres_facts(args.pg + '/postgres')}",
         f"- load average when it started: {load_at_start}; projects' retrain threshold:"
         f" {'model default' if args.retrain_threshold is None else args.retrain_threshold}",
+        "- the queue tables are vacuumed before each row (each starts from the same table health);"
+        " within a row, dead rows pile up as between two autovacuum runs.",
         f"- {args.warmup:g} s warm-up, then {args.duration:g} s measured per row; a cycle is one pair annotated:"
         " next then vote (2 requests), or one vote that asks for the next pair (1 request; its next column is"
         " the run's first GET only); latency in ms; CPU is per vote stored, in the measured window.",
