@@ -1,9 +1,12 @@
 """Recording votes: one transaction, one row per annotator and comparison, never beyond the overlap.
 
-The statements of the vote transaction are written out in SQL (portable between
-PostgreSQL and SQLite) because this is the hot path of the product: the ORM spent
-several times more CPU building them than the database spent running them. The
-number of round trips is locked in by ``tests/annotate/test_api_perf.py``.
+The statements of the vote transaction are written out in SQL because this is the hot
+path of the product: the ORM spent several times more CPU building them than the
+database spent running them. The transaction is two statements: the row lock (which also
+reads earlier votes and the annotator's lease; portable), then the write, which on
+PostgreSQL is one statement with data-modifying CTEs and on SQLite the same four steps
+sent one by one. The number of round trips is locked in by
+``tests/annotate/test_api_perf.py``.
 """
 from __future__ import annotations
 
