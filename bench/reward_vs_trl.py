@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/reward_vs_trl.py --pairs 400            # all-MiniLM-L6-v2
     .venv/bin/python bench/reward_vs_trl.py --pairs 200 --backbone smollm2
+    python bench/reward_vs_trl.py --device cuda --pairs 4000 --batch-size 64 --runs ours-bf16,trl-bf16,...
 
 Both sides get the same backbone, the same training pairs, the same held-out
 pairs (split by prompt), batch size, learning rate, epochs, schedule and
@@ -24,7 +25,18 @@ Throughput is steady state: from the end of the first optimizer step to the
 end of the last, in wall-clock seconds and in CPU seconds of the process
 (the latter is robust to other load on a shared machine). "tokens/s" counts
 real (non-pad) tokens of both sequences of a pair. Writes
-bench/out/reward_vs_trl.md and .json.
+bench/out/reward_vs_trl.md and .json (``-<backbone>`` and ``-cuda`` added to
+the name for other backbones and GPU runs).
+
+On a GPU (``--device cuda``) every run trains on the GPU; peak GPU memory
+and model FLOPs utilisation (MFU) are added. MFU counts the model FLOPs of
+the real tokens only, 6 x (parameters of the backbone's matmuls) per token
+plus 12 x layers x hidden x mean sequence length for attention scores,
+against ``--peak-tflops`` (989, an H100 SXM's dense bf16 figure, for every
+row: one yardstick). ``--random-init`` initialises the backbone from its
+config with a fixed seed (saved once, both sides load the same weights):
+for throughput where the trained weights cannot be copied to the machine;
+its accuracy column then compares two models learning from scratch.
 """
 
 from __future__ import annotations
@@ -64,11 +76,21 @@ class Variant:
     bf16: bool
     checkpointing: bool = False
     cap_flag: str | None = None  # name of the argparse option holding the step cap
+    packing: bool = True  # ours only: packed rows (block-diagonal attention) or length-bucketed padded rows
+    compile: str | None = None  # ours only: RewardConfig.compile; None = the --compile option
+    prefix_sharing: str = "auto"  # ours only: RewardConfig.prefix_sharing (causal backbones)
 
 
 VARIANTS = [
     Variant("ours", "rewardmodel.lib fp32 (packed rows)", "ours", bf16=False),
     Variant("ours-bf16", "rewardmodel.lib bf16 autocast (packed rows)", "ours", bf16=True),
+    Variant("ours-nopack", "rewardmodel.lib fp32 (bucketed, no packing)", "ours", bf16=False, packing=False),
+    Variant("ours-bf16-nopack", "rewardmodel.lib bf16 autocast (bucketed, no packing)", "ours", bf16=True,
+            packing=False),
+    Variant("ours-bf16-plain", "rewardmodel.lib bf16 autocast (bucketed, no packing, no prefix sharing)", "ours",
+            bf16=True, packing=False, prefix_sharing="off"),
+    Variant("ours-bf16-compile", "rewardmodel.lib bf16 autocast + torch.compile (packed rows)", "ours", bf16=True,
+            compile="on"),
     Variant("trl-fp32", "TRL bf16=False, no grad. ckpt", "trl", bf16=False),
     Variant("trl-bf16", "TRL bf16=True, no grad. ckpt", "trl", bf16=True),
     Variant("trl-fp32-gc", "TRL bf16=False, grad. ckpt on", "trl", bf16=False, checkpointing=True,
@@ -170,7 +192,8 @@ def run_ours(args: argparse.Namespace, train: list[dict], held_out: list[dict], 
 
     config = RewardConfig(backbone=args.backbone, max_length=args.max_length, batch_size=args.batch_size,
                           learning_rate=args.lr, epochs=args.epochs, seed=args.seed, eval_fraction=0.0,
-                          dtype="bf16" if variant.bf16 else "fp32")
+                          dtype="bf16" if variant.bf16 else "fp32", device=args.device, packing=variant.packing,
+                          compile=variant.compile or args.compile, prefix_sharing=variant.prefix_sharing)
     marks: list[tuple[float, float, float, float]] = []
     t0, c0 = time.perf_counter(), time.process_time()
 
@@ -178,9 +201,10 @@ def run_ours(args: argparse.Namespace, train: list[dict], held_out: list[dict], 
         marks.append((time.perf_counter() - t0, time.process_time() - c0, m["pairs_seen"], m["tokens_seen"]))
 
     result = train_reward_model(config, train, OUT / "work" / variant.key, clock)
-    model = load_reward_model(OUT / "work" / variant.key)
+    device = torch.device(args.device)
+    model = load_reward_model(OUT / "work" / variant.key, device=device)
     encoded = model.formatter.encode([parse_pair(r) for r in held_out], args.max_length)
-    chosen, rejected = predict_pair_rewards(model, encoded, batch_size=64, device=torch.device("cpu"))
+    chosen, rejected = predict_pair_rewards(model, encoded, batch_size=64, device=device)
     return {**_steady(marks), "steps": len(marks), "padding_fraction": result.metrics["padding_fraction"],
             "accuracy": preference_metrics(chosen, rejected, encoded)["accuracy"],
             "train_seconds": result.metrics["train_seconds"], "dropped_pairs": 0}
@@ -234,8 +258,9 @@ def run_trl(args: argparse.Namespace, train: list[dict], held_out: list[dict], v
         output_dir=str(OUT / "work" / variant.key), per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr, num_train_epochs=args.epochs, max_steps=cap, bf16=bf16,
         gradient_checkpointing=checkpointing, max_length=args.max_length, seed=args.seed, report_to="none",
-        save_strategy="no", logging_steps=10_000, disable_tqdm=True, use_cpu=True, lr_scheduler_type="linear",
+        save_strategy="no", logging_steps=10_000, disable_tqdm=True, lr_scheduler_type="linear",
         eos_token=None if tok.eos_token else tok.sep_token,  # BERT tokenizers have no EOS
+        use_cpu=args.device == "cpu",
     )
     trainer = RewardTrainer(model=path, args=config, processing_class=tok, callbacks=[Clock()],
                             train_dataset=datasets.Dataset.from_list([trl_row(r) for r in train]),
@@ -253,12 +278,42 @@ def run_trl(args: argparse.Namespace, train: list[dict], held_out: list[dict], v
         with torch.inference_mode():
             for i in range(0, len(prepared), 32):
                 batch = collate([prepared[j] for j in range(i, min(i + 32, len(prepared)))])
-                c, r = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].chunk(2)
+                ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
+                c, r = model(input_ids=ids, attention_mask=mask).logits[:, 0].float().chunk(2)
                 right += float((c > r).float().sum() + 0.5 * (c == r).float().sum())
         accuracy = right / max(1, len(prepared))
     return {**_steady(marks), "steps": len(marks), "accuracy": accuracy,
             "padding_fraction": 1 - stats["real"] / max(1, stats["padded"]),
             "train_seconds": train_seconds, "dropped_pairs": len(train) - kept}
+
+
+def flops_per_token(backbone: str, mean_length: float) -> float:
+    """Training FLOPs per real token: 6 x matmul parameters + 12 x layers x hidden x mean length (attention)."""
+    from transformers import AutoConfig, AutoModel
+
+    from rewardmodel.lib.model import resolve_backbone
+
+    config = AutoConfig.from_pretrained(resolve_backbone(backbone))
+    import torch
+
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return 6 * matmul + 12 * config.num_hidden_layers * config.hidden_size * mean_length
+
+
+def random_init(backbone: str, seed: int, folder: Path) -> str:
+    """Save the backbone's architecture with seeded random weights (fp32) plus its tokenizer; return the folder."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from rewardmodel.lib.model import resolve_backbone
+
+    path = resolve_backbone(backbone)
+    torch.manual_seed(seed)
+    AutoModel.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(path).save_pretrained(folder)
+    return str(folder)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -270,29 +325,49 @@ def worker(args: argparse.Namespace) -> None:
     run = run_ours if variant.library == "ours" else run_trl
     result = run(args, data["train"], data["eval"], variant)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.device != "cpu":
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        result["gpu"] = torch.cuda.get_device_name()
+    result["flops_per_token"] = flops_per_token(args.backbone, result["tokens_per_s"] / max(1e-9, 2 * result["pairs_per_s"]))
     (OUT / "work" / f"{args.worker}.json").write_text(json.dumps(result))
 
 
 def table(results: dict[str, dict], args: argparse.Namespace, n_train: int, n_eval: int, source: str,
           failures: dict[str, str]) -> str:
+    gpu = args.device != "cpu"
+    model_name = args.model_name or args.backbone
     lines = [
-        f"# Reward model: rewardmodel.lib vs TRL RewardTrainer ({args.backbone})",
+        f"# Reward model: rewardmodel.lib vs TRL RewardTrainer ({model_name}{', ' + args.device if gpu else ''})",
         "",
         f"{n_train} train pairs, {n_eval} held-out pairs (split by prompt), batch {args.batch_size}, lr {args.lr}, "
         f"epochs {args.epochs}, max_length {args.max_length}, {args.threads} thread(s); full runs are the best of "
-        f"{args.repeat} alternating runs. Label ceiling ~0.90 (10% label noise). Data: {source}.",
+        f"{args.repeat} alternating runs. Label ceiling ~0.90 (10% label noise). Data: {source}."
+        + (" Weights: random init from the backbone's config (same for both sides)." if args.random_init else ""),
         "",
-        "| run | pairs/s | pairs per CPU-s | real tokens/s | padding | peak RSS MiB | held-out acc. | steps | "
-        "train s | dropped |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if gpu:
+        device_name = next((r["gpu"] for r in results.values() if "gpu" in r), args.device)
+        lines[-1:-1] = [f"GPU: {device_name}. MFU against {args.peak_tflops:g} TFLOP/s (dense bf16) for every row.", ""]
+        lines += ["| run | pairs/s | real tokens/s | model TFLOP/s | MFU | padding | peak GPU MiB | held-out acc. | "
+                  "steps | train s | dropped |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    else:
+        lines += ["| run | pairs/s | pairs per CPU-s | real tokens/s | padding | peak RSS MiB | held-out acc. | steps | "
+                  "train s | dropped |", "|---|---|---|---|---|---|---|---|---|---|"]
     for variant in VARIANTS:
         if variant.key in failures:
-            lines.append(f"| {variant.label} | {failures[variant.key]} | | | | | | | | |")
+            lines.append(f"| {variant.label} | {failures[variant.key]} |" + " |" * (10 if gpu else 9))
         if variant.key not in results:
             continue
         r = results[variant.key]
         acc = "n/a (capped)" if r["accuracy"] != r["accuracy"] else f"{r['accuracy']:.3f}"
+        if gpu:
+            tflops = r["tokens_per_s"] * r["flops_per_token"] / 1e12
+            lines.append(
+                f"| {variant.label} | {r['pairs_per_s']:.1f} | {r['tokens_per_s']:.0f} | {tflops:.1f} | "
+                f"{tflops / args.peak_tflops:.1%} | {r['padding_fraction']:.1%} | {r['peak_gpu_mib']:.0f} | {acc} | "
+                f"{r['steps']} | {r['train_seconds']:.1f} | {r['dropped_pairs']} |"
+            )
+            continue
         lines.append(
             f"| {variant.label} | {r['pairs_per_s']:.2f} | {r['pairs_per_cpu_s']:.2f} | {r['tokens_per_s']:.0f} | "
             f"{r['padding_fraction']:.1%} | {r['peak_rss_mib']:.0f} | {acc} | {r['steps']} | "
@@ -300,7 +375,8 @@ def table(results: dict[str, dict], args: argparse.Namespace, n_train: int, n_ev
         )
     lines.append("")
     full_trl = [k for k in results if BY_KEY[k].library == "trl" and not BY_KEY[k].cap_flag]
-    for ours, peer in (("ours", "trl-fp32"), ("ours-bf16", "trl-bf16")):
+    for ours, peer in (("ours", "trl-fp32"), ("ours-bf16", "trl-bf16"), ("ours-nopack", "trl-fp32"),
+                       ("ours-bf16-nopack", "trl-bf16"), ("ours-bf16-plain", "trl-bf16")):
         if ours in results and peer in results:
             lines.append(f"- {BY_KEY[ours].label} vs {BY_KEY[peer].label}: "
                          f"**{results[ours]['pairs_per_s'] / results[peer]['pairs_per_s']:.2f}x** pairs/s, "
@@ -330,6 +406,13 @@ def main() -> None:
     parser.add_argument("--capped-timeout", type=int, default=300, help="seconds a capped run may take")
     parser.add_argument("--runs", default=",".join(v.key for v in VARIANTS), help="comma-separated variant keys")
     parser.add_argument("--repeat", type=int, default=1, help="alternate the full runs this many times, keep the best")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where every run trains")
+    parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"), help="torch.compile for our runs")
+    parser.add_argument("--run-timeout", type=int, default=None, help="seconds any full run may take")
+    parser.add_argument("--random-init", action="store_true",
+                        help="seeded random weights from the backbone's config (throughput where weights cannot travel)")
+    parser.add_argument("--model-name", default=None, help="name for the report (default: the backbone)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak, for MFU")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smollm2:
@@ -346,7 +429,11 @@ def main() -> None:
     split = {"train": [r for r in pairs if parse_pair(r).group_key() not in held],
              "eval": [r for r in pairs if parse_pair(r).group_key() in held]}
     (OUT / "work" / "split.json").write_text(json.dumps(split))
+    if args.random_init:
+        args.model_name = args.model_name or f"{Path(args.backbone).name} architecture, random init"
+        args.backbone = random_init(args.backbone, args.seed, OUT / "work" / "init")
     passthrough = [f"--backbone={args.backbone}", f"--batch-size={args.batch_size}", f"--lr={args.lr}",
+                   f"--device={args.device}", f"--compile={args.compile}",
                    f"--epochs={args.epochs}", f"--max-length={args.max_length}", f"--seed={args.seed}",
                    f"--threads={args.threads}", f"--trl-gc-steps={args.trl_gc_steps}"]
     every: dict[str, list[dict]] = {}
@@ -356,7 +443,7 @@ def main() -> None:
     keys = args.runs.split(",")
     from rewardmodel.lib.config import cpu_has_native_bf16
 
-    if not cpu_has_native_bf16():
+    if args.device == "cpu" and not cpu_has_native_bf16():
         keys = [k for k in keys if not BY_KEY[k].bf16 or BY_KEY[k].key == "trl-default"]
     full = [k for k in keys if not BY_KEY[k].cap_flag]
     order = [k for _ in range(args.repeat) for k in full] + [k for k in keys if k not in full]
@@ -365,12 +452,16 @@ def main() -> None:
         print(f"running {key} ...", flush=True)
         # A capped run only shows what a setting costs; bf16 without bf16 instructions can take
         # many minutes a step, so it gets a time limit and a row saying it ran out of time.
-        timeout = args.capped_timeout if BY_KEY[key].cap_flag else None
+        timeout = args.capped_timeout if BY_KEY[key].cap_flag else args.run_timeout
+        started = time.perf_counter()
         try:
             done = subprocess.run([sys.executable, __file__, *passthrough, "--worker", key], cwd=ROOT, timeout=timeout)
         except subprocess.TimeoutExpired:
-            failures[key] = f"did not finish {getattr(args, BY_KEY[key].cap_flag)} steps in {timeout} s"
+            what = f"{getattr(args, BY_KEY[key].cap_flag)} steps" if BY_KEY[key].cap_flag else "the run"
+            failures[key] = f"did not finish {what} in {timeout} s"
             continue
+        finally:
+            print(f"{key}: {time.perf_counter() - started:.0f} s in all (load, tokenize, train, evaluate)", flush=True)
         if done.returncode != 0:
             failures[key] = f"failed (exit {done.returncode})"
             continue
@@ -379,6 +470,9 @@ def main() -> None:
     report = table(results, args, len(split["train"]), len(split["eval"]), source, failures)
     print(report)
     name = "reward_vs_trl" if args.backbone == "all-minilm-l6-v2" else f"reward_vs_trl-{Path(args.backbone).name.lower()}"
+    if args.model_name:
+        name = "reward_vs_trl-" + re.sub(r"[^a-z0-9]+", "-", args.model_name.lower()).strip("-")
+    name += "" if args.device == "cpu" else f"-{args.device}"
     (OUT / f"{name}.md").write_text(report)
     (OUT / f"{name}.json").write_text(json.dumps({"args": vars(args), "best": results, "all": every}, indent=2))
 

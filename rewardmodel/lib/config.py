@@ -8,6 +8,7 @@ so the recorded config stays what the user asked for.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ class RewardConfig(ConfigBase):
     dtype: "auto" = bf16 autocast on CUDA when supported, else fp32. On a CPU
         "auto" is fp32; "bf16" is accepted only where the CPU has bf16
         instructions (see `resolve_autocast_dtype`).
-    compile: "auto" = torch.compile only on CUDA.
+    compile: "auto" = off (see `resolve_compile`); "on" compiles the model.
     bucket_size: batches per length-sorting window; larger = less padding,
         less randomness. 0 = auto: 1 (plain shuffled batches) when packing,
         where mixed lengths pack best, else 64. Sorted batches visibly slowed
@@ -194,6 +195,37 @@ def resolve_autocast_dtype(config: RewardConfig, device: torch.device) -> torch.
 
 
 def resolve_compile(config: RewardConfig, device: torch.device) -> bool:
-    if config.compile == "auto":
-        return device.type == "cuda"
+    """torch.compile only when asked for ("on"); "auto" is off.
+
+    Measured on an H100 (docs/benchmarks.md): with length-bucketed and packed
+    batches every new shape recompiles, and a compiled all-MiniLM-L6-v2 run did
+    not finish 38 steps in 90 s that take 3 s eagerly.
+    """
     return config.compile == "on"
+
+
+def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The scaled-dot-product-attention kernels a forward pass on `device` may use.
+
+    On CUDA every kernel but cuDNN attention: PyTorch prefers it on Hopper for
+    bf16, and it builds an execution plan for each new shape, 2-3 ms of CPU
+    per call in a profile of a bf16 SmolLM2-architecture step on an H100
+    (GPU work: 40-80 us), about a quarter of the step. Our batches change shape
+    every step. Elsewhere nothing changes.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def forward_context(device: torch.device, autocast_dtype: torch.dtype | None) -> contextlib.ExitStack:
+    """Autocast to `autocast_dtype` (None: plain fp32) plus `attention_kernels(device)`, for one forward pass."""
+    import torch
+
+    stack = contextlib.ExitStack()
+    if autocast_dtype is not None:
+        stack.enter_context(torch.autocast(device.type, dtype=autocast_dtype))
+    stack.enter_context(attention_kernels(device))
+    return stack

@@ -11,12 +11,12 @@ annotators agree among themselves.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from rewardmodel.lib.config import forward_context
 from rewardmodel.lib.data import EncodedPair, PairCollator, bucketed_batches
 from rewardmodel.lib.losses import davidson_log_probs, rao_kupper_log_probs
 from rewardmodel.lib.model import RewardModel
@@ -43,10 +43,7 @@ def predict_pair_rewards(
     lengths = [p.shared_length if shared_prefix else p.padded_length for p in pairs]
     k = model.ensemble_size
     chosen, rejected = torch.zeros(len(pairs), k), torch.zeros(len(pairs), k)
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
-    )
-    with autocast:
+    with forward_context(device, autocast_dtype):
         for idx in bucketed_batches(lengths, batch_size, bucket_size=1, rng=None):
             c, r = model.pair_rewards(collate([pairs[i] for i in idx]).to(device))
             chosen[idx], rejected[idx] = c.float().cpu(), r.float().cpu()

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from rewardmodel.lib.config import attention_kernels
 from rewardmodel.lib.data import Prompt, bucketed_batches
 from rewardmodel.lib.model import RewardModel
 
@@ -47,9 +48,9 @@ def score_with_uncertainty(
     # Sorting by length keeps padding (wasted compute) small.
     for idx in bucketed_batches([len(s) for s in seqs], batch_size, bucket_size=1, rng=None):
         inputs = {k: v.to(device) for k, v in _collate([seqs[i] for i in idx], model.pad_id).items()}
-        rewards = model(
-            inputs["input_ids"], inputs["attention_mask"], last_index=inputs["last_index"]
-        ).float().cpu()  # [n, K]
+        with attention_kernels(device):
+            rewards = model(inputs["input_ids"], inputs["attention_mask"], last_index=inputs["last_index"])
+        rewards = rewards.float().cpu()  # [n, K]
         means[idx] = rewards.mean(dim=1)
         stds[idx] = rewards.std(dim=1) if rewards.shape[1] > 1 else torch.zeros(len(idx))
     model.train(was_training)

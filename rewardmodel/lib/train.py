@@ -12,7 +12,6 @@ records the returned `RewardResult`.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -26,6 +25,7 @@ import torch
 from rewardmodel.lib.config import (
     TIE_LOSSES,
     RewardConfig,
+    forward_context,
     resolve_autocast_dtype,
     resolve_compile,
     resolve_device,
@@ -156,9 +156,6 @@ def train_reward_model(
     if resolve_compile(config, device):
         model.final_layer_shortcut = False  # swaps modules mid-forward, which a compiled graph must not see
         forward = torch.compile(model, dynamic=True)
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
-    )
 
     model.train()
     history: list[dict[str, float]] = []
@@ -168,7 +165,7 @@ def train_reward_model(
     loop_start = time.perf_counter()
     for i, idx in enumerate(batches):
         batch = collate([train_set[j] for j in idx]).to(device)
-        with autocast():
+        with forward_context(device, autocast_dtype):
             chosen, rejected = split_pair_rewards(forward, batch)
             loss = pair_loss(
                 config.loss,

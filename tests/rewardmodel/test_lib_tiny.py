@@ -82,5 +82,24 @@ def test_cpu_runs_fp32_unless_bf16_is_asked_for_and_native(monkeypatch: pytest.M
     monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: True)
     assert config_module.resolve_autocast_dtype(RewardConfig(backbone="x", dtype="bf16"), cpu) == torch.bfloat16
     assert not config_module.resolve_compile(RewardConfig(backbone="x"), cpu)
+    # "auto" never compiles, not even on a GPU: recompiles per batch shape cost more than they save there.
+    assert not config_module.resolve_compile(RewardConfig(backbone="x"), torch.device("cuda"))
+    assert config_module.resolve_compile(RewardConfig(backbone="x", compile="on"), cpu)
     with pytest.raises(ValueError, match="ensemble_size"):
         RewardConfig(backbone="x", ensemble_size=0)
+
+
+def test_forward_context_keeps_cudnn_attention_out_on_cuda_only():
+    """On a GPU our forward passes never pick cuDNN attention (a plan build per batch shape); the CPU is untouched."""
+    from rewardmodel.lib.config import forward_context
+
+    backends = torch.backends.cuda
+    before = (backends.cudnn_sdp_enabled(), backends.flash_sdp_enabled(), backends.mem_efficient_sdp_enabled())
+    assert before[0], "torch enables cuDNN attention by default; this test checks that we switch it off"
+    with forward_context(torch.device("cuda"), torch.bfloat16):
+        assert not backends.cudnn_sdp_enabled()
+        assert backends.flash_sdp_enabled() and backends.mem_efficient_sdp_enabled()
+    assert (backends.cudnn_sdp_enabled(), backends.flash_sdp_enabled(), backends.mem_efficient_sdp_enabled()) == before
+    with forward_context(torch.device("cpu"), None):
+        assert backends.cudnn_sdp_enabled()
+        assert not torch.is_autocast_enabled("cpu")

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from rewardmodel.lib.config import forward_context
 from rewardmodel.lib.data import PreferencePair, bucketed_batches, parse_pair
 from training.lib.checkpoint import ensure_free, load_policy, probe_verifier, save_checkpoint
 from training.lib.dpo_config import DPOConfig
@@ -86,7 +87,7 @@ def uses_shared_prefix(config: DPOConfig, model: Any) -> bool:
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    return forward_context(device, dtype)
 
 
 def precompute_reference(
