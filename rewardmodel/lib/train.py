@@ -5,7 +5,7 @@ pass; sequences of a batch are packed several to a row (block-diagonal
 attention) so padding stays small without sorting batches by length, and on
 causal backbones a pair's prompt is encoded once for both responses.
 Architectures that cannot take packed rows get length-bucketed batches
-instead. AdamW with linear warmup/decay; fp32 on CPU, bf16 autocast on CUDA.
+instead. AdamW with linear warmup/decay; fp32 unless `dtype="bf16"` asks for bf16 autocast.
 No Django, no Celery: the web app calls `train_reward_model` from a task and
 records the returned `RewardResult`.
 """

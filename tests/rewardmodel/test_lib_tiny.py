@@ -82,6 +82,8 @@ def test_cpu_runs_fp32_unless_bf16_is_asked_for_and_native(monkeypatch: pytest.M
     monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: True)
     assert config_module.resolve_autocast_dtype(RewardConfig(backbone="x", dtype="bf16"), cpu) == torch.bfloat16
     assert not config_module.resolve_compile(RewardConfig(backbone="x"), cpu)
+    # "auto" is plain fp32 on a GPU too (bf16 autocast measured slower there for the default backbones).
+    assert config_module.resolve_autocast_dtype(RewardConfig(backbone="x"), torch.device("cuda")) is None
     # "auto" never compiles, not even on a GPU: recompiles per batch shape cost more than they save there.
     assert not config_module.resolve_compile(RewardConfig(backbone="x"), torch.device("cuda"))
     assert config_module.resolve_compile(RewardConfig(backbone="x", compile="on"), cpu)
