@@ -41,8 +41,8 @@ Every figure here comes from a script under `bench/` (`make bench` runs them all
 time, and rewrites this page from their reports in `bench/out/`). Each script runs the peer
 it is measured against side by side in the same process tree. On this CPU-only 2-core
 machine (AMD EPYC, no bf16 instructions) absolute times say little; the ratios are the
-point. GPU figures are measured only when a GPU is lent to a session; none has been so far,
-so there are no MFU figures yet.
+point. GPU figures (with MFU) are measured only when a GPU is lent to a session; their
+reports are kept in `bench/gpu/` and appended at the end of this page.
 
 Each section says how it was run. The DPO comparison runs each TRL configuration at the same
 time as one of ours, one thread each, and compares them over the window where both were
@@ -66,6 +66,9 @@ def collect() -> None:
             parts.append(("#" + body if body.startswith("# ") else body) + "\n")
         else:
             parts.append(f"## {name}\n\nNot measured yet: `{' '.join(BENCHMARKS[name][1:])}`.\n")
+    # Reports measured on a lent GPU: this machine cannot re-run them, so they are kept in the repository.
+    for report in sorted((ROOT / "bench" / "gpu").glob("*.md")):
+        parts.append("#" + report.read_text().strip().replace("\n#", "\n##") + "\n")
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
 
 
