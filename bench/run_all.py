@@ -20,8 +20,8 @@ PY = sys.executable
 
 BENCHMARKS = {
     "vote_http": [PY, "bench/vote_http.py"],
-    "vote_http-granian": [PY, "bench/vote_http.py", "--server", "granian", "--workers", "3", "--threads", "1",
-                          "--overlaps", "1", "--out", "bench/out/vote_http-granian.md"],
+    "vote_http-granian": [PY, "bench/vote_http.py", "--server", "granian", "--workers", "2", "--threads", "4",
+                          "--out", "bench/out/vote_http-granian.md"],
     "export": [PY, "bench/export.py", "--votes", "100000"],
     "reward_vs_trl": [PY, "bench/reward_vs_trl.py", "--repeat", "2"],
     "reward_vs_trl-smollm2": [PY, "bench/reward_vs_trl.py", "--smollm2", "--pairs", "120", "--epochs", "1",
