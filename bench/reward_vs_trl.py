@@ -289,13 +289,12 @@ def run_trl(args: argparse.Namespace, train: list[dict], held_out: list[dict], v
 
 def flops_per_token(backbone: str, mean_length: float) -> float:
     """Training FLOPs per real token: 6 x matmul parameters + 12 x layers x hidden x mean length (attention)."""
+    import torch
     from transformers import AutoConfig, AutoModel
 
     from rewardmodel.lib.model import resolve_backbone
 
     config = AutoConfig.from_pretrained(resolve_backbone(backbone))
-    import torch
-
     with torch.device("meta"):
         model = AutoModel.from_config(config)
     matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))

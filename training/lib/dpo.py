@@ -29,7 +29,6 @@ runs the command line in `training.lib.dpo_cli`.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import random
@@ -86,10 +85,6 @@ def uses_shared_prefix(config: DPOConfig, model: Any) -> bool:
     return supported and config.shared_prefix != "off"
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-    return forward_context(device, dtype)
-
-
 def precompute_reference(
     reference: Any,
     examples: Sequence[DPOExample],
@@ -106,7 +101,7 @@ def precompute_reference(
     """
     out: list[torch.Tensor | None] = [None] * len(examples)
     order = bucketed_batches([e.shared_length for e in examples], batch_size, bucket_size=1, rng=None)
-    with torch.no_grad(), _autocast(device, autocast):
+    with torch.no_grad(), forward_context(device, autocast):
         for idx in order:
             chunk = [examples[i] for i in idx]
             batch = collate(chunk).to(device)
@@ -276,7 +271,7 @@ def train_dpo(
     for i, idx in enumerate(batches):
         chunk = [examples[j] for j in idx]
         batch = collate(chunk, None if reference is None else [reference[j] for j in idx]).to(device)
-        with _autocast(device, amp):
+        with forward_context(device, amp):
             policy_logps = token_logprobs(model, batch.tokens)
             if batch.ref_token_logps is not None:
                 ref_logps = batch.ref_token_logps

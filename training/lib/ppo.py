@@ -280,13 +280,10 @@ class _Parts:
     model_path: str
 
     def autocast(self) -> Any:
-        import contextlib
+        """Autocast (if any) plus the attention kernels every forward pass of ours uses."""
+        from rewardmodel.lib.config import forward_context
 
-        import torch
-
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return forward_context(self.device, self.autocast_dtype)
 
     def reference_logprobs(self, ids: Any, mask: Any, prompt_width: int, temperature: float) -> Any:
         if self.reference is not None:
