@@ -10,7 +10,8 @@ seed. Each run is its own subprocess (fresh peak-RSS figure), one after the
 other so they never share the CPU. Variants (see VARIANTS): ours in fp32 and
 in bf16 autocast; TRL with bf16=False and with bf16=True, both without
 gradient checkpointing (its fastest settings; these train fully and are the
-peers), and TRL's two gradient-checkpointing settings, its default included
+peers); on a GPU also both in fp32 with TF32 matmuls (our GPU default, TRL's
+tf32=True), and TRL's two gradient-checkpointing settings, its default included
 (steps capped: they only show what checkpointing costs). bf16 pays only on a
 CPU with bf16 instructions (AVX512-BF16 or AMX, where a bf16 matmul runs ~4x
 faster than fp32; some of the machines these benchmarks ran on have them,
@@ -79,10 +80,13 @@ class Variant:
     packing: bool = True  # ours only: packed rows (block-diagonal attention) or length-bucketed padded rows
     compile: str | None = None  # ours only: RewardConfig.compile; None = the --compile option
     prefix_sharing: str = "auto"  # ours only: RewardConfig.prefix_sharing (causal backbones)
+    tf32: bool = False  # fp32 with TF32 matmuls (GPU only): ours dtype="tf32", TRL tf32=True
 
 
 VARIANTS = [
     Variant("ours", "rewardmodel.lib fp32 (packed rows)", "ours", bf16=False),
+    Variant("ours-tf32", "rewardmodel.lib fp32, TF32 matmuls (packed rows; the GPU default)", "ours", bf16=False,
+            tf32=True),
     Variant("ours-bf16", "rewardmodel.lib bf16 autocast (packed rows)", "ours", bf16=True),
     Variant("ours-nopack", "rewardmodel.lib fp32 (bucketed, no packing)", "ours", bf16=False, packing=False),
     Variant("ours-bf16-nopack", "rewardmodel.lib bf16 autocast (bucketed, no packing)", "ours", bf16=True,
@@ -92,6 +96,7 @@ VARIANTS = [
     Variant("ours-bf16-compile", "rewardmodel.lib bf16 autocast + torch.compile (packed rows)", "ours", bf16=True,
             compile="on"),
     Variant("trl-fp32", "TRL bf16=False, no grad. ckpt", "trl", bf16=False),
+    Variant("trl-tf32", "TRL bf16=False, tf32=True, no grad. ckpt", "trl", bf16=False, tf32=True),
     Variant("trl-bf16", "TRL bf16=True, no grad. ckpt", "trl", bf16=True),
     Variant("trl-fp32-gc", "TRL bf16=False, grad. ckpt on", "trl", bf16=False, checkpointing=True,
             cap_flag="trl_gc_steps"),
@@ -192,7 +197,7 @@ def run_ours(args: argparse.Namespace, train: list[dict], held_out: list[dict], 
 
     config = RewardConfig(backbone=args.backbone, max_length=args.max_length, batch_size=args.batch_size,
                           learning_rate=args.lr, epochs=args.epochs, seed=args.seed, eval_fraction=0.0,
-                          dtype="bf16" if variant.bf16 else "fp32", device=args.device, packing=variant.packing,
+                          dtype="bf16" if variant.bf16 else "tf32" if variant.tf32 else "fp32", device=args.device, packing=variant.packing,
                           compile=variant.compile or args.compile, prefix_sharing=variant.prefix_sharing)
     marks: list[tuple[float, float, float, float]] = []
     t0, c0 = time.perf_counter(), time.process_time()
@@ -256,7 +261,7 @@ def run_trl(args: argparse.Namespace, train: list[dict], held_out: list[dict], v
 
     config = TRLConfig(
         output_dir=str(OUT / "work" / variant.key), per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr, num_train_epochs=args.epochs, max_steps=cap, bf16=bf16,
+        learning_rate=args.lr, num_train_epochs=args.epochs, max_steps=cap, bf16=bf16, tf32=variant.tf32 or None,
         gradient_checkpointing=checkpointing, max_length=args.max_length, seed=args.seed, report_to="none",
         save_strategy="no", logging_steps=10_000, disable_tqdm=True, lr_scheduler_type="linear",
         eos_token=None if tok.eos_token else tok.sep_token,  # BERT tokenizers have no EOS
@@ -374,7 +379,7 @@ def table(results: dict[str, dict], args: argparse.Namespace, n_train: int, n_ev
         )
     lines.append("")
     full_trl = [k for k in results if BY_KEY[k].library == "trl" and not BY_KEY[k].cap_flag]
-    for ours, peer in (("ours", "trl-fp32"), ("ours-bf16", "trl-bf16"), ("ours-nopack", "trl-fp32"),
+    for ours, peer in (("ours", "trl-fp32"), ("ours-tf32", "trl-tf32"), ("ours-bf16", "trl-bf16"), ("ours-nopack", "trl-fp32"),
                        ("ours-bf16-nopack", "trl-bf16"), ("ours-bf16-plain", "trl-bf16")):
         if ours in results and peer in results:
             lines.append(f"- {BY_KEY[ours].label} vs {BY_KEY[peer].label}: "
@@ -442,6 +447,8 @@ def main() -> None:
     keys = args.runs.split(",")
     from rewardmodel.lib.config import cpu_has_native_bf16
 
+    if args.device == "cpu":
+        keys = [k for k in keys if not BY_KEY[k].tf32]  # TF32 is a GPU matmul mode
     if args.device == "cpu" and not cpu_has_native_bf16():
         keys = [k for k in keys if not BY_KEY[k].bf16 or BY_KEY[k].key == "trl-default"]
     full = [k for k in keys if not BY_KEY[k].cap_flag]

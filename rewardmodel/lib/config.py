@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -100,9 +100,11 @@ class RewardConfig(ConfigBase):
         attention) on architectures known to take it (BERT, Llama family);
         others fall back to length bucketing alone.
     device: "auto" = cuda if available, else cpu.
-    dtype: "auto" = fp32 (on a GPU too; see `resolve_autocast_dtype`); "bf16"
-        = bf16 autocast, accepted on a CPU only where it has bf16
-        instructions.
+    dtype: "auto" = fp32 weights and activations; on a CUDA GPU its matmuls
+        run in TF32 (inputs rounded to a 10-bit mantissa, fp32 accumulation;
+        see `matmul_precision`). "fp32" = strict fp32 matmuls everywhere.
+        "tf32" = TF32 matmuls on a GPU (plain fp32 on a CPU). "bf16" = bf16
+        autocast, accepted on a CPU only where it has bf16 instructions.
     compile: "auto" = off (see `resolve_compile`); "on" compiles the model.
     bucket_size: batches per length-sorting window; larger = less padding,
         less randomness. 0 = auto: 1 (plain shuffled batches) when packing,
@@ -129,7 +131,7 @@ class RewardConfig(ConfigBase):
     prefix_sharing: Literal["auto", "on", "off"] = "auto"
     packing: bool = True
     device: str = "auto"
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    dtype: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     compile: Literal["auto", "on", "off"] = "auto"
     gradient_checkpointing: bool = False
     bucket_size: int = 0
@@ -147,6 +149,7 @@ class RewardConfig(ConfigBase):
             "warmup_ratio must be in [0, 1]": 0.0 <= self.warmup_ratio <= 1.0,
             f"unknown loss {self.loss!r}": self.loss in ("bt", "bt_margin", "davidson", "rao_kupper"),
             f"unknown pooling {self.pooling!r}": self.pooling in ("auto", "last", "mean", "cls"),
+            f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "tf32", "bf16"),
         }
         self._require(checks)
 
@@ -187,15 +190,40 @@ def resolve_autocast_dtype(config: RewardConfig, device: torch.device) -> torch.
         if config.dtype == "bf16" and not cpu_has_native_bf16():
             raise ValueError("dtype='bf16' on a CPU without bf16 instructions is refused: far slower than fp32")
         return torch.bfloat16 if config.dtype == "bf16" else None
-    # "auto" is fp32 on a GPU too: measured on an H100 (docs/benchmarks.md), bf16 autocast ran
-    # all-MiniLM-L6-v2 8x slower than fp32 (TRL's own bf16 was 25% slower than its fp32).
-    # Steps of the default backbones are bound by CPU-side work, not by matmuls, and
-    # autocast adds a cast per matmul. Ask for "bf16" on large backbones.
+    # "auto" is fp32 (with TF32 matmuls, see `matmul_precision`) on a GPU too: on an H100
+    # (docs/benchmarks.md) bf16 autocast was never faster than that for the default backbones.
+    # Their steps are short and autocast adds a cast kernel per matmul, so the CPU that
+    # launches kernels becomes the bound. Ask for "bf16" on large backbones.
     if config.dtype == "bf16":
         if not torch.cuda.is_bf16_supported():
             raise ValueError("dtype='bf16' on a GPU without bf16 support")
         return torch.bfloat16
     return None
+
+
+def matmul_precision(config: RewardConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """TF32 matmuls for fp32 work on a CUDA GPU when `dtype` is "auto" or "tf32", for the duration.
+
+    On an H100 a strict-fp32 step of SmolLM2-135M spent ~65% of its GPU time in
+    fp32 matmuls (docs/benchmarks.md); TF32 runs them on the tensor cores.
+    Weights, activations, reductions and the optimizer stay fp32. The previous
+    process-wide setting is restored on exit. Elsewhere nothing changes.
+    """
+    if device.type != "cuda" or config.dtype not in ("auto", "tf32"):
+        return contextlib.nullcontext()
+    return _float32_matmul_precision("high")
+
+
+@contextlib.contextmanager
+def _float32_matmul_precision(precision: str) -> Iterator[None]:
+    import torch
+
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def resolve_compile(config: RewardConfig, device: torch.device) -> bool:

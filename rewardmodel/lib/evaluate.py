@@ -39,7 +39,9 @@ def predict_pair_rewards(
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    collate = PairCollator(model.pad_id, shared_prefix=shared_prefix, pack=pack, causal=model.causal)
+    collate = PairCollator(
+        model.pad_id, shared_prefix=shared_prefix, pack=pack, causal=model.causal, mask_device=device
+    )
     lengths = [p.shared_length if shared_prefix else p.padded_length for p in pairs]
     k = model.ensemble_size
     chosen, rejected = torch.zeros(len(pairs), k), torch.zeros(len(pairs), k)

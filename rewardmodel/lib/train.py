@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from rewardmodel.lib.config import (
     TIE_LOSSES,
     RewardConfig,
     forward_context,
+    matmul_precision,
     resolve_autocast_dtype,
     resolve_compile,
     resolve_device,
@@ -106,6 +108,26 @@ def _micro_batches(pairs: Sequence[EncodedPair], config: RewardConfig, *, shared
     return batches[:total]
 
 
+def _prefetched(items: Sequence[Any], make: Callable[[Any], Any], *, ahead: bool) -> Iterator[Any]:
+    """`make(item)` for each item in order; with `ahead`, the next one is made on a
+    helper thread while the caller works on the current one.
+
+    On a GPU, laying out a batch (CPU work) then overlaps the previous step's
+    kernels instead of leaving the GPU idle; on a CPU the two would only fight
+    for the same cores.
+    """
+    if not ahead or len(items) < 2:
+        yield from (make(item) for item in items)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="collate") as pool:
+        pending = pool.submit(make, items[0])
+        for item in items[1:]:
+            ready = pending.result()
+            pending = pool.submit(make, item)
+            yield ready
+        yield pending.result()
+
+
 def train_reward_model(
     config: RewardConfig,
     pairs: Iterable[PreferencePair | Mapping[str, Any]],
@@ -117,14 +139,28 @@ def train_reward_model(
     """Train, evaluate on held-out prompts, save to `out_dir`, and return the result.
 
     `pairs` are `PreferencePair`s or raw snapshot/TRL records. `progress(step,
-    total_steps, metrics)` is called after every optimizer step. Raises
-    ValueError when no trainable pair is left (e.g. only ties with loss "bt").
+    total_steps, metrics)` is called after every optimizer step; on a GPU one
+    step late, so that reading the step's loss never stalls the next step.
+    Raises ValueError when no trainable pair is left (e.g. only ties with loss "bt").
     """
     started = time.perf_counter()
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     _set_seed(config.seed)
     device = resolve_device(config)
+    with matmul_precision(config, device):
+        return _train(config, pairs, out_dir, progress, snapshot_sha256, device, started)
+
+
+def _train(
+    config: RewardConfig,
+    pairs: Iterable[PreferencePair | Mapping[str, Any]],
+    out_dir: str | Path,
+    progress: ProgressFn | None,
+    snapshot_sha256: str | None,
+    device: torch.device,
+    started: float,
+) -> RewardResult:
     autocast_dtype = resolve_autocast_dtype(config, device)
     all_pairs = [p if isinstance(p, PreferencePair) else parse_pair(p) for p in pairs]
     train_raw, eval_raw = split_by_prompt(all_pairs, config.eval_fraction, config.seed)
@@ -141,7 +177,7 @@ def train_reward_model(
         raise ValueError(f"no trainable pairs: {len(train_all)} train pairs, all ties, loss={config.loss!r}")
     shared = _use_prefix_sharing(config, model)
     pack = config.packing and model.supports_packing()
-    collate = PairCollator(model.pad_id, shared_prefix=shared, pack=pack, causal=model.causal)
+    collate = PairCollator(model.pad_id, shared_prefix=shared, pack=pack, causal=model.causal, mask_device=device)
     batches = _micro_batches(train_set, config, shared=shared, pack=pack)
     # Each ensemble head sees its own bootstrap resample of the pairs (Poisson(1)
     # weights), so the heads disagree where the data underdetermine the reward.
@@ -160,11 +196,40 @@ def train_reward_model(
     model.train()
     history: list[dict[str, float]] = []
     totals = {"pairs": 0, "tokens": 0, "computed": 0, "padded": 0}
-    window = {"loss": 0.0, "correct": 0.0, "pairs": 0}
+    # The window's loss and correct count stay on the device until the step is reported:
+    # reading them is a sync, which would drain the GPU's queue every step.
+    window: dict[str, Any] = {"loss": 0.0, "correct": 0.0, "pairs": 0}
+    unreported: dict[str, Any] | None = None
+    epoch_batches = math.ceil(len(train_set) / config.batch_size)
+
+    def report(done: dict[str, Any]) -> None:
+        entry = {
+            "step": float(len(history) + 1),
+            "epoch": done["epoch"],
+            "loss": float(done["loss"]) / done["pairs"],
+            "accuracy": float(done["correct"]) / max(1, done["pairs"]),
+            "lr": done["lr"],
+            "grad_norm": float(done["grad_norm"]),
+        }
+        elapsed = time.perf_counter() - loop_start  # after the floats above: the step has finished
+        entry.update({
+            "elapsed_s": elapsed,
+            "pairs_seen": float(done["pairs_seen"]),
+            "tokens_seen": float(done["tokens_seen"]),
+            "pairs_per_s": done["pairs_seen"] / elapsed,
+            "tokens_per_s": done["tokens_seen"] / elapsed,
+        })
+        history.append(entry)
+        if progress is not None:
+            progress(len(history), total_steps, entry)
+
+    def layout(idx: list[int]) -> tuple[list[int], Any]:
+        return idx, collate([train_set[j] for j in idx]).to(device)
+
+    on_gpu = device.type == "cuda"
     setup_s = time.perf_counter() - started
     loop_start = time.perf_counter()
-    for i, idx in enumerate(batches):
-        batch = collate([train_set[j] for j in idx]).to(device)
+    for i, (idx, batch) in enumerate(_prefetched(batches, layout, ahead=on_gpu)):
         with forward_context(device, autocast_dtype):
             chosen, rejected = split_pair_rewards(forward, batch)
             loss = pair_loss(
@@ -178,9 +243,9 @@ def train_reward_model(
             )
         (loss / config.grad_accum).backward()
         diff = (chosen - rejected).detach().float().mean(dim=1)
-        strict = ~batch.tie
-        window["loss"] += float(loss.detach()) * len(idx)
-        window["correct"] += float(((diff > 0).float() + 0.5 * (diff == 0).float())[strict].sum())
+        strict = (~batch.tie).float()
+        window["loss"] = window["loss"] + loss.detach() * len(idx)
+        window["correct"] = window["correct"] + (((diff > 0).float() + 0.5 * (diff == 0).float()) * strict).sum()
         window["pairs"] += len(idx)
         totals["pairs"] += len(idx)
         totals["tokens"] += batch.real_tokens
@@ -192,25 +257,17 @@ def train_reward_model(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - loop_start
-        step = len(history) + 1
-        entry = {
-            "step": float(step),
-            "epoch": (i + 1) / math.ceil(len(train_set) / config.batch_size),
-            "loss": window["loss"] / window["pairs"],
-            "accuracy": window["correct"] / max(1, window["pairs"]),
-            "lr": scheduler.get_last_lr()[0],
-            "grad_norm": float(grad_norm),
-            "elapsed_s": elapsed,
-            "pairs_seen": float(totals["pairs"]),
-            "tokens_seen": float(totals["tokens"]),
-            "pairs_per_s": totals["pairs"] / elapsed,
-            "tokens_per_s": totals["tokens"] / elapsed,
-        }
-        history.append(entry)
+        finished = {**window, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "epoch": (i + 1) / epoch_batches,
+                    "pairs_seen": totals["pairs"], "tokens_seen": totals["tokens"]}
         window = {"loss": 0.0, "correct": 0.0, "pairs": 0}
-        if progress is not None:
-            progress(step, total_steps, entry)
+        if unreported is not None:
+            report(unreported)
+        unreported = finished
+        if not on_gpu:
+            report(unreported)
+            unreported = None
+    if unreported is not None:
+        report(unreported)
     train_s = time.perf_counter() - loop_start
 
     metrics: dict[str, float] = {

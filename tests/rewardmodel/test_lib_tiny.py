@@ -105,3 +105,66 @@ def test_forward_context_keeps_cudnn_attention_out_on_cuda_only():
     with forward_context(torch.device("cpu"), None):
         assert backends.cudnn_sdp_enabled()
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_tf32_matmuls_only_on_cuda_and_only_for_auto_or_tf32() -> None:
+    """TF32 is scoped to a run on a GPU, restored afterwards, and never touches CPU runs or strict fp32."""
+    from rewardmodel.lib.config import matmul_precision
+
+    before = torch.get_float32_matmul_precision()
+    assert before == "highest", "torch's default; this test checks that we change it only inside the scope"
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for dtype in ("auto", "tf32"):
+        with matmul_precision(RewardConfig(backbone="x", dtype=dtype), cuda):
+            assert torch.get_float32_matmul_precision() == "high"
+        assert torch.get_float32_matmul_precision() == before
+    for config, device in ((RewardConfig(backbone="x", dtype="fp32"), cuda), (RewardConfig(backbone="x"), cpu)):
+        with matmul_precision(config, device):
+            assert torch.get_float32_matmul_precision() == "highest"
+    with pytest.raises(ValueError, match="dtype"):
+        RewardConfig(backbone="x", dtype="fp16")
+
+
+def _packed_pairs() -> tuple[list, int]:
+    tok = llama_tokenizer()
+    pairs = [PreferencePair(prompt="hello", chosen="yes yes yes", rejected="no"),
+             PreferencePair(prompt="hello world again", chosen="yes", rejected="no no no no")]
+    return PairFormatter(tok, causal=True).encode(pairs, 64), tok.pad_token_id
+
+
+def test_block_mask_built_on_the_target_device_matches_the_cpu_one() -> None:
+    encoded, pad = _packed_pairs()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for shared in (False, True):
+        reference = PairCollator(pad, shared_prefix=shared, pack=True)(encoded)
+        assert reference.attention_mask.dim() == 4
+        for device in devices:
+            built = PairCollator(pad, shared_prefix=shared, pack=True, mask_device=device)(encoded)
+            assert built.attention_mask.device.type == device
+            assert torch.equal(built.attention_mask.cpu(), reference.attention_mask)
+
+
+def test_prefetched_batches_keep_their_order_and_are_made_on_a_helper_thread() -> None:
+    import threading
+
+    from rewardmodel.lib.train import _prefetched
+
+    made_on: list[str] = []
+
+    def make(item: int) -> int:
+        made_on.append(threading.current_thread().name)
+        return item * 10
+
+    assert list(_prefetched(list(range(7)), make, ahead=False)) == [0, 10, 20, 30, 40, 50, 60]
+    assert set(made_on) == {threading.current_thread().name}
+    made_on.clear()
+    assert list(_prefetched(list(range(7)), make, ahead=True)) == [0, 10, 20, 30, 40, 50, 60]
+    assert all(name.startswith("collate") for name in made_on)
+
+    def broken(item: int) -> int:
+        if item == 3:
+            raise ValueError("bad batch 3")
+        return item
+
+    with pytest.raises(ValueError, match="bad batch 3"):
+        list(_prefetched(list(range(7)), broken, ahead=True))
