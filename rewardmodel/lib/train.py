@@ -5,7 +5,8 @@ pass; sequences of a batch are packed several to a row (block-diagonal
 attention) so padding stays small without sorting batches by length, and on
 causal backbones a pair's prompt is encoded once for both responses.
 Architectures that cannot take packed rows get length-bucketed batches
-instead. AdamW with linear warmup/decay; fp32 unless `dtype="bf16"` asks for bf16 autocast.
+instead. AdamW with linear warmup/decay; fp32 weights, with TF32 matmuls on a GPU
+(`dtype="fp32"` keeps them strict) and bf16 autocast only when `dtype="bf16"` asks for it.
 No Django, no Celery: the web app calls `train_reward_model` from a task and
 records the returned `RewardResult`.
 """
