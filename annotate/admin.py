@@ -12,6 +12,7 @@ from annotate.models import (
     Snapshot,
     Vote,
 )
+from annotate.queue import comparison_hints_clear
 
 
 class MembershipInline(admin.TabularInline):
@@ -25,6 +26,11 @@ class ProjectAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "votes_per_comparison", "retrain_threshold", "created_at"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and "votes_per_comparison" in form.changed_data:
+            comparison_hints_clear(project=obj)
 
 
 @admin.register(Membership)

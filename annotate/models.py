@@ -159,6 +159,10 @@ class Comparison(models.Model):
     state = models.CharField(max_length=8, choices=State.choices, default=State.OPEN)
     # Kept in step with the Vote rows inside the vote transaction; lets the queue avoid a COUNT per row.
     vote_count = models.PositiveIntegerField(default=0)
+    # A hint for the queue, kept by annotate.queue: until this time the comparison is certainly
+    # full (votes plus live leases reach the overlap), so the queue's scan steps over it without
+    # counting leases. It may be earlier than the truth (NULL or past: count), never later.
+    full_until = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = ComparisonQuerySet.as_manager()

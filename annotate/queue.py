@@ -14,12 +14,23 @@ the last slot. When every candidate is locked by someone else at that instant, t
 request waits for the first one instead of giving up. On SQLite the database runs
 transactions in IMMEDIATE mode (see settings), which serialises them.
 
+Skipping full rows: with many annotators the head of the queue is a run of comparisons other
+people are holding, and counting the live leases of each one made every claim cost as many
+subqueries as there were annotators. So a comparison carries ``full_until``, a hint that it is
+certainly full until then: a lease that fills it sets it to the first expiry among its live
+leases (when the first slot can come back on its own), a skip clears it, and the scan steps over
+rows whose hint lies in the future before counting anything. The hint may be early (a vote
+deletes a lease without moving it), never late (raising the overlap clears a project's hints,
+``comparison_hints_clear``), so the exact count under the row lock stays the judge, and an
+expired lease makes its comparison claimable again without anyone writing to it.
+
 Speed: this is half of every annotation, so its statements are written out in SQL
 (portable between PostgreSQL and SQLite): building the same queries with the ORM
 cost several times more CPU than running them. It takes a fixed number of round
 trips, locked in by ``tests/annotate/test_api_perf.py``: a one-table probe for a held
 lease (skipped when the caller already knows, as the API does from its token lookup),
-then one transaction of candidate read and lease upsert.
+then one transaction of candidate read and lease upsert (with the hint; SQLite updates the hint
+in a statement of its own).
 """
 from __future__ import annotations
 
@@ -58,10 +69,11 @@ _HELD = _DISPLAY + """
     LIMIT 1
 """
 
-# Open, not voted or skipped by this annotator, and room left once other people's live
-# leases are counted. Parameters: project, state, annotator, annotator, True, now, annotator, wanted.
+# Open, not certainly full (the cheap hint first), not voted or skipped by this annotator, and room
+# left once other people's live leases are counted.
+# Parameters: project, state, now, annotator, annotator, True, now, annotator, wanted.
 _OPEN_FOR = """
-    WHERE c.project_id = %s AND c.state = %s
+    WHERE c.project_id = %s AND c.state = %s AND (c.full_until IS NULL OR c.full_until <= %s)
       AND NOT EXISTS (SELECT 1 FROM annotate_vote v WHERE v.comparison_id = c.id AND v.annotator_id = %s)
       AND NOT EXISTS (SELECT 1 FROM annotate_lease s
                       WHERE s.comparison_id = c.id AND s.annotator_id = %s AND s.skipped = %s)
@@ -74,6 +86,7 @@ _ANY_LEFT = "SELECT 1 FROM annotate_comparison c" + _OPEN_FOR + "LIMIT 1"
 
 # Take or renew the lease only if, counted now (a new statement, so a fresh snapshot, under the
 # row lock), votes plus other people's live leases leave room. Returns a row when it leased.
+# Parameters: comparison, annotator, expires, False, now, comparison, comparison, now, annotator, wanted.
 _LEASE = """
     INSERT INTO annotate_lease (comparison_id, annotator_id, expires_at, skipped, created_at)
     SELECT %s, %s, %s, %s, %s
@@ -84,11 +97,41 @@ _LEASE = """
     DO UPDATE SET expires_at = excluded.expires_at, created_at = excluded.created_at
     RETURNING id
 """
-# PostgreSQL: the same, and the lease's commit need not wait for the WAL flush. A lease is a
-# soft reservation: if the server crashed before it reached the disk, the pair would only go
-# back to the queue, and vote_record re-checks the overlap under its own lock; a vote's commit
-# still waits. set_config(..., true) is SET LOCAL, sent with the statement to save a round trip.
-_LEASE_PG = _LEASE.replace("    ON CONFLICT", "      AND set_config('synchronous_commit', 'off', true) = 'off'\n    ON CONFLICT")
+# SQLite, after a lease was taken: if the comparison is now full, the hint becomes the first expiry
+# among its live leases. Parameters: comparison, now, comparison, comparison, now, wanted.
+_MARK_FULL = """
+    UPDATE annotate_comparison
+    SET full_until = (SELECT MIN(expires_at) FROM annotate_lease WHERE comparison_id = %s AND expires_at > %s)
+    WHERE id = %s
+      AND vote_count + (SELECT COUNT(*) FROM annotate_lease WHERE comparison_id = %s AND expires_at > %s) >= %s
+"""
+# PostgreSQL: both in one statement (the CTEs share one snapshot, so the new lease is added by
+# hand: +1 and LEAST with its expiry), and the lease's commit need not wait for the WAL flush. A
+# lease is a soft reservation: if the server crashed before it reached the disk, the pair would
+# only go back to the queue, and vote_record re-checks the overlap under its own lock; a vote's
+# commit still waits. set_config(..., true) is SET LOCAL, sent with the statement to save a round
+# trip. Parameters: comparison, now, annotator, wanted, comparison, wanted, then the new lease's five
+# columns (comparison, annotator, expires, False, now), then expires, comparison.
+_LEASE_PG = """
+    WITH others AS (
+        SELECT COUNT(*) AS n, MIN(expires_at) AS first FROM annotate_lease
+        WHERE comparison_id = %s AND expires_at > %s AND annotator_id <> %s),
+    room AS (
+        SELECT c.vote_count + others.n AS taken, others.first, %s AS wanted
+        FROM annotate_comparison c CROSS JOIN others
+        WHERE c.id = %s AND c.vote_count + others.n < %s
+          AND set_config('synchronous_commit', 'off', true) = 'off'),
+    lease AS (
+        INSERT INTO annotate_lease (comparison_id, annotator_id, expires_at, skipped, created_at)
+        SELECT %s, %s, %s, %s, %s FROM room
+        ON CONFLICT (comparison_id, annotator_id)
+        DO UPDATE SET expires_at = excluded.expires_at, created_at = excluded.created_at
+        RETURNING id),
+    mark AS (
+        UPDATE annotate_comparison SET full_until = LEAST(%s, room.first) FROM room
+        WHERE id = %s AND room.taken + 1 >= room.wanted AND EXISTS (SELECT 1 FROM lease))
+    SELECT id FROM lease
+"""
 
 
 def _first(sql: str, params: tuple) -> Comparison | None:
@@ -116,7 +159,7 @@ def _reserve(*, project: Project, annotator, now):
     """One attempt inside a transaction: a comparison, None (nothing left), or _RETRY (lost a race)."""
     wanted = project.votes_per_comparison
     me = annotator.pk
-    params = (project.pk, Comparison.State.OPEN, me, me, True, now, me, wanted)
+    params = (project.pk, Comparison.State.OPEN, now, me, me, True, now, me, wanted)
     if not connection.features.has_select_for_update_skip_locked:
         # SQLite: the IMMEDIATE transaction already keeps everyone else out.
         comparison = _first(_CANDIDATE, params)
@@ -132,9 +175,20 @@ def _reserve(*, project: Project, annotator, now):
     if comparison is None:
         return None
     expires = now + timedelta(seconds=project.lease_seconds)
-    lease = (comparison.pk, me, expires, False, now, comparison.pk, comparison.pk, now, me, wanted)
-    sql = _LEASE_PG if connection.vendor == "postgresql" else _LEASE
-    return comparison if _exists(sql, lease) else _RETRY
+    pk = comparison.pk
+    if connection.vendor == "postgresql":
+        leased = _exists(_LEASE_PG, (pk, now, me, wanted, pk, wanted, pk, me, expires, False, now, expires, pk))
+    else:
+        leased = _exists(_LEASE, (pk, me, expires, False, now, pk, pk, now, me, wanted))
+        if leased:
+            _execute(_MARK_FULL, (pk, now, pk, pk, now, wanted))
+    return comparison if leased else _RETRY
+
+
+def _execute(sql: str, params: tuple) -> None:
+    adapt = connection.ops.adapt_unknown_value
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [adapt(value) for value in params])
 
 
 def _exists(sql: str, params: tuple) -> bool:
@@ -171,9 +225,18 @@ def comparison_next(*, project: Project, annotator, now=None, holds_lease: bool 
 def comparison_skip(*, comparison: Comparison, annotator, now=None) -> None:
     """Give a comparison back to the queue and never offer it to this annotator again."""
     now = now or timezone.now()
-    Lease.objects.update_or_create(
-        comparison=comparison, annotator=annotator, defaults={"expires_at": now, "skipped": True}
-    )
+    with transaction.atomic():
+        Lease.objects.update_or_create(
+            comparison=comparison, annotator=annotator, defaults={"expires_at": now, "skipped": True}
+        )
+        # The slot is free now, earlier than the hint said.
+        Comparison.objects.filter(pk=comparison.pk, full_until__gt=now).update(full_until=None)
+
+
+def comparison_hints_clear(*, project: Project) -> None:
+    """Forget which comparisons of ``project`` are full: call it when their overlap grows, since a
+    comparison full under the old overlap may have room under the new one."""
+    Comparison.objects.filter(project=project, full_until__isnull=False).update(full_until=None)
 
 
 def comparisons_left(*, project: Project, annotator) -> int:

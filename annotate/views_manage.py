@@ -8,6 +8,7 @@ from django.shortcuts import redirect, render
 
 from annotate import access, exports, imports
 from annotate.forms import ImportForm, ProjectSettingsForm
+from annotate.queue import comparison_hints_clear
 
 IMPORTERS = {
     "prompts": imports.import_prompts,
@@ -22,6 +23,8 @@ def settings_view(request: HttpRequest, slug: str) -> HttpResponse:
     form = ProjectSettingsForm(request.POST or None, instance=project)
     if request.method == "POST" and form.is_valid():
         form.save()
+        if "votes_per_comparison" in form.changed_data:
+            comparison_hints_clear(project=project)
         messages.success(request, "Settings saved.")
         return redirect("manage-settings", slug=project.slug)
     return render(request, "annotate/manage_settings.html", {"project": project, "form": form})

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.urls import reverse
 from django.utils import timezone
 
 from annotate import services
@@ -83,3 +84,63 @@ def test_closed_comparisons_leave_the_queue(project, annotator):
     only.refresh_from_db()
     assert only.state == Comparison.State.CLOSED
     assert not Lease.objects.filter(comparison=only).exists()
+
+
+def _annotators(project, n: int, prefix: str = "p"):
+    return [
+        services.user_with_role(project=project, username=f"{prefix}{i}", password=PASSWORD, role="annotator")
+        for i in range(n)
+    ]
+
+
+def test_a_full_comparison_is_marked_until_its_first_lease_expires(project, annotator):
+    project.votes_per_comparison = 2
+    project.save()
+    (only,) = make_comparisons(project, 1)
+    first, second, third = _annotators(project, 3)
+    start = timezone.now()
+    assert comparison_next(project=project, annotator=first, now=start) == only
+    only.refresh_from_db()
+    assert only.full_until is None  # one slot of two still free
+    assert comparison_next(project=project, annotator=second, now=start + timedelta(seconds=60)) == only
+    only.refresh_from_db()
+    assert only.full_until == start + timedelta(seconds=project.lease_seconds)
+    assert comparison_next(project=project, annotator=third, now=start + timedelta(seconds=61)) is None
+    # The first lease has expired, the second is still live: one slot comes back.
+    later = start + timedelta(seconds=project.lease_seconds)
+    assert comparison_next(project=project, annotator=third, now=later) == only
+    assert Lease.objects.filter(comparison=only, expires_at__gt=later).count() == 2
+
+
+def test_an_early_hint_never_lets_a_comparison_overfill(project, annotator):
+    (only,) = make_comparisons(project, 1)
+    (other,) = _annotators(project, 1)
+    assert comparison_next(project=project, annotator=annotator) == only
+    # A hint in the past (as after a vote released a lease) only costs a count, never a slot.
+    Comparison.objects.filter(pk=only.pk).update(full_until=timezone.now() - timedelta(days=1))
+    assert comparison_next(project=project, annotator=other) is None
+    Comparison.objects.filter(pk=only.pk).update(full_until=None)
+    assert comparison_next(project=project, annotator=other) is None
+
+
+def test_skip_clears_the_mark(project, annotator):
+    (only,) = make_comparisons(project, 1)
+    assert comparison_next(project=project, annotator=annotator) == only
+    only.refresh_from_db()
+    assert only.full_until is not None
+    comparison_skip(comparison=only, annotator=annotator)
+    only.refresh_from_db()
+    assert only.full_until is None
+
+
+def test_raising_the_overlap_reopens_full_comparisons_at_once(client, project, annotator, manager):
+    (only,) = make_comparisons(project, 1)
+    (other,) = _annotators(project, 1)
+    assert comparison_next(project=project, annotator=annotator) == only
+    assert comparison_next(project=project, annotator=other) is None
+    client.login(username="manager", password=PASSWORD)
+    form = {"name": project.name, "guidelines": project.guidelines, "votes_per_comparison": 2,
+            "retrain_threshold": project.retrain_threshold, "lease_seconds": project.lease_seconds}
+    assert client.post(reverse("manage-settings", args=[project.slug]), form).status_code == 302
+    project.refresh_from_db()
+    assert comparison_next(project=project, annotator=other) == only

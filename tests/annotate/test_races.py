@@ -84,3 +84,26 @@ def test_many_annotators_never_exceed_the_overlap():
     assert per_comparison == [2] * 12
     assert Vote.objects.filter(comparison__project=project).count() == 24
     assert all(c.state == "closed" for c in Comparison.objects.filter(project=project))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_simultaneous_claims_never_lease_beyond_the_overlap():
+    project = services.project_create(slug="crowd", name="Crowd", votes_per_comparison=2)
+    make_comparisons(project, 2)
+    people = [
+        services.user_with_role(project=project, username=f"c{i}", password=PASSWORD, role=Membership.Role.ANNOTATOR)
+        for i in range(6)
+    ]
+    got = {}
+
+    def claim(user):
+        def go():
+            comparison = comparison_next(project=project, annotator=user)
+            got[user.username] = comparison and comparison.pk
+
+        return go
+
+    _run_together([claim(u) for u in people])
+    taken = [pk for pk in got.values() if pk is not None]
+    assert len(taken) == 4 and all(taken.count(pk) == 2 for pk in set(taken))
+    assert all(c.leases.count() == 2 and c.full_until is not None for c in Comparison.objects.filter(project=project))
