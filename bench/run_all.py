@@ -26,6 +26,12 @@ BENCHMARKS = {
     "reward_vs_trl": [PY, "bench/reward_vs_trl.py", "--repeat", "2"],
     "reward_vs_trl-smollm2": [PY, "bench/reward_vs_trl.py", "--smollm2", "--pairs", "120", "--epochs", "1",
                               "--batch-size", "8", "--max-length", "384", "--runs", "ours,trl-fp32"],
+    # The same data mix as the all-MiniLM-L6-v2 row (demo pairs topped up with synthetic ones of
+    # mixed lengths), at the learning rate of the GPU runs.
+    "reward_vs_trl-smollm2-135m-instruct-400-pairs-lr-3e-5": [
+        PY, "bench/reward_vs_trl.py", "--smollm2", "--pairs", "400", "--epochs", "1", "--batch-size", "8",
+        "--max-length", "384", "--lr", "3e-5", "--runs", "ours,trl-fp32",
+        "--model-name", "SmolLM2-135M-Instruct, 400 pairs, lr 3e-5"],
     "dpo_vs_trl": [PY, "bench/dpo_vs_trl.py", "--paired", "--threads", "1", "--runs", "trl-best,trl-fp32"],
     "dpo_vs_trl-tiny": [PY, "bench/dpo_vs_trl.py", "--tiny", "--steps", "8"],
     "ppo_vs_trl": [PY, "bench/ppo_vs_trl.py"],
