@@ -134,6 +134,15 @@ _LEASE_PG = """
 """
 
 
+# PostgreSQL: the held lease, or a claim (candidate, lease and full mark), in one call of the
+# function ``annotate_claim_fast`` (migration 0003) in its own implicit transaction, instead of up
+# to six round trips. No row means nothing left, or nothing it could take without waiting for a
+# row lock; the general path then looks again. Parameters: project, annotator, now, wanted,
+# lease seconds, whether to look for a held lease.
+_CLAIM_FAST = ("SELECT * FROM annotate_claim_fast(%s::bigint, %s::bigint, %s::timestamptz, %s::integer,"
+               " %s::integer, %s::boolean)")
+
+
 def _first(sql: str, params: tuple) -> Comparison | None:
     """The first row of a ``_DISPLAY`` query as a Comparison (other fields load on first access)."""
     adapt = connection.ops.adapt_unknown_value
@@ -208,6 +217,11 @@ def comparison_next(*, project: Project, annotator, now=None, holds_lease: bool 
     caller has already read it (False skips looking for a held comparison); None: look.
     """
     now = now or timezone.now()
+    if connection.vendor == "postgresql":
+        fast = _first(_CLAIM_FAST, (project.pk, annotator.pk, now, project.votes_per_comparison,
+                                    project.lease_seconds, holds_lease is not False))
+        if fast is not None:
+            return fast
     held = None
     if holds_lease is not False:
         held = _held_lease(project=project, annotator=annotator, now=now, probe=holds_lease is None)

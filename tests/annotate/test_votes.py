@@ -80,3 +80,18 @@ def test_time_spent_is_measured_from_when_the_pair_was_shown(project, annotator,
     later = timezone.now() + timedelta(seconds=7)
     vote = vote_record(annotator=annotator, comparison_id=shown.pk, choice="a", now=later).vote
     assert 6_500 < vote.time_spent_ms < 8_000
+
+
+def test_the_returned_vote_is_the_stored_row(project, annotator, comparisons):
+    # On PostgreSQL a first vote goes through the function annotate_vote_fast; the object it
+    # answers with must be the row, field for field, as on the general path.
+    shown = comparison_next(project=project, annotator=annotator)
+    outcome = vote_record(annotator=annotator, comparison_id=shown.pk, choice="b", strength=3,
+                          rationale="  clearer  ", idempotency_key="k1")
+    stored = Vote.objects.get(pk=outcome.vote.pk)
+    fields = [f.attname for f in Vote._meta.concrete_fields]
+    assert [getattr(outcome.vote, name) for name in fields] == [getattr(stored, name) for name in fields]
+    assert (stored.rationale, stored.winner_id, stored.strength) == ("clearer", shown.completion_b_id, 3)
+    assert stored.time_spent_ms is not None
+    shown.refresh_from_db()
+    assert (shown.vote_count, shown.state, shown.leases.count()) == (1, "closed", 0)
