@@ -149,10 +149,12 @@ class Comparison(models.Model):
         GOLD = "gold"
         IMPORTED = "imported"
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="comparisons")
+    # Foreign keys led by an index below (queue_order, comparison_pair_unique) get no index of their
+    # own: every index is written again when a vote closes the comparison.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="comparisons", db_index=False)
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="comparisons")
     # Positions are randomised once, at creation, and stored: A is what the annotator sees on the left.
-    completion_a = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="+")
+    completion_a = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="+", db_index=False)
     completion_b = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="+")
     priority = models.IntegerField(default=0)
     reason = models.CharField(max_length=16, choices=Reason.choices, default=Reason.RANDOM)
@@ -187,8 +189,12 @@ class Comparison(models.Model):
 class Lease(models.Model):
     """A comparison reserved for one annotator until ``expires_at``, so abandoned work returns."""
 
-    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="leases")
-    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases")
+    # Both keys lead an index below (one_lease_per_user, lease_by_annotator); no index of their own,
+    # since every claim inserts a lease and every vote deletes one.
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="leases", db_index=False)
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases", db_index=False
+    )
     expires_at = models.DateTimeField()
     # A skipped comparison keeps its (expired) lease row so it is not offered to the same person again.
     skipped = models.BooleanField(default=False)
@@ -217,8 +223,12 @@ class Vote(models.Model):
         AI = "ai", "AI feedback"
         SIMULATED = "simulated"
 
-    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="votes")
-    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="votes")
+    # Both keys lead an index below (one_vote_per_annotator, vote_by_annotator_day); no index of
+    # their own, since each would be written on every vote.
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="votes", db_index=False)
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="votes", db_index=False
+    )
     choice = models.CharField(max_length=8, choices=Choice.choices)
     # The winning completion itself, so the vote survives any change of display positions.
     winner = models.ForeignKey(Completion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
