@@ -64,6 +64,10 @@ instructions; ratios moved between the two, so quote a ratio together with its m
 
 def collect() -> None:
     parts = [HEADER]
+    # A hand-kept summary of the goals across reports (it quotes them; re-read it after a run).
+    goals = ROOT / "bench" / "goals.md"
+    if goals.exists():
+        parts.append(goals.read_text().strip() + "\n")
     for name in BENCHMARKS:
         report = OUT / f"{name}.md"
         if report.exists():

@@ -536,6 +536,23 @@ def row(overlap: int, mode: str, lv: Level) -> str:
             f"{1000 * cpu['client'] / votes:.2f} | {ceiling(lv):,.0f} | {cpu['others'] / cpu['wall']:.2f} |")
 
 
+GOAL_RATE, GOAL_P99_MS, GOAL_ANNOTATORS = 400, 25.0, 50
+
+
+def goal_verdicts(runs: list[tuple[int, str, Level, float | None]]) -> list[str]:
+    """Issue 2's goal, judged on every paced row where 50 annotators offered at least 400 votes/s:
+    at least 400 votes/s achieved with a cycle p99 under 25 ms."""
+    lines = []
+    for overlap, mode, lv, rate in runs:
+        if rate is None or rate < GOAL_RATE or lv.clients != GOAL_ANNOTATORS or not lv.cycle_ns:
+            continue
+        achieved, p99 = lv.votes / lv.seconds, pct(lv.cycle_ns, .99)
+        met = achieved >= GOAL_RATE * 0.99 and p99 < GOAL_P99_MS  # 1% slack: the window's edges cut cycles
+        lines.append(f"- overlap {overlap}, {MODES[mode]}: {achieved:,.0f} votes/s, p99 {p99:.1f} ms:"
+                     f" **{'met' if met else 'not met'}**")
+    return lines
+
+
 def ceiling(lv: Level) -> float:
     """Votes/s if every core did nothing but this at the CPU cost per vote measured here."""
     spent = lv.cpu["server"] + lv.cpu["postgres"] + lv.cpu["client"]
@@ -605,7 +622,7 @@ def main(argv: list[str]) -> int:
 
     port = free_port()
     proc, cmdline = server_start(args, url, port, OUT / f"{args.server}.log")
-    rows, checks = [], []
+    rows, checks, runs = [], [], []
     meter = CpuMeter(proc.pid, url)
     try:
         for overlap in overlaps:
@@ -625,6 +642,7 @@ def main(argv: list[str]) -> int:
                            meter=meter)
                 created += lv.created_total
                 rows.append(row(overlap, mode, lv))
+                runs.append((overlap, mode, lv, rate))
                 print(rows[-1], lv.errors or "", f"(queue ran dry {lv.queue_empty}x)" if lv.queue_empty else "",
                       flush=True)
             fresh = fresh_comparisons(slug, 20)
@@ -670,6 +688,10 @@ def main(argv: list[str]) -> int:
         " if all cores did only this work at the CPU cost per vote measured in that row. Other load: cores"
         " busy with anything but the server, this database's PostgreSQL backends and this client (PostgreSQL's"
         " WAL writer included); well above 0 means the machine was shared and the wall-clock figures are low.",
+        "",
+        f"Goal: at least {GOAL_RATE} votes/s with a p99 under {GOAL_P99_MS:g} ms, {GOAL_ANNOTATORS} annotators"
+        f" offering {GOAL_RATE}/s (paced rows):",
+        *(goal_verdicts(runs) or ["- no paced row at that rate and concurrency in this run"]),
         "",
         "Integrity (every count but votes must be 0): "
         + "; ".join(f"overlap {o}: " + ", ".join(f"{k} {v}" for k, v in f.items()) for o, f in checks),
