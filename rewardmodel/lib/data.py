@@ -378,6 +378,9 @@ class PairBatch:
       sequence's final / first token (a shared prompt's first token for both).
     owner [N, T] long: output index of each token for mean pooling, -1 on
       padding (and on a shared prompt, which mean pooling cannot split).
+    token_index [M] long: flat index (row * T + column) of every real token,
+      ascending; with a block mask, causal backbones run their per-token layers
+      on these M tokens alone (see `RewardModel.flat_tokens`).
     tie [B] bool, margin [B] float.
     """
 
@@ -387,6 +390,7 @@ class PairBatch:
     last_index: torch.Tensor
     first_index: torch.Tensor
     owner: torch.Tensor
+    token_index: torch.Tensor
     tie: torch.Tensor
     margin: torch.Tensor
     real_tokens: int  # tokens of both sequences, as a peer encoding both would count them
@@ -463,6 +467,7 @@ class PairCollator:
                     first_index[out] = r * width + start
                 start += len(unit.ids)
                 n_unit += 1
+        token_index = (unit_of >= 0).reshape(-1).nonzero().reshape(-1)
         if len(rows) == len(units) and not self.shared_prefix:
             attention_mask, position_ids = (unit_of >= 0).long(), None  # plain padded rows: the fast path
         else:
@@ -472,7 +477,7 @@ class PairCollator:
             attention_mask, position_ids = _block_mask(unit_of, segments, causal=self.causal), positions
         return PairBatch(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            last_index=last_index, first_index=first_index, owner=owner,
+            last_index=last_index, first_index=first_index, owner=owner, token_index=token_index,
             tie=torch.tensor([p.tie for p in pairs], dtype=torch.bool),
             margin=torch.tensor([p.margin for p in pairs], dtype=torch.float32),
             real_tokens=sum(p.token_count for p in pairs),

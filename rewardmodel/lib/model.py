@@ -45,6 +45,10 @@ PREFIX_SHARING_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 #: Architectures that take packed rows: the above plus BERT (0-based absolute
 #: positions; RoBERTa-style offset positions would need their own ids).
 PACKING_TYPES = PREFIX_SHARING_TYPES | {"bert"}
+#: The attention implementation a RewardModel gives the causal backbones above: transformers'
+#: sdpa, plus the flat-token layout of `_flat_sdpa` when a call passes `token_index`.
+FLAT_ATTENTION = "rewardmodel_flat_sdpa"
+SDPA_NAMES = ("sdpa", FLAT_ATTENTION)
 
 
 def is_encoder_config(config: Any) -> bool:
@@ -97,6 +101,10 @@ class RewardModel(nn.Module):
         # (keys/values still for all tokens): on all-MiniLM-L6-v2 that is ~14%
         # of the work. Exact up to float rounding; off switch for comparisons.
         self.final_layer_shortcut = self.pooling == "cls" and _bert_final_layer(backbone) is not None
+        # Causal backbones run their per-token layers (projections, MLP, norms, rotary) on the
+        # real tokens of a packed batch alone, laid out flat; only attention sees the padded rows
+        # the block mask describes. Exact up to float rounding; off switch for comparisons.
+        self.flat_tokens = self.causal and _use_flat_attention(backbone)
 
     @property
     def ensemble_size(self) -> int:
@@ -115,11 +123,11 @@ class RewardModel(nn.Module):
             self.causal
             and self.pooling == "last"
             and self.backbone.config.model_type in PREFIX_SHARING_TYPES
-            and self.backbone.config._attn_implementation == "sdpa"
+            and self.backbone.config._attn_implementation in SDPA_NAMES
         )
 
     def supports_packing(self) -> bool:
-        return self.backbone.config.model_type in PACKING_TYPES and self.backbone.config._attn_implementation == "sdpa"
+        return self.backbone.config.model_type in PACKING_TYPES and self.backbone.config._attn_implementation in SDPA_NAMES
 
     def forward(
         self,
@@ -130,6 +138,7 @@ class RewardModel(nn.Module):
         last_index: torch.Tensor | None = None,
         first_index: torch.Tensor | None = None,
         owner: torch.Tensor | None = None,
+        token_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Rewards [S, K] for S sequences.
 
@@ -138,8 +147,12 @@ class RewardModel(nn.Module):
         `PairBatch`). last_index / first_index [S]: flat indices into N*T of
         each sequence's last / first token ("last" needs last_index; "cls"
         defaults to column 0). owner [N, T]: output index per token for
-        "mean" pooling (defaults to the row of a 2D attention_mask).
+        "mean" pooling (defaults to the row of a 2D attention_mask). token_index
+        [M]: ascending flat indices of the real tokens (see `flat_tokens`).
         """
+        if self.flat_tokens and token_index is not None and attention_mask.dim() == 4 and position_ids is not None:
+            return self._forward_flat(input_ids, attention_mask, position_ids, token_index, last_index,
+                                      first_index, owner)
         extra: dict[str, Any] = {"use_cache": False} if self.causal else {}
         if position_ids is not None:
             extra["position_ids"] = position_ids
@@ -160,6 +173,27 @@ class RewardModel(nn.Module):
         else:
             pooled = _mean_by_owner(flat, owner if owner is not None else _row_owner(attention_mask))
         return self.head(pooled)
+
+    def _forward_flat(self, input_ids, attention_mask, position_ids, token_index, last_index, first_index, owner):
+        """`forward` for a block-masked batch with its M real tokens as one flat sequence [1, M]."""
+        n_rows, width = input_ids.shape
+        hidden = self.backbone(
+            input_ids=input_ids.reshape(-1)[token_index][None],
+            attention_mask=attention_mask,
+            position_ids=position_ids.reshape(-1)[token_index][None],
+            use_cache=False,
+            token_index=token_index,  # passed through to `_flat_sdpa` in every layer
+            row_shape=(n_rows, width),
+        ).last_hidden_state[0]  # [M, H]
+        if self.pooling == "last":
+            if last_index is None:
+                raise ValueError("last-token pooling needs last_index")
+            return self.head(hidden[torch.searchsorted(token_index, last_index)])
+        if self.pooling == "cls":
+            firsts = first_index if first_index is not None else torch.arange(n_rows, device=hidden.device) * width
+            return self.head(self._pooler(hidden[torch.searchsorted(token_index, firsts)]))
+        flat_owner = (owner if owner is not None else _row_owner(attention_mask)).reshape(-1)[token_index]
+        return self.head(_mean_by_owner(hidden, flat_owner))
 
     def _pooler(self, first: torch.Tensor) -> torch.Tensor:
         """The backbone's BERT-style pooler (dense + tanh) on first-token states [S, H], if it has one.
@@ -185,9 +219,50 @@ def split_pair_rewards(forward: Any, batch: PairBatch) -> tuple[torch.Tensor, to
         last_index=batch.last_index,
         first_index=batch.first_index,
         owner=batch.owner,
+        token_index=batch.token_index,
     )
     chosen, rejected = rewards.chunk(2, dim=0)
     return chosen, rejected
+
+
+def _use_flat_attention(backbone: nn.Module) -> bool:
+    """Give a causal backbone that takes block masks the `FLAT_ATTENTION` implementation; True if it has it."""
+    config = backbone.config
+    if config.model_type not in PREFIX_SHARING_TYPES or config._attn_implementation not in SDPA_NAMES:
+        return False
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(FLAT_ATTENTION, _flat_sdpa)
+    AttentionMaskInterface.register(FLAT_ATTENTION, sdpa_mask)  # 2D masks (one sequence per row) as sdpa builds them
+    config._attn_implementation = FLAT_ATTENTION  # not saved: config.json never carries it
+    return True
+
+
+def _flat_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: torch.Tensor | None, *, token_index: torch.Tensor | None = None,
+               row_shape: tuple[int, int] | None = None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    """transformers' sdpa attention; with `token_index`, for a call on M real tokens laid out flat.
+
+    query / key / value [1, heads, M, d] are then scattered into the N x T rows that the 4D block
+    mask describes (zeros on padding, which attends only to itself), attended there, and the
+    output [N, T, heads, d] is gathered back to [1, M, heads, d]. Everything else in the layer
+    (projections, MLP, norms, rotary) runs on M tokens instead of N x T.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if token_index is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    n_rows, width = row_shape
+
+    def to_rows(x: torch.Tensor) -> torch.Tensor:
+        heads, dim = x.shape[1], x.shape[3]
+        rows = x.new_zeros(n_rows * width, heads, dim).index_copy(0, token_index, x[0].transpose(0, 1))
+        return rows.view(n_rows, width, heads, dim).transpose(1, 2)
+
+    kwargs["is_causal"] = False  # the block mask is the whole truth
+    out, weights = sdpa_attention_forward(module, to_rows(query), to_rows(key), to_rows(value), attention_mask, **kwargs)
+    return out.reshape(n_rows * width, *out.shape[2:]).index_select(0, token_index)[None], weights
 
 
 def _bert_final_layer(backbone: nn.Module) -> nn.Module | None:

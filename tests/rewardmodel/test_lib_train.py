@@ -65,6 +65,40 @@ def test_packed_and_shared_layouts_give_the_same_rewards(tmp_path: Path, kind: s
         assert torch.allclose(plain[0], other[0], atol=1e-5) and torch.allclose(plain[1], other[1], atol=1e-5)
 
 
+def test_flat_tokens_give_the_same_rewards_and_gradients(tmp_path: Path) -> None:
+    # A causal backbone runs its per-token layers on the real tokens alone, laid out flat; only
+    # attention sees the padded rows. Rewards and every weight gradient must match the padded run.
+    model = build_reward_model(_config(save_tiny_llama(tmp_path / "llama")))
+    assert model.flat_tokens
+    encoded = model.formatter.encode(counting_pairs(6, 3, noise=0.0, seed=2, length=3) + counting_pairs(
+        6, 3, noise=0.0, seed=3, length=9), 64)
+    batch = PairCollator(model.pad_id, shared_prefix=True, pack=True)(encoded)
+    assert batch.token_index.numel() == batch.computed_tokens < batch.padded_tokens  # there is padding to skip
+
+    shapes: list[tuple[int, ...]] = []
+    model.backbone.embed_tokens.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
+
+    def run(flat: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.flat_tokens = flat
+        model.zero_grad(set_to_none=True)
+        chosen, rejected = model.pair_rewards(batch)
+        (chosen - rejected).sigmoid().log().sum().neg().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return torch.cat([chosen, rejected]).detach(), grads
+
+    (flat, flat_grads), (padded, padded_grads) = run(True), run(False)
+    assert shapes == [(1, batch.computed_tokens), tuple(batch.input_ids.shape)]
+    assert torch.allclose(flat, padded, atol=1e-5)
+    assert len(flat_grads) == len(padded_grads) == sum(1 for p in model.parameters() if p.requires_grad) - 1
+    for a, b in zip(flat_grads, padded_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    model.flat_tokens = True
+    train_reward_model(_config(save_tiny_llama(tmp_path / "llama2"), epochs=1),
+                       counting_pairs(24, 3, noise=0.0, seed=1), tmp_path / "out")
+    assert "_attn_implementation" not in (tmp_path / "out" / "config.json").read_text()
+    assert load_reward_model(tmp_path / "out").flat_tokens  # a saved model loads and runs flat again
+
+
 def test_causal_backbone_with_shared_prefix_learns(tmp_path: Path) -> None:
     backbone = save_tiny_llama(tmp_path / "llama")
     result = train_reward_model(_config(backbone), counting_pairs(200, 4, noise=0.1, seed=0), tmp_path / "out")
