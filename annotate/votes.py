@@ -124,6 +124,35 @@ class VoteOutcome:
     created: bool
 
 
+@dataclass(frozen=True)
+class _Ballot:
+    """A cleaned vote on its way to the database (both write paths take one)."""
+
+    annotator_id: int
+    comparison_id: int
+    choice: str
+    strength: int | None
+    rationale: str
+    time_spent_ms: int | None
+    idempotency_key: str
+    source: str
+    now: datetime
+
+    def values(self, *, winner_id: int | None, time_spent_ms: int | None) -> list:
+        """The new vote's columns (see ``_vote_values``)."""
+        return _vote_values(
+            comparison_id=self.comparison_id, annotator_id=self.annotator_id, choice=self.choice,
+            winner_id=winner_id, strength=self.strength, rationale=self.rationale, time_spent_ms=time_spent_ms,
+            idempotency_key=self.idempotency_key, source=self.source, created_at=self.now,
+        )
+
+
+def _created(vote_id: int, values: list, project_id: int) -> VoteOutcome:
+    """A vote just written: announce it once the transaction commits, answer with the row."""
+    transaction.on_commit(lambda: votes_recorded.send(sender=Vote, project_id=project_id, count=1))
+    return VoteOutcome(_saved_vote(vote_id, values), created=True)
+
+
 STRENGTHS = {choice.value for choice in Vote.Strength}
 CHOICES = {choice.value for choice in Vote.Choice}
 
@@ -161,41 +190,33 @@ def vote_record(
     The caller has already checked that the annotator may vote in this project.
     """
     strength = _clean(choice, strength, rationale, idempotency_key)
-    now = now or timezone.now()
+    ballot = _Ballot(
+        annotator_id=annotator.pk, comparison_id=comparison_id, choice=choice, strength=strength,
+        rationale=rationale.strip(), time_spent_ms=time_spent_ms, idempotency_key=idempotency_key, source=source,
+        now=now or timezone.now(),
+    )
     if connection.vendor == "postgresql":
-        outcome = _record_fast(annotator=annotator, comparison_id=comparison_id, choice=choice, strength=strength,
-                               rationale=rationale, time_spent_ms=time_spent_ms, idempotency_key=idempotency_key,
-                               source=source, now=now)
+        outcome = _record_fast(ballot)
         if outcome is not None:
             return outcome
     try:
         with transaction.atomic():
-            outcome = _record_locked(
-                annotator=annotator,
-                comparison_id=comparison_id,
-                choice=choice,
-                strength=strength,
-                rationale=rationale,
-                time_spent_ms=time_spent_ms,
-                idempotency_key=idempotency_key,
-                source=source,
-                now=now,
-            )
+            outcome = _record_locked(ballot)
     except IntegrityError:
         # A concurrent request with the same key (or for the same comparison) won the race.
-        existing = _earlier_vote(annotator=annotator, comparison_id=comparison_id, idempotency_key=idempotency_key)
+        existing = _earlier_vote(annotator_id=annotator.pk, comparison_id=comparison_id,
+                                 idempotency_key=idempotency_key)
         if existing is None:
             raise
         return existing
     return outcome
 
 
-def _record_fast(
-    *, annotator, comparison_id, choice, strength, rationale, time_spent_ms, idempotency_key, source, now
-) -> VoteOutcome | None:
+def _record_fast(ballot: _Ballot) -> VoteOutcome | None:
     """The common case in one call of ``annotate_vote_fast``; None: take the general path."""
-    rationale = rationale.strip()
-    params = (comparison_id, annotator.pk, choice, strength, rationale, time_spent_ms, idempotency_key, source, now)
+    b = ballot
+    params = (b.comparison_id, b.annotator_id, b.choice, b.strength, b.rationale, b.time_spent_ms,
+              b.idempotency_key, b.source, b.now)
     try:
         # Outside a transaction the call is its own; inside one it needs a savepoint to fail alone.
         with transaction.atomic() if connection.in_atomic_block else nullcontext():
@@ -205,28 +226,15 @@ def _record_fast(
     if not rows:
         return None
     vote_id, winner_id, time_spent_ms, project_id, _ = rows[0]
-    values = _vote_values(
-        comparison_id=comparison_id,
-        annotator_id=annotator.pk,
-        choice=choice,
-        winner_id=winner_id,
-        strength=strength,
-        rationale=rationale,
-        time_spent_ms=time_spent_ms,
-        idempotency_key=idempotency_key,
-        source=source,
-        created_at=now,
-    )
-    transaction.on_commit(lambda: votes_recorded.send(sender=Vote, project_id=project_id, count=1))
-    return VoteOutcome(_saved_vote(vote_id, values), created=True)
+    return _created(vote_id, ballot.values(winner_id=winner_id, time_spent_ms=time_spent_ms), project_id)
 
 
-def _earlier_vote(*, annotator, comparison_id: int, idempotency_key: str) -> VoteOutcome | None:
+def _earlier_vote(*, annotator_id: int, comparison_id: int, idempotency_key: str) -> VoteOutcome | None:
     """The replay answer: the vote with this key, else the vote on this comparison, else None.
 
     Raises ``IdempotencyConflict`` when the key was used for another comparison.
     """
-    rows = _rows(_EARLIER, (annotator.pk, comparison_id, idempotency_key or None))
+    rows = _rows(_EARLIER, (annotator_id, comparison_id, idempotency_key or None))
     keyed = next((row for row in rows if idempotency_key and row[2] == idempotency_key), None)
     if keyed is not None and keyed[1] != comparison_id:
         raise IdempotencyConflict("idempotency_key was already used for a different comparison")
@@ -234,12 +242,10 @@ def _earlier_vote(*, annotator, comparison_id: int, idempotency_key: str) -> Vot
     return VoteOutcome(Vote.objects.get(pk=row[0]), created=False) if row else None
 
 
-def _record_locked(
-    *, annotator, comparison_id, choice, strength, rationale, time_spent_ms, idempotency_key, source, now
-) -> VoteOutcome:
-    me = annotator.pk
+def _record_locked(ballot: _Ballot) -> VoteOutcome:
+    me, comparison_id, now = ballot.annotator_id, ballot.comparison_id, ballot.now
     lock = _LOCK + (" FOR UPDATE OF c" if connection.features.has_select_for_update_of else "")
-    found = _rows(lock, (me, me, idempotency_key or None, me, comparison_id))
+    found = _rows(lock, (me, me, ballot.idempotency_key or None, me, comparison_id))
     if not found:
         raise VoteError(f"comparison {comparison_id} does not exist")
     state, vote_count, completion_a_id, completion_b_id, project_id, wanted, voted, keyed_on, leased_at = found[0]
@@ -248,21 +254,12 @@ def _record_locked(
     if voted is not None:
         return VoteOutcome(Vote.objects.get(pk=voted), created=False)
     if state != Comparison.State.OPEN or vote_count >= wanted:
-        return _replay_or_full(annotator=annotator, comparison_id=comparison_id, idempotency_key=idempotency_key)
+        return _replay_or_full(ballot)
+    time_spent_ms = ballot.time_spent_ms
     if time_spent_ms is None and leased_at is not None:
         time_spent_ms = max(0, int((now - _aware(leased_at)).total_seconds() * 1000))
-    values = _vote_values(
-        comparison_id=comparison_id,
-        annotator_id=me,
-        choice=choice,
-        winner_id={"a": completion_a_id, "b": completion_b_id}.get(choice),
-        strength=strength,
-        rationale=rationale.strip(),
-        time_spent_ms=time_spent_ms,
-        idempotency_key=idempotency_key,
-        source=source,
-        created_at=now,
-    )
+    values = ballot.values(winner_id={"a": completion_a_id, "b": completion_b_id}.get(ballot.choice),
+                           time_spent_ms=time_spent_ms)
     vote_count += 1
     count = (vote_count, Comparison.State.CLOSED if vote_count >= wanted else state, comparison_id)
     if connection.vendor == "postgresql":
@@ -279,15 +276,15 @@ def _record_locked(
             _rows(_COUNT, count)
             _rows(_UNLEASE, (comparison_id, me))
     if not inserted:
-        return _replay_or_full(annotator=annotator, comparison_id=comparison_id, idempotency_key=idempotency_key)
-    transaction.on_commit(lambda: votes_recorded.send(sender=Vote, project_id=project_id, count=1))
-    return VoteOutcome(_saved_vote(inserted[0][0], values), created=True)
+        return _replay_or_full(ballot)
+    return _created(inserted[0][0], values, project_id)
 
 
-def _replay_or_full(*, annotator, comparison_id: int, idempotency_key: str) -> VoteOutcome:
+def _replay_or_full(ballot: _Ballot) -> VoteOutcome:
     """No room left: a replay of a vote that committed while we waited for the row lock (the
     lock's own read could not see it yet) gets that vote; anything else is ComparisonFull."""
-    replay = _earlier_vote(annotator=annotator, comparison_id=comparison_id, idempotency_key=idempotency_key)
+    replay = _earlier_vote(annotator_id=ballot.annotator_id, comparison_id=ballot.comparison_id,
+                           idempotency_key=ballot.idempotency_key)
     if replay is None:
         raise ComparisonFull("this comparison already has all the votes it needs")
     return replay
