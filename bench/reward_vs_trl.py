@@ -81,6 +81,7 @@ class Variant:
     compile: str | None = None  # ours only: RewardConfig.compile; None = the --compile option
     prefix_sharing: str = "auto"  # ours only: RewardConfig.prefix_sharing (causal backbones)
     tf32: bool = False  # fp32 with TF32 matmuls (GPU only): ours dtype="tf32", TRL tf32=True
+    flat_tokens: str = "auto"  # ours only: RewardConfig.flat_tokens (causal backbones; auto = on for the CPU)
 
 
 VARIANTS = [
@@ -88,6 +89,12 @@ VARIANTS = [
     Variant("ours-tf32", "rewardmodel.lib fp32, TF32 matmuls (packed rows; the GPU default)", "ours", bf16=False,
             tf32=True),
     Variant("ours-bf16", "rewardmodel.lib bf16 autocast (packed rows)", "ours", bf16=True),
+    Variant("ours-padded", "rewardmodel.lib fp32 (packed rows, every layer on the padded rows)", "ours", bf16=False,
+            flat_tokens="off"),
+    Variant("ours-tf32-flat", "rewardmodel.lib fp32, TF32 matmuls (packed rows, per-token layers on real tokens)",
+            "ours", bf16=False, tf32=True, flat_tokens="on"),
+    Variant("ours-bf16-flat", "rewardmodel.lib bf16 autocast (packed rows, per-token layers on real tokens)", "ours",
+            bf16=True, flat_tokens="on"),
     Variant("ours-nopack", "rewardmodel.lib fp32 (bucketed, no packing)", "ours", bf16=False, packing=False),
     Variant("ours-bf16-nopack", "rewardmodel.lib bf16 autocast (bucketed, no packing)", "ours", bf16=True,
             packing=False),
@@ -198,7 +205,8 @@ def run_ours(args: argparse.Namespace, train: list[dict], held_out: list[dict], 
     config = RewardConfig(backbone=args.backbone, max_length=args.max_length, batch_size=args.batch_size,
                           learning_rate=args.lr, epochs=args.epochs, seed=args.seed, eval_fraction=0.0,
                           dtype="bf16" if variant.bf16 else "tf32" if variant.tf32 else "fp32", device=args.device, packing=variant.packing,
-                          compile=variant.compile or args.compile, prefix_sharing=variant.prefix_sharing)
+                          compile=variant.compile or args.compile, prefix_sharing=variant.prefix_sharing,
+                          flat_tokens=variant.flat_tokens)
     marks: list[tuple[float, float, float, float]] = []
     t0, c0 = time.perf_counter(), time.process_time()
 

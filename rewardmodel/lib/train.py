@@ -32,6 +32,7 @@ from rewardmodel.lib.config import (
     resolve_autocast_dtype,
     resolve_compile,
     resolve_device,
+    resolve_flat_tokens,
 )
 from rewardmodel.lib.data import (
     EncodedPair,
@@ -167,6 +168,7 @@ def _train(
     train_raw, eval_raw = split_by_prompt(all_pairs, config.eval_fraction, config.seed)
 
     model = build_reward_model(config, device=device)
+    model.flat_tokens = model.flat_tokens and resolve_flat_tokens(config, device)
     with torch.no_grad():
         model.tie_param.fill_(TIE_PARAM_INIT.get(config.loss, 0.0))
     model.tie_param.requires_grad_(config.loss in TIE_LOSSES)
@@ -280,6 +282,7 @@ def _train(
         "padding_fraction": 1.0 - totals["computed"] / max(1, totals["padded"]),
         "prefix_sharing": float(shared),
         "packing": float(pack),
+        "flat_tokens": float(model.flat_tokens and (shared or pack)),
         "train_seconds": train_s,
         "setup_seconds": setup_s,
         "pairs_per_s": totals["pairs"] / train_s,

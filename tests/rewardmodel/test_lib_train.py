@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rewardmodel.lib.__main__ import main
-from rewardmodel.lib.config import RewardConfig
+from rewardmodel.lib.config import RewardConfig, resolve_flat_tokens
 from rewardmodel.lib.data import PairCollator, PairFormatter, PreferencePair
 from rewardmodel.lib.evaluate import predict_pair_rewards
 from rewardmodel.lib.model import RewardModel, build_reward_model, load_reward_model
@@ -93,10 +93,23 @@ def test_flat_tokens_give_the_same_rewards_and_gradients(tmp_path: Path) -> None
     for a, b in zip(flat_grads, padded_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
     model.flat_tokens = True
-    train_reward_model(_config(save_tiny_llama(tmp_path / "llama2"), epochs=1),
-                       counting_pairs(24, 3, noise=0.0, seed=1), tmp_path / "out")
+    result = train_reward_model(_config(save_tiny_llama(tmp_path / "llama2"), epochs=1),
+                                counting_pairs(24, 3, noise=0.0, seed=1), tmp_path / "out")
+    assert result.metrics["flat_tokens"] == 1.0  # "auto" on the CPU
     assert "_attn_implementation" not in (tmp_path / "out" / "config.json").read_text()
     assert load_reward_model(tmp_path / "out").flat_tokens  # a saved model loads and runs flat again
+
+
+def test_flat_tokens_are_on_for_the_cpu_only_unless_asked(tmp_path: Path) -> None:
+    for setting, on_cpu, on_cuda in (("auto", True, False), ("on", True, True), ("off", False, False)):
+        config = RewardConfig(backbone="unused", flat_tokens=setting)
+        assert resolve_flat_tokens(config, torch.device("cpu")) is on_cpu
+        assert resolve_flat_tokens(config, torch.device("cuda")) is on_cuda
+    with pytest.raises(ValueError, match="flat_tokens"):
+        RewardConfig(backbone="unused", flat_tokens="yes")
+    result = train_reward_model(_config(save_tiny_llama(tmp_path / "llama"), epochs=1, flat_tokens="off"),
+                                counting_pairs(24, 3, noise=0.0, seed=1), tmp_path / "out")
+    assert result.metrics["flat_tokens"] == 0.0 and result.metrics["prefix_sharing"] == 1.0
 
 
 def test_causal_backbone_with_shared_prefix_learns(tmp_path: Path) -> None:
