@@ -91,6 +91,8 @@ VARIANTS = [
     Variant("ours-bf16", "rewardmodel.lib bf16 autocast (packed rows)", "ours", bf16=True),
     Variant("ours-padded", "rewardmodel.lib fp32 (packed rows, every layer on the padded rows)", "ours", bf16=False,
             flat_tokens="off"),
+    Variant("ours-bf16-padded", "rewardmodel.lib bf16 autocast (packed rows, every layer on the padded rows)", "ours",
+            bf16=True, flat_tokens="off"),
     Variant("ours-tf32-flat", "rewardmodel.lib fp32, TF32 matmuls (packed rows, per-token layers on real tokens)",
             "ours", bf16=False, tf32=True, flat_tokens="on"),
     Variant("ours-bf16-flat", "rewardmodel.lib bf16 autocast (packed rows, per-token layers on real tokens)", "ours",

@@ -45,19 +45,20 @@ HEADER = """# Benchmarks
 
 Every figure here comes from a script under `bench/` (`make bench` runs them all, one at a
 time, and rewrites this page from their reports in `bench/out/`). Each script runs the peer
-it is measured against side by side in the same process tree. On this CPU-only 2-core
-machine (AMD EPYC, no bf16 instructions) absolute times say little; the ratios are the
-point. GPU figures (with MFU) are measured only when a GPU is lent to a session; their
-reports are kept in `bench/gpu/` and appended at the end of this page.
+it is measured against side by side in the same process tree. On a CPU-only 2-core machine
+absolute times say little; the ratios are the point, and they move with the CPU, which
+changes between sessions: quote a ratio together with its machine. GPU figures (with MFU) are
+measured only when a GPU is lent to a session. Reports from another CPU or a lent GPU are
+kept in `bench/cpu/` and `bench/gpu/` and appended at the end of this page.
 
 Each section says how it was run. The DPO comparison runs each TRL configuration at the same
 time as one of ours, one thread each, and compares them over the window where both were
 training, so load from anything else hits both sides alike. The reward-model comparison runs
 the two one after the other, best of alternating repeats.
 
-Every section below was measured on 2026-11-22 on a quiet machine (load below 2), one
-benchmark at a time. Earlier figures came from a busier machine whose CPU had bf16
-instructions; ratios moved between the two, so quote a ratio together with its machine.
+The sections from `bench/out/` were measured on 2026-11-22 on a quiet machine (an AMD EPYC
+without bf16 instructions; load below 2), one benchmark at a time. The reward model was
+measured again on 2026-12-04 on an Intel Xeon with AMX (`bench/cpu/`).
 
 """
 
@@ -76,8 +77,9 @@ def collect() -> None:
             parts.append(("#" + body if body.startswith("# ") else body) + "\n")
         else:
             parts.append(f"## {name}\n\nNot measured yet: `{' '.join(BENCHMARKS[name][1:])}`.\n")
-    # Reports measured on a lent GPU: this machine cannot re-run them, so they are kept in the repository.
-    for report in sorted((ROOT / "bench" / "gpu").glob("*.md")):
+    # Reports measured on another CPU or a lent GPU: this machine cannot re-run them, so they
+    # are kept in the repository.
+    for report in sorted((ROOT / "bench" / "cpu").glob("*.md")) + sorted((ROOT / "bench" / "gpu").glob("*.md")):
         parts.append("#" + report.read_text().strip().replace("\n#", "\n##") + "\n")
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
 
