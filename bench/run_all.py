@@ -57,8 +57,8 @@ training, so load from anything else hits both sides alike. The reward-model com
 the two one after the other, best of alternating repeats.
 
 The sections from `bench/out/` were measured on 2026-11-22 on a quiet machine (an AMD EPYC
-without bf16 instructions; load below 2), one benchmark at a time. The reward model was
-measured again on 2026-12-04 on an Intel Xeon with AMX (`bench/cpu/`).
+without bf16 instructions; load below 2), one benchmark at a time. The reward model and the
+granian vote bench were measured again on 2026-12-04 on an Intel Xeon with AMX (`bench/cpu/`).
 
 """
 
