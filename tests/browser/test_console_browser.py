@@ -59,7 +59,9 @@ def test_start_a_run_watch_it_finish_and_promote_a_checkpoint(live_server, page,
     # Start a reward-model run from the form, on the tiny backbone the worker can load offline.
     page.goto(f"{console}/runs/new/")
     page.fill("input[name=backbone]", str(worker / "tiny-bert"))
-    page.fill("input[name=epochs]", "5")
+    # Enough epochs that the run outlasts several one-second polls on a fast CPU too (at 5 it
+    # took under a second on an Intel Xeon with AMX, and the bar went from 0 straight to 100).
+    page.fill("input[name=epochs]", "40")
     page.fill("input[name=batch_size]", "2")
     page.fill("input[name=max_length]", "64")
     page.fill("input[name=learning_rate]", "0.001")
@@ -67,7 +69,7 @@ def test_start_a_run_watch_it_finish_and_promote_a_checkpoint(live_server, page,
     page.click("button[data-start]")
     page.wait_for_url(f"{console}/runs/*/")
     run = TrainingRun.objects.get(reason="browser test")
-    assert run.config["epochs"] == 5.0 and run.kind == TrainingRun.Kind.REWARD_MODEL
+    assert run.config["epochs"] == 40.0 and run.kind == TrainingRun.Kind.REWARD_MODEL
 
     # Watch the progress bar: htmx swaps the panel every second in the same document.
     page.evaluate("window.__sameDocument = true")
