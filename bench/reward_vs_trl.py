@@ -82,6 +82,7 @@ class Variant:
     prefix_sharing: str = "auto"  # ours only: RewardConfig.prefix_sharing (causal backbones)
     tf32: bool = False  # fp32 with TF32 matmuls (GPU only): ours dtype="tf32", TRL tf32=True
     flat_tokens: str = "auto"  # ours only: RewardConfig.flat_tokens (causal backbones; auto = on for the CPU)
+    cuda_graphs: str = "auto"  # ours only: RewardConfig.cuda_graphs (GPU only)
 
 
 VARIANTS = [
@@ -97,6 +98,14 @@ VARIANTS = [
             "ours", bf16=False, tf32=True, flat_tokens="on"),
     Variant("ours-bf16-flat", "rewardmodel.lib bf16 autocast (packed rows, per-token layers on real tokens)", "ours",
             bf16=True, flat_tokens="on"),
+    Variant("ours-tf32-graphs", "rewardmodel.lib fp32, TF32 matmuls, CUDA-graphed steps (fixed-width packed rows)",
+            "ours", bf16=False, tf32=True, cuda_graphs="on"),
+    Variant("ours-bf16-graphs", "rewardmodel.lib bf16 autocast, CUDA-graphed steps (fixed-width packed rows)", "ours",
+            bf16=True, cuda_graphs="on"),
+    Variant("ours-tf32-eager", "rewardmodel.lib fp32, TF32 matmuls, eager steps (packed rows)", "ours", bf16=False,
+            tf32=True, cuda_graphs="off"),
+    Variant("ours-bf16-eager", "rewardmodel.lib bf16 autocast, eager steps (packed rows)", "ours", bf16=True,
+            cuda_graphs="off"),
     Variant("ours-nopack", "rewardmodel.lib fp32 (bucketed, no packing)", "ours", bf16=False, packing=False),
     Variant("ours-bf16-nopack", "rewardmodel.lib bf16 autocast (bucketed, no packing)", "ours", bf16=True,
             packing=False),
@@ -208,7 +217,7 @@ def run_ours(args: argparse.Namespace, train: list[dict], held_out: list[dict], 
                           learning_rate=args.lr, epochs=args.epochs, seed=args.seed, eval_fraction=0.0,
                           dtype="bf16" if variant.bf16 else "tf32" if variant.tf32 else "fp32", device=args.device, packing=variant.packing,
                           compile=variant.compile or args.compile, prefix_sharing=variant.prefix_sharing,
-                          flat_tokens=variant.flat_tokens)
+                          flat_tokens=variant.flat_tokens, cuda_graphs=variant.cuda_graphs)
     marks: list[tuple[float, float, float, float]] = []
     t0, c0 = time.perf_counter(), time.process_time()
 
@@ -221,6 +230,7 @@ def run_ours(args: argparse.Namespace, train: list[dict], held_out: list[dict], 
     encoded = model.formatter.encode([parse_pair(r) for r in held_out], args.max_length)
     chosen, rejected = predict_pair_rewards(model, encoded, batch_size=64, device=device)
     return {**_steady(marks), "steps": len(marks), "padding_fraction": result.metrics["padding_fraction"],
+            "cuda_graph_shapes": result.metrics["cuda_graph_shapes"],
             "accuracy": preference_metrics(chosen, rejected, encoded)["accuracy"],
             "train_seconds": result.metrics["train_seconds"], "dropped_pairs": 0}
 
@@ -458,7 +468,8 @@ def main() -> None:
     from rewardmodel.lib.config import cpu_has_native_bf16
 
     if args.device == "cpu":
-        keys = [k for k in keys if not BY_KEY[k].tf32]  # TF32 is a GPU matmul mode
+        # TF32 is a GPU matmul mode, and CUDA graphs a GPU feature.
+        keys = [k for k in keys if not BY_KEY[k].tf32 and BY_KEY[k].cuda_graphs != "on"]
     if args.device == "cpu" and not cpu_has_native_bf16():
         keys = [k for k in keys if not BY_KEY[k].bf16 or BY_KEY[k].key == "trl-default"]
     full = [k for k in keys if not BY_KEY[k].cap_flag]
@@ -482,15 +493,22 @@ def main() -> None:
             failures[key] = f"failed (exit {done.returncode})"
             continue
         every.setdefault(key, []).append(json.loads((OUT / "work" / f"{key}.json").read_text()))
+        write_report(args, every, split, source, failures)  # after every run: a cut-short session keeps the rest
+    print(write_report(args, every, split, source, failures))
+
+
+def write_report(args: argparse.Namespace, every: dict[str, list[dict]], split: dict, source: str,
+                 failures: dict[str, str]) -> str:
+    """Write bench/out/<name>.md and .json from the runs so far (the fastest of each variant); return the table."""
     results = {key: max(runs, key=lambda r: r["pairs_per_s"]) for key, runs in every.items()}
     report = table(results, args, len(split["train"]), len(split["eval"]), source, failures)
-    print(report)
     name = "reward_vs_trl" if args.backbone == "all-minilm-l6-v2" else f"reward_vs_trl-{Path(args.backbone).name.lower()}"
     if args.model_name:
         name = "reward_vs_trl-" + re.sub(r"[^a-z0-9]+", "-", args.model_name.lower()).strip("-")
     name += "" if args.device == "cpu" else f"-{args.device}"
     (OUT / f"{name}.md").write_text(report)
     (OUT / f"{name}.json").write_text(json.dumps({"args": vars(args), "best": results, "all": every}, indent=2))
+    return report
 
 
 if __name__ == "__main__":

@@ -111,6 +111,13 @@ class RewardConfig(ConfigBase):
         "tf32" = TF32 matmuls on a GPU (plain fp32 on a CPU). "bf16" = bf16
         autocast, accepted on a CPU only where it has bf16 instructions.
     compile: "auto" = off (see `resolve_compile`); "on" compiles the model.
+    cuda_graphs: on a CUDA GPU, replay each training step (forward, backward,
+        clipping, AdamW) from a CUDA graph captured once per batch shape, so the
+        CPU launches one graph instead of thousands of kernels. Batches are then
+        packed into rows of one fixed width and a few row counts (see
+        `rewardmodel.lib.graphs`). Needs packing, "last" or "cls" pooling and
+        grad_accum 1. "auto": see `resolve_cuda_graphs`; "on" refuses a setup
+        that cannot take graphs; "off": every step eager.
     bucket_size: batches per length-sorting window; larger = less padding,
         less randomness. 0 = auto: 1 (plain shuffled batches) when packing,
         where mixed lengths pack best, else 64. Sorted batches visibly slowed
@@ -139,6 +146,7 @@ class RewardConfig(ConfigBase):
     device: str = "auto"
     dtype: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     compile: Literal["auto", "on", "off"] = "auto"
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
     gradient_checkpointing: bool = False
     bucket_size: int = 0
     eval_batch_size: int = 64
@@ -157,6 +165,7 @@ class RewardConfig(ConfigBase):
             f"unknown pooling {self.pooling!r}": self.pooling in ("auto", "last", "mean", "cls"),
             f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "tf32", "bf16"),
             f"flat_tokens must be auto, on or off, not {self.flat_tokens!r}": self.flat_tokens in ("auto", "on", "off"),
+            f"cuda_graphs must be auto, on or off, not {self.cuda_graphs!r}": self.cuda_graphs in ("auto", "on", "off"),
         }
         self._require(checks)
 
@@ -256,6 +265,29 @@ def resolve_flat_tokens(config: RewardConfig, device: torch.device) -> bool:
     return config.flat_tokens == "on"
 
 
+def resolve_cuda_graphs(config: RewardConfig, device: torch.device, *, packed: bool, pooling: str) -> bool:
+    """Whether training steps replay from CUDA graphs (`rewardmodel.lib.graphs`).
+
+    A graph needs what stays the same from step to step: packed rows (one fixed layout),
+    "last" or "cls" pooling (mean pooling sizes its output from the data), one batch per
+    optimizer step, no torch.compile. "auto" takes graphs on a CUDA GPU whenever those hold;
+    "on" raises ValueError naming what stops them.
+    """
+    if config.cuda_graphs == "off":
+        return False
+    blockers = {
+        "a CUDA device": device.type == "cuda",
+        "packed rows (packing=True on a Llama-family or BERT backbone)": packed,
+        f"'last' or 'cls' pooling, not {pooling!r}": pooling in ("last", "cls"),
+        "grad_accum=1": config.grad_accum == 1,
+        "compile off": config.compile != "on",
+    }
+    missing = [need for need, ok in blockers.items() if not ok]
+    if missing and config.cuda_graphs == "on":
+        raise ValueError("cuda_graphs='on' needs " + ", ".join(missing))
+    return not missing
+
+
 def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """The scaled-dot-product-attention kernels a forward pass on `device` may use.
 
@@ -272,12 +304,16 @@ def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def forward_context(device: torch.device, autocast_dtype: torch.dtype | None) -> contextlib.ExitStack:
-    """Autocast to `autocast_dtype` (None: plain fp32) plus `attention_kernels(device)`, for one forward pass."""
+def forward_context(device: torch.device, autocast_dtype: torch.dtype | None, *,
+                    cache_casts: bool = True) -> contextlib.ExitStack:
+    """Autocast to `autocast_dtype` (None: plain fp32) plus `attention_kernels(device)`, for one forward pass.
+
+    `cache_casts=False` turns off autocast's cache of cast weights, which a CUDA graph capture must not use.
+    """
     import torch
 
     stack = contextlib.ExitStack()
     if autocast_dtype is not None:
-        stack.enter_context(torch.autocast(device.type, dtype=autocast_dtype))
+        stack.enter_context(torch.autocast(device.type, dtype=autocast_dtype, cache_enabled=cache_casts))
     stack.enter_context(attention_kernels(device))
     return stack

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from rewardmodel.lib.config import (
     matmul_precision,
     resolve_autocast_dtype,
     resolve_compile,
+    resolve_cuda_graphs,
     resolve_device,
     resolve_flat_tokens,
 )
@@ -38,6 +40,7 @@ from rewardmodel.lib.data import (
     EncodedPair,
     PairCollator,
     PreferencePair,
+    StaticLayout,
     bucketed_batches,
     parse_pair,
     split_by_prompt,
@@ -47,6 +50,8 @@ from rewardmodel.lib.losses import TIE_PARAM_INIT, pair_loss
 from rewardmodel.lib.model import RewardModel, build_reward_model, save_reward_model, split_pair_rewards
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
+#: The `PairBatch` tensors a CUDA-graphed step reads (fixed shapes under a `StaticLayout`).
+GRAPH_INPUTS = ("input_ids", "attention_mask", "position_ids", "last_index", "first_index", "tie", "margin")
 
 
 @dataclass(frozen=True)
@@ -75,24 +80,42 @@ def _use_prefix_sharing(config: RewardConfig, model: RewardModel) -> bool:
     return supported
 
 
-def _optimizer(model: RewardModel, config: RewardConfig, device: torch.device) -> torch.optim.Optimizer:
+def _optimizer(model: RewardModel, config: RewardConfig, device: torch.device, *,
+               graphs: bool = False) -> torch.optim.Optimizer:
+    """AdamW; for CUDA graphs its step counter and learning rate live on the GPU (`capturable`)."""
     # Like transformers' Trainer: no weight decay on biases and norm weights (1-D tensors).
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if graphs:  # one learning-rate tensor per group, changed in place by `_set_lr`
+        for group in groups:
+            group["lr"] = torch.tensor(config.learning_rate, dtype=torch.float32, device=device)
     # The fused kernel is one pass over each tensor; it exists on CPU and CUDA in recent torch.
     fused = device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused)
+    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused, capturable=graphs)
 
 
-def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    """Learning-rate factor after `step` optimizer steps: linear warm-up, then linear decay to 0."""
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         return max(0.0, (total - step) / max(1, total - warmup))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate; a tensor one is filled in place (no GPU-to-CPU read)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 def _micro_batches(pairs: Sequence[EncodedPair], config: RewardConfig, *, shared: bool, pack: bool) -> list[list[int]]:
@@ -189,8 +212,16 @@ def _train(
         generator = torch.Generator().manual_seed(config.seed)
         boot = torch.poisson(torch.ones(len(train_set), config.ensemble_size), generator=generator)
     total_steps = math.ceil(len(batches) / config.grad_accum)
-    optimizer = _optimizer(model, config, device)
-    scheduler = _linear_schedule(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    use_graphs = resolve_cuda_graphs(config, device, packed=pack, pooling=model.pooling)
+    if use_graphs:
+        # Fixed shapes: rows of one width, a few row counts, no data-sized flat-token layout.
+        model.flat_tokens = False
+        layout = StaticLayout.plan([collate.units([train_set[j] for j in idx]) for idx in batches])
+        collate = PairCollator(model.pad_id, shared_prefix=shared, pack=pack, causal=model.causal,
+                               mask_device=device, layout=layout)
+    optimizer = _optimizer(model, config, device, graphs=use_graphs)
+    lr_factor = _linear_schedule(int(config.warmup_ratio * total_steps), total_steps)
+    _set_lr(optimizer, config.learning_rate * lr_factor(0))
     forward: Callable[..., torch.Tensor] = model
     if resolve_compile(config, device):
         model.final_layer_shortcut = False  # swaps modules mid-forward, which a compiled graph must not see
@@ -203,6 +234,7 @@ def _train(
     # reading them is a sync, which would drain the GPU's queue every step.
     window: dict[str, Any] = {"loss": 0.0, "correct": 0.0, "pairs": 0}
     unreported: dict[str, Any] | None = None
+    steps_done = 0
     epoch_batches = math.ceil(len(train_set) / config.batch_size)
 
     def report(done: dict[str, Any]) -> None:
@@ -226,14 +258,13 @@ def _train(
         if progress is not None:
             progress(len(history), total_steps, entry)
 
-    def layout(idx: list[int]) -> tuple[list[int], Any]:
+    def lay_out(idx: list[int]) -> tuple[list[int], Any]:
         return idx, collate([train_set[j] for j in idx]).to(device)
 
-    on_gpu = device.type == "cuda"
-    setup_s = time.perf_counter() - started
-    loop_start = time.perf_counter()
-    for i, (idx, batch) in enumerate(_prefetched(batches, layout, ahead=on_gpu)):
-        with forward_context(device, autocast_dtype):
+    def forward_loss(batch: Any, weights: torch.Tensor | None, *,
+                     cache_casts: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, correctly ordered strict pairs) of one batch, both still on the device."""
+        with forward_context(device, autocast_dtype, cache_casts=cache_casts):
             chosen, rejected = split_pair_rewards(forward, batch)
             loss = pair_loss(
                 config.loss,
@@ -242,13 +273,45 @@ def _train(
                 tie=batch.tie,
                 margin=batch.margin if config.margin_enabled else None,
                 tie_param=model.tie_param,
-                weights=None if boot is None else boot[idx].to(device),
+                weights=weights,
             )
-        (loss / config.grad_accum).backward()
         diff = (chosen - rejected).detach().float().mean(dim=1)
         strict = (~batch.tie).float()
+        return loss, (((diff > 0).float() + 0.5 * (diff == 0).float()) * strict).sum()
+
+    def whole_step(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimizer step on one batch, fit for CUDA graph capture (see `rewardmodel.lib.graphs`)."""
+        optimizer.zero_grad(set_to_none=True)
+        batch = types.SimpleNamespace(**inputs, owner=None, token_index=None)
+        loss, correct = forward_loss(batch, inputs.get("weights"), cache_casts=False)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        return {"loss": loss.detach(), "correct": correct, "grad_norm": grad_norm}
+
+    graphed = None
+    if use_graphs:
+        from rewardmodel.lib.graphs import GraphedSteps
+
+        graphed = GraphedSteps(whole_step)
+
+    on_gpu = device.type == "cuda"
+    setup_s = time.perf_counter() - started
+    loop_start = time.perf_counter()
+    for i, (idx, batch) in enumerate(_prefetched(batches, lay_out, ahead=on_gpu)):
+        weights = None if boot is None else boot[idx].to(device)
+        if graphed is not None:
+            inputs = {name: getattr(batch, name) for name in GRAPH_INPUTS}
+            if weights is not None:
+                inputs["weights"] = weights
+            # A short last batch of an epoch runs once: not worth a capture.
+            out = graphed(inputs) if len(idx) == config.batch_size else graphed.eager(inputs)
+            loss, correct, grad_norm = out["loss"], out["correct"], out["grad_norm"]
+        else:
+            loss, correct = forward_loss(batch, weights)
+            (loss / config.grad_accum).backward()
         window["loss"] = window["loss"] + loss.detach() * len(idx)
-        window["correct"] = window["correct"] + (((diff > 0).float() + 0.5 * (diff == 0).float()) * strict).sum()
+        window["correct"] = window["correct"] + correct
         window["pairs"] += len(idx)
         totals["pairs"] += len(idx)
         totals["tokens"] += batch.real_tokens
@@ -256,11 +319,14 @@ def _train(
         totals["padded"] += batch.padded_tokens
         if (i + 1) % config.grad_accum and i + 1 != len(batches):
             continue
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        finished = {**window, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "epoch": (i + 1) / epoch_batches,
+        if graphed is None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        steps_done += 1
+        lr = config.learning_rate * lr_factor(steps_done)  # for the next step, as a LambdaLR reports it
+        _set_lr(optimizer, lr)
+        finished = {**window, "grad_norm": grad_norm, "lr": lr, "epoch": (i + 1) / epoch_batches,
                     "pairs_seen": totals["pairs"], "tokens_seen": totals["tokens"]}
         window = {"loss": 0.0, "correct": 0.0, "pairs": 0}
         if unreported is not None:
@@ -283,6 +349,8 @@ def _train(
         "prefix_sharing": float(shared),
         "packing": float(pack),
         "flat_tokens": float(model.flat_tokens and (shared or pack)),
+        "cuda_graphs": float(graphed is not None and graphed.replays > 0),
+        "cuda_graph_shapes": float(graphed.shapes if graphed is not None else 0),
         "train_seconds": train_s,
         "setup_seconds": setup_s,
         "pairs_per_s": totals["pairs"] / train_s,
