@@ -82,7 +82,7 @@ def test_cuda_graphs_resolve_per_device_and_name_what_stops_them() -> None:
 
 
 def test_on_the_cpu_training_runs_without_graphs(tmp_path: Path) -> None:
-    result = train_reward_model(_config(save_tiny_llama(tmp_path / "llama")),
+    result = train_reward_model(_config(save_tiny_llama(tmp_path / "llama"), device="cpu"),
                                 counting_pairs(12, 2, noise=0.0, seed=1), tmp_path / "out")
     assert result.metrics["cuda_graphs"] == 0.0 and result.metrics["cuda_graph_shapes"] == 0.0
 
