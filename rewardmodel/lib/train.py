@@ -7,6 +7,9 @@ causal backbones a pair's prompt is encoded once for both responses.
 Architectures that cannot take packed rows get length-bucketed batches
 instead. AdamW with linear warmup/decay; fp32 weights, with TF32 matmuls on a GPU
 (`dtype="fp32"` keeps them strict) and bf16 autocast only when `dtype="bf16"` asks for it.
+On a CUDA GPU each whole step (forward, backward, clipping, AdamW) is replayed
+from a CUDA graph, one per batch shape, over batches packed into a fixed
+layout (`rewardmodel.lib.graphs`, `cuda_graphs` in the config).
 No Django, no Celery: the web app calls `train_reward_model` from a task and
 records the returned `RewardResult`.
 """
