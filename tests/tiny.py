@@ -66,13 +66,12 @@ def save_tiny_llama(folder: Path, *, chat: bool = False, seed: int = 0) -> Path:
     return folder
 
 
-def save_tiny_bert(folder: Path, *, seed: int = 0) -> Path:
+def save_tiny_bert(folder: Path, *, seed: int = 0, **sizes: int) -> Path:
+    """A random BERT; `sizes` override the tiny dimensions (hidden_size=384, num_attention_heads=12: MiniLM's)."""
     tok = bert_tokenizer()
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-    )
+    dims = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, **sizes}
+    config = BertConfig(vocab_size=len(tok), max_position_embeddings=512, pad_token_id=tok.pad_token_id, **dims)
     BertModel(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

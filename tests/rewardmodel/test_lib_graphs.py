@@ -10,7 +10,8 @@ import torch
 
 from rewardmodel.lib.config import RewardConfig, resolve_cuda_graphs
 from rewardmodel.lib.data import PairCollator, StaticLayout
-from rewardmodel.lib.model import build_reward_model, split_pair_rewards
+from rewardmodel.lib.losses import bradley_terry_loss
+from rewardmodel.lib.model import RewardModel, build_reward_model, split_pair_rewards
 from rewardmodel.lib.train import train_reward_model
 from tests.tiny import counting_pairs, save_tiny_bert, save_tiny_llama
 
@@ -116,3 +117,46 @@ def test_graphed_bf16_training_learns(tmp_path: Path) -> None:
     result = train_reward_model(config, pairs, tmp_path / "out")
     assert result.metrics["cuda_graphs"] == 1.0
     assert result.metrics["eval_accuracy"] >= 0.75, result.metrics
+
+
+def _loss_and_grads(model: RewardModel, pairs, device: torch.device) -> tuple[float, dict[str, torch.Tensor]]:
+    """One packed batch's BT loss and every weight gradient, computed on `device` (strict fp32)."""
+    model = model.to(device)
+    model.zero_grad(set_to_none=True)
+    collate = PairCollator(model.pad_id, shared_prefix=model.supports_prefix_sharing(), pack=True,
+                           causal=model.causal, mask_device=device)
+    chosen, rejected = split_pair_rewards(model, collate(pairs).to(device))
+    loss = bradley_terry_loss(chosen.float(), rejected.float())
+    loss.backward()
+    grads = {name: p.grad.detach().cpu() for name, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
+
+
+@needs_cuda
+@pytest.mark.parametrize(("kind", "shortcut"), [("minilm", True), ("minilm", False), ("llama", False)])
+def test_a_gpu_step_computes_the_cpu_step(tmp_path: Path, kind: str, shortcut: bool) -> None:
+    """The GPU kernels (attention under block masks, the [CLS]-only final layer) give the CPU's
+    loss and gradients, at MiniLM's width and head count and with long packed sequences."""
+    if kind == "minilm":
+        backbone = save_tiny_bert(tmp_path / kind, hidden_size=384, intermediate_size=1536, num_attention_heads=12)
+    else:
+        backbone = save_tiny_llama(tmp_path / kind)
+    model = build_reward_model(_config(backbone))
+    model.final_layer_shortcut = shortcut and model.final_layer_shortcut
+    pairs = model.formatter.encode(counting_pairs(4, 2, noise=0.0, seed=8, length=60)
+                                   + counting_pairs(4, 2, noise=0.0, seed=9, length=150), 512)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        cpu_loss, cpu_grads = _loss_and_grads(model, pairs, torch.device("cpu"))
+        gpu_loss, gpu_grads = _loss_and_grads(model, pairs, torch.device("cuda"))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    assert gpu_loss == pytest.approx(cpu_loss, rel=1e-4)
+    assert cpu_grads.keys() == gpu_grads.keys()
+    # Gradients that are zero in exact arithmetic (a key bias: softmax ignores it) are float noise
+    # on both sides; they are held to a bound relative to the largest gradient instead.
+    largest = max(float(g.abs().max()) for g in cpu_grads.values())
+    for name, want in cpu_grads.items():
+        error = float((gpu_grads[name] - want).abs().max())
+        assert error <= 1e-3 * float(want.abs().max()) + 1e-6 * largest, name
