@@ -59,8 +59,8 @@ the two one after the other, best of alternating repeats.
 The sections from `bench/out/` were measured on 2026-11-22 on a quiet machine (an AMD EPYC
 without bf16 instructions; load below 2), one benchmark at a time. The reward model and the
 granian vote bench were measured again on 2026-12-04 on an Intel Xeon with AMX (`bench/cpu/`).
-In a later session that day, on an AMD EPYC (Zen 4), SmolLM2's reward model was measured at
-batch 16 (`bench/cpu/`), and the reward model's CUDA-graphed steps on a lent H200 (`bench/gpu/`).
+In a later session that day, on an AMD EPYC (Zen 4), the reward model was measured again
+(`bench/cpu/`), and its CUDA-graphed steps on a lent H200 (`bench/gpu/`).
 
 """
 
