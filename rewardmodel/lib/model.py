@@ -45,7 +45,7 @@ PREFIX_SHARING_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 #: Architectures that take packed rows: the above plus BERT (0-based absolute
 #: positions; RoBERTa-style offset positions would need their own ids).
 PACKING_TYPES = PREFIX_SHARING_TYPES | {"bert"}
-#: The attention implementation a RewardModel gives the causal backbones above: transformers'
+#: The attention implementation a RewardModel gives the backbones above: transformers'
 #: sdpa, plus the flat-token layout of `_flat_sdpa` when a call passes `token_index`.
 FLAT_ATTENTION = "rewardmodel_flat_sdpa"
 SDPA_NAMES = ("sdpa", FLAT_ATTENTION)
@@ -101,10 +101,11 @@ class RewardModel(nn.Module):
         # (keys/values still for all tokens): on all-MiniLM-L6-v2 that is ~14%
         # of the work. Exact up to float rounding; off switch for comparisons.
         self.final_layer_shortcut = self.pooling == "cls" and _bert_final_layer(backbone) is not None
-        # Causal backbones run their per-token layers (projections, MLP, norms, rotary) on the
-        # real tokens of a packed batch alone, laid out flat; only attention sees the padded rows
-        # the block mask describes. Exact up to float rounding; off switch for comparisons.
-        self.flat_tokens = self.causal and _use_flat_attention(backbone)
+        # Backbones that take packed rows run their per-token layers (projections, MLP, norms,
+        # rotary or position embeddings) on the real tokens of a packed batch alone, laid out
+        # flat; only attention sees the padded rows the block mask describes. Exact up to float
+        # rounding; off switch for comparisons.
+        self.flat_tokens = _use_flat_attention(backbone)
 
     @property
     def ensemble_size(self) -> int:
@@ -177,14 +178,21 @@ class RewardModel(nn.Module):
     def _forward_flat(self, input_ids, attention_mask, position_ids, token_index, last_index, first_index, owner):
         """`forward` for a block-masked batch with its M real tokens as one flat sequence [1, M]."""
         n_rows, width = input_ids.shape
-        hidden = self.backbone(
-            input_ids=input_ids.reshape(-1)[token_index][None],
-            attention_mask=attention_mask,
-            position_ids=position_ids.reshape(-1)[token_index][None],
-            use_cache=False,
-            token_index=token_index,  # passed through to `_flat_sdpa` in every layer
-            row_shape=(n_rows, width),
-        ).last_hidden_state[0]  # [M, H]
+        shortcut = self.pooling == "cls" and self.final_layer_shortcut
+        with _without_final_layer(self.backbone) if shortcut else contextlib.nullcontext() as final_layer:
+            hidden = self.backbone(
+                input_ids=input_ids.reshape(-1)[token_index][None],
+                attention_mask=attention_mask,
+                position_ids=position_ids.reshape(-1)[token_index][None],
+                use_cache=False,
+                token_index=token_index,  # passed through to `_flat_sdpa` in every layer
+                row_shape=(n_rows, width),
+            ).last_hidden_state[0]  # [M, H]
+        if shortcut:  # the final layer at the [CLS] positions alone, reading keys and values from the rows
+            firsts = first_index if first_index is not None else torch.arange(n_rows, device=hidden.device) * width
+            rows = hidden.new_zeros(n_rows * width, hidden.shape[-1]).index_copy(0, token_index, hidden)
+            cls = _final_layer_at(final_layer, rows.view(n_rows, width, -1), attention_mask, firsts)
+            return self.head(self._pooler(cls))
         if self.pooling == "last":
             if last_index is None:
                 raise ValueError("last-token pooling needs last_index")
@@ -226,9 +234,9 @@ def split_pair_rewards(forward: Any, batch: PairBatch) -> tuple[torch.Tensor, to
 
 
 def _use_flat_attention(backbone: nn.Module) -> bool:
-    """Give a causal backbone that takes block masks the `FLAT_ATTENTION` implementation; True if it has it."""
+    """Give a backbone that takes block masks the `FLAT_ATTENTION` implementation; True if it has it."""
     config = backbone.config
-    if config.model_type not in PREFIX_SHARING_TYPES or config._attn_implementation not in SDPA_NAMES:
+    if config.model_type not in PACKING_TYPES or config._attn_implementation not in SDPA_NAMES:
         return False
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask

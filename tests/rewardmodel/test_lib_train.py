@@ -65,18 +65,22 @@ def test_packed_and_shared_layouts_give_the_same_rewards(tmp_path: Path, kind: s
         assert torch.allclose(plain[0], other[0], atol=1e-5) and torch.allclose(plain[1], other[1], atol=1e-5)
 
 
-def test_flat_tokens_give_the_same_rewards_and_gradients(tmp_path: Path) -> None:
-    # A causal backbone runs its per-token layers on the real tokens alone, laid out flat; only
-    # attention sees the padded rows. Rewards and every weight gradient must match the padded run.
-    model = build_reward_model(_config(save_tiny_llama(tmp_path / "llama")))
-    assert model.flat_tokens
+@pytest.mark.parametrize(("kind", "pooling"), [("llama", "last"), ("bert", "cls"), ("bert", "mean")])
+def test_flat_tokens_give_the_same_rewards_and_gradients(tmp_path: Path, kind: str, pooling: str) -> None:
+    # A packed backbone runs its per-token layers on the real tokens alone, laid out flat; only
+    # attention sees the padded rows. Rewards and every weight gradient must match the padded run
+    # (BERT with [CLS] pooling: its final layer at the [CLS] positions alone, in both runs).
+    backbone = (save_tiny_llama if kind == "llama" else save_tiny_bert)(tmp_path / kind)
+    model = build_reward_model(_config(backbone, pooling=pooling))
+    assert model.flat_tokens and model.final_layer_shortcut == (pooling == "cls")
     encoded = model.formatter.encode(counting_pairs(6, 3, noise=0.0, seed=2, length=3) + counting_pairs(
         6, 3, noise=0.0, seed=3, length=9), 64)
-    batch = PairCollator(model.pad_id, shared_prefix=True, pack=True)(encoded)
+    batch = PairCollator(model.pad_id, shared_prefix=kind == "llama", pack=True, causal=model.causal)(encoded)
     assert batch.token_index.numel() == batch.computed_tokens < batch.padded_tokens  # there is padding to skip
 
     shapes: list[tuple[int, ...]] = []
-    model.backbone.embed_tokens.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
+    embed = model.backbone.embed_tokens if kind == "llama" else model.backbone.embeddings.word_embeddings
+    embed.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
 
     def run(flat: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         model.flat_tokens = flat
@@ -89,9 +93,12 @@ def test_flat_tokens_give_the_same_rewards_and_gradients(tmp_path: Path) -> None
     (flat, flat_grads), (padded, padded_grads) = run(True), run(False)
     assert shapes == [(1, batch.computed_tokens), tuple(batch.input_ids.shape)]
     assert torch.allclose(flat, padded, atol=1e-5)
-    assert len(flat_grads) == len(padded_grads) == sum(1 for p in model.parameters() if p.requires_grad) - 1
+    unused = 1 + (2 if pooling == "mean" else 0)  # the tie parameter; mean pooling skips BERT's pooler
+    assert len(flat_grads) == len(padded_grads) == sum(1 for p in model.parameters() if p.requires_grad) - unused
     for a, b in zip(flat_grads, padded_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    if kind != "llama":
+        return
     model.flat_tokens = True
     result = train_reward_model(_config(save_tiny_llama(tmp_path / "llama2"), epochs=1),
                                 counting_pairs(24, 3, noise=0.0, seed=1), tmp_path / "out")
