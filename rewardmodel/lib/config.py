@@ -99,8 +99,8 @@ class RewardConfig(ConfigBase):
     packing: pack several short sequences into one row (block-diagonal
         attention) on architectures known to take it (BERT, Llama family);
         others fall back to length bucketing alone.
-    flat_tokens: on packed or shared-prefix rows of a causal backbone (Llama
-        family), run everything but attention on the real tokens alone, laid out
+    flat_tokens: on packed or shared-prefix rows (Llama family, BERT), run
+        everything but attention on the real tokens alone, laid out
         flat, so projections and MLP never compute padding (see
         `RewardModel.flat_tokens`); "off": every layer runs on the padded rows;
         "auto": on for the CPU only (see `resolve_flat_tokens`).
