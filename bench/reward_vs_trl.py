@@ -81,7 +81,7 @@ class Variant:
     compile: str | None = None  # ours only: RewardConfig.compile; None = the --compile option
     prefix_sharing: str = "auto"  # ours only: RewardConfig.prefix_sharing (causal backbones)
     tf32: bool = False  # fp32 with TF32 matmuls (GPU only): ours dtype="tf32", TRL tf32=True
-    flat_tokens: str = "auto"  # ours only: RewardConfig.flat_tokens (causal backbones; auto = on for the CPU)
+    flat_tokens: str = "auto"  # ours only: RewardConfig.flat_tokens (packed backbones; auto = on for the CPU)
     cuda_graphs: str = "auto"  # ours only: RewardConfig.cuda_graphs (GPU only)
 
 

@@ -495,7 +495,6 @@ class PairCollator:
             padded_tokens=input_ids.numel(),
         )
 
-
     def units(self, pairs: Sequence[EncodedPair]) -> list[_Unit]:
         """What attends together: a sequence each, or (shared prefix) one unit per pair."""
         return _shared_units(pairs) if self.shared_prefix else _separate_units(pairs)

@@ -159,7 +159,7 @@ class RewardModel(nn.Module):
             extra["position_ids"] = position_ids
         if self.pooling == "cls" and self.final_layer_shortcut:
             n_rows, width = input_ids.shape
-            index = first_index if first_index is not None else torch.arange(n_rows, device=input_ids.device) * width
+            index = _row_starts(first_index, n_rows, width, input_ids.device)
             with _without_final_layer(self.backbone) as final_layer:
                 hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
             return self.head(self._pooler(_final_layer_at(final_layer, hidden, attention_mask, index)))
@@ -189,7 +189,7 @@ class RewardModel(nn.Module):
                 row_shape=(n_rows, width),
             ).last_hidden_state[0]  # [M, H]
         if shortcut:  # the final layer at the [CLS] positions alone, reading keys and values from the rows
-            firsts = first_index if first_index is not None else torch.arange(n_rows, device=hidden.device) * width
+            firsts = _row_starts(first_index, n_rows, width, hidden.device)
             rows = hidden.new_zeros(n_rows * width, hidden.shape[-1]).index_copy(0, token_index, hidden)
             cls = _final_layer_at(final_layer, rows.view(n_rows, width, -1), attention_mask, firsts)
             return self.head(self._pooler(cls))
@@ -198,7 +198,7 @@ class RewardModel(nn.Module):
                 raise ValueError("last-token pooling needs last_index")
             return self.head(hidden[torch.searchsorted(token_index, last_index)])
         if self.pooling == "cls":
-            firsts = first_index if first_index is not None else torch.arange(n_rows, device=hidden.device) * width
+            firsts = _row_starts(first_index, n_rows, width, hidden.device)
             return self.head(self._pooler(hidden[torch.searchsorted(token_index, firsts)]))
         flat_owner = (owner if owner is not None else _row_owner(attention_mask)).reshape(-1)[token_index]
         return self.head(_mean_by_owner(hidden, flat_owner))
@@ -231,6 +231,11 @@ def split_pair_rewards(forward: Any, batch: PairBatch) -> tuple[torch.Tensor, to
     )
     chosen, rejected = rewards.chunk(2, dim=0)
     return chosen, rejected
+
+
+def _row_starts(first_index: torch.Tensor | None, n_rows: int, width: int, device: torch.device) -> torch.Tensor:
+    """Flat indices of the sequences' first tokens: `first_index`, or column 0 of every row."""
+    return first_index if first_index is not None else torch.arange(n_rows, device=device) * width
 
 
 def _use_flat_attention(backbone: nn.Module) -> bool:
