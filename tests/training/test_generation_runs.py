@@ -76,14 +76,28 @@ def test_simulated_annotators_vote_through_the_queue(project):
 
 
 def test_llm_judge_votes_are_marked_as_ai(project, chat_server):
-    base_url, _ = chat_server
-    make_comparisons(project, 2, texts=("a long detailed answer", "short"))
+    base_url, calls = chat_server
+    comparisons = make_comparisons(project, 2, texts=("a long detailed answer", "short"))
+    # The test server replies "B" when answer B is "short" (anything else reads as a tie), so put
+    # "short" at B in every comparison: each verdict is then known to be B, the short answer.
+    short_answers = {}
+    for comparison in comparisons:
+        a, b = comparison.completion_a, comparison.completion_b
+        if a.text.startswith("short"):
+            a, b = b, a
+        Comparison.objects.filter(pk=comparison.pk).update(completion_a=a, completion_b=b)
+        short_answers[comparison.pk] = b
     oracle = parse_oracle(f"judge:{base_url}#judge-model")
     result = simulate_votes(project=project, votes=2, oracle=oracle)
-    votes = Vote.objects.filter(annotator__username=result.annotator)
-    assert set(votes.values_list("source", flat=True)) == {"ai"}
-    for vote in votes:  # the test server always prefers the answer "short"
-        assert vote.winner is None or vote.winner.text.startswith("short")
+    assert result.votes == 2 and result.ties == 0
+    votes = list(Vote.objects.filter(annotator__username=result.annotator))
+    assert sorted(v.comparison_id for v in votes) == sorted(short_answers)
+    for vote in votes:
+        assert vote.source == Vote.Source.AI
+        assert vote.choice == Vote.Choice.B
+        assert vote.winner == short_answers[vote.comparison_id]
+    judged = [body for path, body, _ in calls if path.endswith("/chat/completions")]
+    assert judged and all(body["model"] == "judge-model" for body in judged)
 
 
 def test_managers_start_each_stage_by_hand_through_the_api(client, project, manager, tmp_path):
