@@ -133,9 +133,6 @@ class ComparisonQuerySet(models.QuerySet):
     def not_voted_by(self, user) -> ComparisonQuerySet:
         return self.exclude(votes__annotator=user)
 
-    def in_queue_order(self) -> ComparisonQuerySet:
-        return self.order_by("-priority", "created_at", "id")
-
 
 class Comparison(models.Model):
     class State(models.TextChoices):
