@@ -39,6 +39,7 @@ from datetime import timedelta
 from django.db import connection, transaction
 from django.utils import timezone
 
+from annotate import sql
 from annotate.models import Comparison, Lease, Project
 
 # How many times one request starts over after losing a race for its candidate.
@@ -143,12 +144,9 @@ _CLAIM_FAST = ("SELECT * FROM annotate_claim_fast(%s::bigint, %s::bigint, %s::ti
                " %s::integer, %s::boolean)")
 
 
-def _first(sql: str, params: tuple) -> Comparison | None:
+def _first(query: str, params: tuple) -> Comparison | None:
     """The first row of a ``_DISPLAY`` query as a Comparison (other fields load on first access)."""
-    adapt = connection.ops.adapt_unknown_value
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [adapt(value) for value in params])
-        row = cursor.fetchone()
+    row = sql.row(query, params)
     if row is None:
         return None
     n = len(_COLUMNS)
@@ -159,7 +157,7 @@ def _first(sql: str, params: tuple) -> Comparison | None:
 
 
 def _held_lease(*, project: Project, annotator, now, probe: bool) -> Comparison | None:
-    if probe and not _exists(_ANY_HELD, (annotator.pk, now, False)):
+    if probe and sql.row(_ANY_HELD, (annotator.pk, now, False)) is None:
         return None
     return _first(_HELD, (annotator.pk, now, False, project.pk, Comparison.State.OPEN, annotator.pk))
 
@@ -180,31 +178,18 @@ def _reserve(*, project: Project, annotator, now):
             comparison = _first(_CANDIDATE + " FOR UPDATE OF c", params)
             if comparison is None:
                 # A row that changed while we waited drops out of a locking LIMIT query; look again.
-                return _RETRY if _exists(_ANY_LEFT, params) else None
+                return _RETRY if sql.row(_ANY_LEFT, params) is not None else None
     if comparison is None:
         return None
     expires = now + timedelta(seconds=project.lease_seconds)
     pk = comparison.pk
     if connection.vendor == "postgresql":
-        leased = _exists(_LEASE_PG, (pk, now, me, wanted, pk, wanted, pk, me, expires, False, now, expires, pk))
+        lease = sql.row(_LEASE_PG, (pk, now, me, wanted, pk, wanted, pk, me, expires, False, now, expires, pk))
     else:
-        leased = _exists(_LEASE, (pk, me, expires, False, now, pk, pk, now, me, wanted))
-        if leased:
-            _execute(_MARK_FULL, (pk, now, pk, pk, now, wanted))
-    return comparison if leased else _RETRY
-
-
-def _execute(sql: str, params: tuple) -> None:
-    adapt = connection.ops.adapt_unknown_value
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [adapt(value) for value in params])
-
-
-def _exists(sql: str, params: tuple) -> bool:
-    adapt = connection.ops.adapt_unknown_value
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [adapt(value) for value in params])
-        return cursor.fetchone() is not None
+        lease = sql.row(_LEASE, (pk, me, expires, False, now, pk, pk, now, me, wanted))
+        if lease is not None:
+            sql.execute(_MARK_FULL, (pk, now, pk, pk, now, wanted))
+    return comparison if lease is not None else _RETRY
 
 
 def comparison_next(*, project: Project, annotator, now=None, holds_lease: bool | None = None) -> Comparison | None:

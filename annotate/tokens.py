@@ -17,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils import timezone
 
+from annotate import sql
 from annotate.models import ApiToken, Project
 
 PREFIX = "fw_"
@@ -92,11 +93,9 @@ def caller_for_token(raw: str, *, slug: str | None = None, comparison_id: int | 
         return None
     now = timezone.now()
     scope = "project" if slug is not None else "comparison" if comparison_id is not None else ""
-    params: list = [connection.ops.adapt_datetimefield_value(now), False] if scope and _probes_lease() else []
+    params: list = [now, False] if scope and _probes_lease() else []
     params += [slug] if scope == "project" else [comparison_id] if scope else []
-    with connection.cursor() as cursor:
-        cursor.execute(_sql(scope), [*params, _hash(raw)])
-        row = cursor.fetchone()
+    row = sql.row(_sql(scope), [*params, _hash(raw)])
     if row is None or not row[2]:  # no such token, or the user is inactive
         return None
     n = len(_USER_FIELDS)

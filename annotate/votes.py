@@ -23,6 +23,7 @@ from functools import cache
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from annotate import sql
 from annotate.models import Comparison, Vote
 from annotate.signals import votes_recorded
 
@@ -78,13 +79,6 @@ def _write_pg() -> str:
     del AS (DELETE FROM annotate_lease WHERE comparison_id = %s AND annotator_id = %s AND EXISTS (SELECT 1 FROM ins))
     SELECT id FROM ins
     """
-
-
-def _rows(sql: str, params: tuple) -> list[tuple]:
-    adapt = connection.ops.adapt_unknown_value
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [adapt(value) for value in params])
-        return cursor.fetchall() if cursor.description else []
 
 
 def _vote_values(**values) -> list:
@@ -220,12 +214,12 @@ def _record_fast(ballot: _Ballot) -> VoteOutcome | None:
     try:
         # Outside a transaction the call is its own; inside one it needs a savepoint to fail alone.
         with transaction.atomic() if connection.in_atomic_block else nullcontext():
-            rows = _rows(_FAST, params)
+            written = sql.row(_FAST, params)
     except IntegrityError:
         return None  # a concurrent replay won the race; the general path answers with its vote
-    if not rows:
+    if written is None:
         return None
-    vote_id, winner_id, time_spent_ms, project_id, _ = rows[0]
+    vote_id, winner_id, time_spent_ms, project_id, _ = written
     return _created(vote_id, ballot.values(winner_id=winner_id, time_spent_ms=time_spent_ms), project_id)
 
 
@@ -234,7 +228,7 @@ def _earlier_vote(*, annotator_id: int, comparison_id: int, idempotency_key: str
 
     Raises ``IdempotencyConflict`` when the key was used for another comparison.
     """
-    rows = _rows(_EARLIER, (annotator_id, comparison_id, idempotency_key or None))
+    rows = sql.rows(_EARLIER, (annotator_id, comparison_id, idempotency_key or None))
     keyed = next((row for row in rows if idempotency_key and row[2] == idempotency_key), None)
     if keyed is not None and keyed[1] != comparison_id:
         raise IdempotencyConflict("idempotency_key was already used for a different comparison")
@@ -245,10 +239,10 @@ def _earlier_vote(*, annotator_id: int, comparison_id: int, idempotency_key: str
 def _record_locked(ballot: _Ballot) -> VoteOutcome:
     me, comparison_id, now = ballot.annotator_id, ballot.comparison_id, ballot.now
     lock = _LOCK + (" FOR UPDATE OF c" if connection.features.has_select_for_update_of else "")
-    found = _rows(lock, (me, me, ballot.idempotency_key or None, me, comparison_id))
-    if not found:
+    found = sql.row(lock, (me, me, ballot.idempotency_key or None, me, comparison_id))
+    if found is None:
         raise VoteError(f"comparison {comparison_id} does not exist")
-    state, vote_count, completion_a_id, completion_b_id, project_id, wanted, voted, keyed_on, leased_at = found[0]
+    state, vote_count, completion_a_id, completion_b_id, project_id, wanted, voted, keyed_on, leased_at = found
     if keyed_on is not None and keyed_on != comparison_id:
         raise IdempotencyConflict("idempotency_key was already used for a different comparison")
     if voted is not None:
@@ -264,20 +258,20 @@ def _record_locked(ballot: _Ballot) -> VoteOutcome:
     count = (vote_count, Comparison.State.CLOSED if vote_count >= wanted else state, comparison_id)
     if connection.vendor == "postgresql":
         prepared = [f.get_db_prep_save(v, connection) for f, v in zip(_VOTE_FIELDS, values, strict=True)]
-        inserted = _rows(_write_pg(), (comparison_id, me, now, *prepared, vote_count - 1, wanted, *count,
-                                       comparison_id, me))
+        inserted = sql.row(_write_pg(), (comparison_id, me, now, *prepared, vote_count - 1, wanted, *count,
+                                         comparison_id, me))
     else:
         # SQLite: the IMMEDIATE transaction keeps every other writer out, so plain statements do.
-        (others,) = _rows(_OTHERS, (comparison_id, me, now))[0]
-        inserted = []
+        others = sql.value(_OTHERS, (comparison_id, me, now))
+        inserted = None
         if vote_count - 1 + others < wanted:
             prepared = [f.get_db_prep_save(v, connection) for f, v in zip(_VOTE_FIELDS, values, strict=True)]
-            inserted = _rows(_INSERT, tuple(prepared))
-            _rows(_COUNT, count)
-            _rows(_UNLEASE, (comparison_id, me))
-    if not inserted:
+            inserted = sql.row(_INSERT, prepared)
+            sql.execute(_COUNT, count)
+            sql.execute(_UNLEASE, (comparison_id, me))
+    if inserted is None:
         return _replay_or_full(ballot)
-    return _created(inserted[0][0], values, project_id)
+    return _created(inserted[0], values, project_id)
 
 
 def _replay_or_full(ballot: _Ballot) -> VoteOutcome:
