@@ -96,10 +96,10 @@ def projects(request: HttpRequest) -> JsonResponse:
 
 
 def _comparison_json(comparison) -> dict:
-    messages = comparison.prompt_messages  # read with the comparison, as JSON text on some backends
+    # The queue read the prompt and both texts with the comparison (see annotate.queue).
     return {
         "id": comparison.pk,
-        "prompt": json.loads(messages) if isinstance(messages, str) else messages,
+        "prompt": comparison.prompt_messages,
         "a": {"id": comparison.completion_a_id, "text": comparison.text_a},
         "b": {"id": comparison.completion_b_id, "text": comparison.text_b},
     }

@@ -34,6 +34,7 @@ in a statement of its own).
 """
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 from django.db import connection, transaction
@@ -46,8 +47,9 @@ from annotate.models import Comparison, Lease, Project
 ROUNDS = 10
 _RETRY = object()
 
-# The pair is shown at once, so the prompt and both texts come with the comparison,
-# as the attributes ``prompt_messages`` (JSON text or list), ``text_a`` and ``text_b``.
+# The pair is shown at once, so the prompt and both texts come with the comparison, as the
+# attributes ``prompt_messages`` (the message list), ``text_a`` and ``text_b``: the page and the
+# API render from this one read and never load the comparison again.
 _COLUMNS = ("id", "project_id", "prompt_id", "completion_a_id", "completion_b_id", "priority", "reason", "state",
             "vote_count")
 _DISPLAY = f"""
@@ -151,8 +153,9 @@ def _first(query: str, params: tuple) -> Comparison | None:
         return None
     n = len(_COLUMNS)
     comparison = Comparison.from_db(connection.alias, _COLUMNS, row[:n])
-    # JSON text on some backends; the API and the page parse it when they need it.
-    comparison.prompt_messages, comparison.text_a, comparison.text_b = row[n:]
+    messages, comparison.text_a, comparison.text_b = row[n:]
+    # Raw SQL hands JSON back as text on some backends (SQLite), decoded on others.
+    comparison.prompt_messages = json.loads(messages) if isinstance(messages, str) else messages
     return comparison
 
 
@@ -196,8 +199,8 @@ def comparison_next(*, project: Project, annotator, now=None, holds_lease: bool 
     """Reserve and return the next comparison for ``annotator``, or None when nothing is left.
 
     Calling it again before voting returns the same comparison (the live lease),
-    so a reload never burns a slot. The comparison carries what the page shows:
-    ``prompt_messages`` (a list, or its JSON text), ``text_a`` and ``text_b``.
+    so a reload never burns a slot. The comparison carries what the page shows, read with it:
+    ``prompt_messages`` (the prompt's list of role/content messages), ``text_a`` and ``text_b``.
     ``holds_lease`` is whether the annotator holds any live, unskipped lease, when the
     caller has already read it (False skips looking for a held comparison); None: look.
     """

@@ -34,10 +34,11 @@ def guidelines(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _render_next(request: HttpRequest, project, *, status: int = 200) -> HttpResponse:
+    # The queue reads the prompt and both texts with the comparison; the page renders from that read.
     comparison = comparison_next(project=project, annotator=request.user)
     context = {
         "project": project,
-        "comparison": comparison and selectors.comparison_for_display(comparison.pk),
+        "comparison": comparison,
         "progress": selectors.progress_for(project=project, annotator=request.user),
         "idempotency_key": uuid.uuid4().hex,
         "strengths": Vote.Strength.choices,
