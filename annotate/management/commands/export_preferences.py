@@ -6,8 +6,8 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from annotate.commands import project_get
 from annotate.exports import FORMATS, export_vote_count, write_export
-from annotate.management.commands.import_prompts import project_get
 from annotate.services import InvalidInput
 
 

@@ -5,7 +5,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate.management.commands.import_prompts import project_get
+from annotate.commands import project_get
 from annotate.services import InvalidInput
 from annotate.snapshots import snapshot_freeze, snapshot_path
 

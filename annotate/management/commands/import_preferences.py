@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from annotate.commands import project_get
 from annotate.imports import ImportFailed, import_preferences
-from annotate.management.commands.import_prompts import project_get
 
 
 class Command(BaseCommand):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from annotate.commands import project_get
 from annotate.imports import ImportFailed, import_prompts
-from annotate.models import Project
 
 
 class Command(BaseCommand):
@@ -23,10 +23,3 @@ class Command(BaseCommand):
         except (ImportFailed, OSError) as error:
             raise CommandError(f"{file}: {error}") from None
         self.stdout.write(f"{result.created} prompts created, {result.skipped} duplicates skipped")
-
-
-def project_get(slug: str) -> Project:
-    try:
-        return Project.objects.get(slug=slug)
-    except Project.DoesNotExist:
-        raise CommandError(f"no project with slug {slug!r}") from None
