@@ -465,7 +465,7 @@ def main() -> None:
     # the fastest of each is kept, so a burst of load from other processes on a
     # shared machine hurts neither side more than the other.
     keys = args.runs.split(",")
-    from rewardmodel.lib.config import cpu_has_native_bf16
+    from rewardmodel.lib.runtime import cpu_has_native_bf16
 
     if args.device == "cpu":
         # TF32 is a GPU matmul mode, and CUDA graphs a GPU feature.

@@ -18,7 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rewardmodel.lib.config import RewardConfig, add_config_options
+from rewardmodel.lib.config import RewardConfig
+from rewardmodel.lib.runtime import add_config_options
 
 
 def file_sha256(path: str | Path) -> str:

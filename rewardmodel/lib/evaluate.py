@@ -16,10 +16,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from rewardmodel.lib.config import forward_context
 from rewardmodel.lib.data import EncodedPair, PairCollator, bucketed_batches
 from rewardmodel.lib.losses import davidson_log_probs, rao_kupper_log_probs
 from rewardmodel.lib.model import RewardModel
+from rewardmodel.lib.runtime import forward_context
 
 TIE_LOG_PROBS = {"davidson": davidson_log_probs, "rao_kupper": rao_kupper_log_probs}
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import torch
 
-from rewardmodel.lib.config import attention_kernels
 from rewardmodel.lib.data import Prompt, bucketed_batches
 from rewardmodel.lib.model import RewardModel
+from rewardmodel.lib.runtime import attention_kernels
 
 
 def _collate(seqs: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -28,17 +28,7 @@ from typing import Any
 
 import torch
 
-from rewardmodel.lib.config import (
-    TIE_LOSSES,
-    RewardConfig,
-    forward_context,
-    matmul_precision,
-    resolve_autocast_dtype,
-    resolve_compile,
-    resolve_cuda_graphs,
-    resolve_device,
-    resolve_flat_tokens,
-)
+from rewardmodel.lib.config import TIE_LOSSES, RewardConfig
 from rewardmodel.lib.data import (
     EncodedPair,
     PairCollator,
@@ -51,6 +41,15 @@ from rewardmodel.lib.data import (
 from rewardmodel.lib.evaluate import predict_pair_rewards, preference_metrics
 from rewardmodel.lib.losses import TIE_PARAM_INIT, pair_loss
 from rewardmodel.lib.model import RewardModel, build_reward_model, save_reward_model, split_pair_rewards
+from rewardmodel.lib.runtime import (
+    forward_context,
+    matmul_precision,
+    resolve_autocast_dtype,
+    resolve_compile,
+    resolve_cuda_graphs,
+    resolve_device,
+    resolve_flat_tokens,
+)
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 #: The `PairBatch` tensors a CUDA-graphed step reads (fixed shapes under a `StaticLayout`).

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rewardmodel.lib.config import RewardConfig, resolve_cuda_graphs
+from rewardmodel.lib.config import RewardConfig
 from rewardmodel.lib.data import PairCollator, StaticLayout
 from rewardmodel.lib.losses import bradley_terry_loss
 from rewardmodel.lib.model import RewardModel, build_reward_model, split_pair_rewards
+from rewardmodel.lib.runtime import resolve_cuda_graphs
 from rewardmodel.lib.train import train_reward_model
 from tests.tiny import counting_pairs, save_tiny_bert, save_tiny_llama
 

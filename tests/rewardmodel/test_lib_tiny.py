@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rewardmodel.lib import runtime
 from rewardmodel.lib.config import RewardConfig
 from rewardmodel.lib.data import PairCollator, PairFormatter, PreferencePair, parse_pair, split_by_prompt
 from tests.tiny import (
@@ -72,54 +73,48 @@ def test_collator_pads_dynamically_and_indexes_last_tokens() -> None:
 
 
 def test_cpu_runs_fp32_unless_bf16_is_asked_for_and_native(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rewardmodel.lib import config as config_module
-
     cpu = torch.device("cpu")
-    assert config_module.resolve_autocast_dtype(RewardConfig(backbone="x"), cpu) is None
-    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: False)
+    assert runtime.resolve_autocast_dtype(RewardConfig(backbone="x"), cpu) is None
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(ValueError, match="bf16"):
-        config_module.resolve_autocast_dtype(RewardConfig(backbone="x", dtype="bf16"), cpu)
-    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: True)
-    assert config_module.resolve_autocast_dtype(RewardConfig(backbone="x", dtype="bf16"), cpu) == torch.bfloat16
-    assert not config_module.resolve_compile(RewardConfig(backbone="x"), cpu)
+        runtime.resolve_autocast_dtype(RewardConfig(backbone="x", dtype="bf16"), cpu)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.resolve_autocast_dtype(RewardConfig(backbone="x", dtype="bf16"), cpu) == torch.bfloat16
+    assert not runtime.resolve_compile(RewardConfig(backbone="x"), cpu)
     # "auto" is plain fp32 on a GPU too (bf16 autocast measured slower there for the default backbones).
-    assert config_module.resolve_autocast_dtype(RewardConfig(backbone="x"), torch.device("cuda")) is None
+    assert runtime.resolve_autocast_dtype(RewardConfig(backbone="x"), torch.device("cuda")) is None
     # "auto" never compiles, not even on a GPU: recompiles per batch shape cost more than they save there.
-    assert not config_module.resolve_compile(RewardConfig(backbone="x"), torch.device("cuda"))
-    assert config_module.resolve_compile(RewardConfig(backbone="x", compile="on"), cpu)
+    assert not runtime.resolve_compile(RewardConfig(backbone="x"), torch.device("cuda"))
+    assert runtime.resolve_compile(RewardConfig(backbone="x", compile="on"), cpu)
     with pytest.raises(ValueError, match="ensemble_size"):
         RewardConfig(backbone="x", ensemble_size=0)
 
 
 def test_forward_context_keeps_cudnn_attention_out_on_cuda_only():
     """On a GPU our forward passes never pick cuDNN attention (a plan build per batch shape); the CPU is untouched."""
-    from rewardmodel.lib.config import forward_context
-
     backends = torch.backends.cuda
     before = (backends.cudnn_sdp_enabled(), backends.flash_sdp_enabled(), backends.mem_efficient_sdp_enabled())
     assert before[0], "torch enables cuDNN attention by default; this test checks that we switch it off"
-    with forward_context(torch.device("cuda"), torch.bfloat16):
+    with runtime.forward_context(torch.device("cuda"), torch.bfloat16):
         assert not backends.cudnn_sdp_enabled()
         assert backends.flash_sdp_enabled() and backends.mem_efficient_sdp_enabled()
     assert (backends.cudnn_sdp_enabled(), backends.flash_sdp_enabled(), backends.mem_efficient_sdp_enabled()) == before
-    with forward_context(torch.device("cpu"), None):
+    with runtime.forward_context(torch.device("cpu"), None):
         assert backends.cudnn_sdp_enabled()
         assert not torch.is_autocast_enabled("cpu")
 
 
 def test_tf32_matmuls_only_on_cuda_and_only_for_auto_or_tf32() -> None:
     """TF32 is scoped to a run on a GPU, restored afterwards, and never touches CPU runs or strict fp32."""
-    from rewardmodel.lib.config import matmul_precision
-
     before = torch.get_float32_matmul_precision()
     assert before == "highest", "torch's default; this test checks that we change it only inside the scope"
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     for dtype in ("auto", "tf32"):
-        with matmul_precision(RewardConfig(backbone="x", dtype=dtype), cuda):
+        with runtime.matmul_precision(RewardConfig(backbone="x", dtype=dtype), cuda):
             assert torch.get_float32_matmul_precision() == "high"
         assert torch.get_float32_matmul_precision() == before
     for config, device in ((RewardConfig(backbone="x", dtype="fp32"), cuda), (RewardConfig(backbone="x"), cpu)):
-        with matmul_precision(config, device):
+        with runtime.matmul_precision(config, device):
             assert torch.get_float32_matmul_precision() == "highest"
     with pytest.raises(ValueError, match="dtype"):
         RewardConfig(backbone="x", dtype="fp16")

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from rewardmodel.lib.__main__ import main
-from rewardmodel.lib.config import RewardConfig, resolve_flat_tokens
+from rewardmodel.lib.config import RewardConfig
 from rewardmodel.lib.data import PairCollator, PairFormatter, PreferencePair
 from rewardmodel.lib.evaluate import predict_pair_rewards
 from rewardmodel.lib.model import RewardModel, build_reward_model, load_reward_model
+from rewardmodel.lib.runtime import resolve_flat_tokens
 from rewardmodel.lib.score import score, score_with_uncertainty
 from rewardmodel.lib.train import train_reward_model
 from tests.tiny import counting_pairs, llama_tokenizer, save_tiny_bert, save_tiny_llama

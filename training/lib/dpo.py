@@ -40,8 +40,8 @@ from typing import Any
 
 import torch
 
-from rewardmodel.lib.config import forward_context
 from rewardmodel.lib.data import PreferencePair, bucketed_batches, parse_pair
+from rewardmodel.lib.runtime import forward_context
 from training.lib.checkpoint import ensure_free, load_policy, probe_verifier, save_checkpoint
 from training.lib.dpo_config import DPOConfig
 from training.lib.dpo_data import DPOBatch, DPOCollator, DPOExample, encode_pairs, supports_shared_prefix

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from rewardmodel.lib.config import add_config_options
 from rewardmodel.lib.data import read_pairs
+from rewardmodel.lib.runtime import add_config_options
 from training.lib.dpo import DPOConfig, train_dpo
 
 _HELP = {

@@ -281,7 +281,7 @@ class _Parts:
 
     def autocast(self) -> Any:
         """Autocast (if any) plus the attention kernels every forward pass of ours uses."""
-        from rewardmodel.lib.config import forward_context
+        from rewardmodel.lib.runtime import forward_context
 
         return forward_context(self.device, self.autocast_dtype)
 

@@ -19,7 +19,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from rewardmodel.lib.config import add_config_options
+from rewardmodel.lib.runtime import add_config_options
 from training.lib.generation import read_prompts
 from training.lib.ppo import PPOConfig
 
