@@ -1,35 +1,84 @@
 """One env-driven settings module.
 
 SQLite, an embedded file-system broker and a local artifacts folder by default;
-PostgreSQL when ``DATABASE_URL`` is set and Redis when ``CELERY_BROKER_URL`` is.
+PostgreSQL when ``DATABASE_URL`` is set and Redis when ``CELERY_BROKER_URL`` is. A variable
+whose value cannot be read (``DEBUG=ture``, ``IMPORT_MAX_BYTES=50MB``) stops the start with
+ImproperlyConfigured naming it, its value and what is accepted.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import parse_qsl, unquote, urlparse
 
+from django.core.exceptions import ImproperlyConfigured
+
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def refuse(name: str, value: str, accepted: str) -> NoReturn:
+    """The typed readers below refuse a value they cannot read rather than guess (unset or blank: the default)."""
+    raise ImproperlyConfigured(f"{name}={value!r} is not valid: {accepted}")
 
 
 def env_str(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
+def _env_set(name: str) -> str | None:
+    """The variable's value, stripped; None when it is unset or blank."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
 def env_bool(name: str, default: bool = False) -> bool:
-    value = os.environ.get(name)
+    value = _env_set(name)
     if value is None:
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    if value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.lower() in {"0", "false", "no", "off"}:
+        return False
+    refuse(name, os.environ[name],
+           "use 1/0, true/false, yes/no or on/off (any case), or leave it empty for the default")
 
 
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return default if value in (None, "") else int(value)
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    value = _env_set(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or (minimum is not None and number < minimum):
+        at_least = "" if minimum is None else f", {minimum} or more"
+        refuse(name, os.environ[name], f"use a whole number{at_least}, or leave it empty for the default")
+    return number
 
 
-def database_from_url(url: str) -> dict:
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (given in upper case), matched case-insensitively."""
+    value = _env_set(name)
+    if value is None:
+        return default
+    if value.upper() not in choices:
+        refuse(name, os.environ[name],
+               f"use one of {', '.join(choices)} (any case), or leave it empty for the default")
+    return value.upper()
+
+
+def _without_password(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)).geturl()
+
+
+def database_from_url(url: str, name: str = "DATABASE_URL") -> dict:
     """Turn ``postgres://user:pw@host:port/name?opt=v`` or ``sqlite:///path`` into a DATABASES entry."""
+    accepted = "use postgres://USER:PASSWORD@HOST:PORT/NAME or sqlite:///PATH"
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         return {
@@ -38,7 +87,11 @@ def database_from_url(url: str) -> dict:
             "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
         }
     if parsed.scheme not in {"postgres", "postgresql", "pgsql"}:
-        raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (use postgres:// or sqlite://)")
+        refuse(name, _without_password(url), f"the scheme {parsed.scheme!r} is not supported: {accepted}")
+    try:
+        port = parsed.port
+    except ValueError:
+        refuse(name, _without_password(url), f"the port is not a number from 0 to 65535: {accepted}")
     return {
         # Django's backend, health-checking a busy connection at most once a second (see there).
         "ENGINE": "config.postgresql",
@@ -46,15 +99,15 @@ def database_from_url(url: str) -> dict:
         "USER": unquote(parsed.username or ""),
         "PASSWORD": unquote(parsed.password or ""),
         "HOST": parsed.hostname or "",
-        "PORT": str(parsed.port or ""),
-        "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60),
+        "PORT": str(port or ""),
+        "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60, minimum=0),
         "CONN_HEALTH_CHECKS": True,
         # Server-side binding lets psycopg prepare a statement once a connection has run it
         # DB_PREPARE_THRESHOLD times; the vote path's fixed statements then skip parsing and
         # planning (about a third of its database CPU). Turn it off behind a transaction-mode pooler.
         "OPTIONS": {
             "server_side_binding": env_bool("DB_SERVER_SIDE_BINDING", True),
-            "prepare_threshold": env_int("DB_PREPARE_THRESHOLD", 5),
+            "prepare_threshold": env_int("DB_PREPARE_THRESHOLD", 5, minimum=0),
             **dict(parse_qsl(parsed.query)),
         },
     }
@@ -115,7 +168,7 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": database_from_url(env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'flywheel.sqlite3'}"))
+    "default": database_from_url(_env_set("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'flywheel.sqlite3'}")
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not shared-cache memory: concurrency tests need SQLite's real locking and busy timeout.
@@ -149,8 +202,8 @@ ARTIFACTS_DIR = Path(env_str("ARTIFACTS_DIR", str(VAR_DIR / "artifacts")))
 # The default reward-model backbone: an alias resolved offline by rewardmodel.lib.backbones, or a hub id.
 REWARD_BACKBONE = env_str("REWARD_BACKBONE", "all-minilm-l6-v2")
 # Imports larger than this are refused before parsing.
-IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 50 * 1024 * 1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("UPLOAD_MAX_MEMORY_BYTES", 5 * 1024 * 1024)
+IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 50 * 1024 * 1024, minimum=0)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("UPLOAD_MAX_MEMORY_BYTES", 5 * 1024 * 1024, minimum=0)
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
 
 # Celery: an embedded file-system broker by default, so the demo needs no service.
@@ -162,6 +215,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {
+        "handlers": ["console"],
+        "level": env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    },
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
