@@ -18,8 +18,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
 from rewardmodel.lib.config import RewardConfig
+from rewardmodel.lib.data import read_pairs
+from rewardmodel.lib.model import load_reward_model
 from rewardmodel.lib.runtime import add_config_options
+from rewardmodel.lib.score import score
+from rewardmodel.lib.train import train_reward_model
 
 
 def file_sha256(path: str | Path) -> str:
@@ -31,11 +37,6 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from rewardmodel.lib.data import read_pairs
-    from rewardmodel.lib.train import train_reward_model
-
     names = {f.name for f in dataclasses.fields(RewardConfig)}
     config = RewardConfig(**{k: v for k, v in vars(args).items() if k in names})
     pairs = read_pairs(args.data)
@@ -56,10 +57,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from rewardmodel.lib.data import read_pairs
-    from rewardmodel.lib.model import load_reward_model
-    from rewardmodel.lib.score import score
-
     model = load_reward_model(args.model)
     pairs = read_pairs(args.data)
     prompts = [p.prompt for p in pairs]

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rewardmodel.lib.backbones import resolve_model
 from rewardmodel.lib.config import RewardConfig
 from rewardmodel.lib.data import PairBatch, PairFormatter
 
@@ -62,8 +63,6 @@ def resolve_backbone(name_or_path: str) -> str:
     """A local folder stays as is; aliases and hub ids go through `backbones.resolve_model`."""
     if os.path.isdir(name_or_path):
         return name_or_path
-    from rewardmodel.lib.backbones import resolve_model
-
     return resolve_model(name_or_path)
 
 

@@ -39,6 +39,7 @@ from rewardmodel.lib.data import (
     split_by_prompt,
 )
 from rewardmodel.lib.evaluate import predict_pair_rewards, preference_metrics
+from rewardmodel.lib.graphs import GraphedSteps
 from rewardmodel.lib.losses import TIE_PARAM_INIT, pair_loss
 from rewardmodel.lib.model import RewardModel, build_reward_model, save_reward_model, split_pair_rewards
 from rewardmodel.lib.runtime import (
@@ -293,8 +294,6 @@ def _train(
 
     graphed = None
     if use_graphs:
-        from rewardmodel.lib.graphs import GraphedSteps
-
         graphed = GraphedSteps(whole_step)
 
     on_gpu = device.type == "cuda"

@@ -17,7 +17,7 @@ then renames it onto `out_dir`: a reader sees no folder or a complete,
 verified one, never a half-written one. On any failure the temporary folder
 is removed and the error propagates.
 
-Pure module: torch, transformers, peft (imported where needed).
+Pure module (no Django): torch and transformers; peft only where LoRA needs it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rewardmodel.lib.backbones import resolve_model
+from rewardmodel.lib.model import code_version
 from training.lib.logprobs import ScoredTokens, sequence_sums, token_logprobs
 
 __all__ = [
@@ -64,8 +67,6 @@ def load_policy(
     `LoraConfig` (r, lora_alpha, lora_dropout, target_modules, ...); the
     adapters are added after dropout is turned off, so their own dropout stays.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = _resolve(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
@@ -75,7 +76,7 @@ def load_policy(
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # LoRA runs only: peft takes seconds to import
 
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
     return model.to(device), tokenizer, path
@@ -122,8 +123,6 @@ def save_checkpoint(
             weights = "adapter"
             if not (meta.get("base_model_path") or meta.get("base_model")):
                 raise ValueError("an adapter checkpoint needs base_model_path or base_model in meta")
-    from rewardmodel.lib.model import code_version
-
     full_meta = {
         "format": CHECKPOINT_FORMAT,
         "weights": weights,
@@ -178,13 +177,11 @@ def load_checkpoint(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[Any, Any, dict[str, Any]]:
     """(model in eval mode, tokenizer, meta) of a checkpoint folder, merged or adapter."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     folder = Path(path)
     meta = read_meta(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if meta.get("weights") == "adapter":
-        from peft import PeftModel
+        from peft import PeftModel  # adapter checkpoints only: peft takes seconds to import
 
         base_path = meta.get("base_model_path") or _resolve(meta["base_model"])
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, attn_implementation="sdpa")
@@ -195,8 +192,6 @@ def load_checkpoint(
 
 
 def _resolve(name: str) -> str:
-    from rewardmodel.lib.backbones import resolve_model
-
     return name if os.path.isdir(name) else resolve_model(name)
 
 

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tqdm import tqdm
+
 from rewardmodel.lib.data import read_pairs
 from rewardmodel.lib.runtime import add_config_options
 from training.lib.dpo import DPOConfig, train_dpo
@@ -51,8 +53,6 @@ def config_from_args(args: argparse.Namespace) -> DPOConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tqdm import tqdm
-
     args = _parser().parse_args(argv)
     config = config_from_args(args)
     lineage = json.loads(args.lineage)

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rewardmodel.lib.backbones import resolve_model
+
 __all__ = ["GeneratedText", "GenerationConfig", "Message", "Progress", "eos_token_ids", "generate_local", "read_prompts", "render_prompt"]
 
 Message = Mapping[str, str]
@@ -104,8 +106,6 @@ def generate_local(
     batch, the last time with ``done == total == len(prompts)``.
     """
     import torch
-
-    from rewardmodel.lib.backbones import resolve_model
 
     total = len(prompts)
     if total == 0:

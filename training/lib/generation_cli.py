@@ -24,6 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from training.lib.endpoint import EndpointConfig, EndpointError, generate_endpoint
 from training.lib.generation import GenerationConfig, generate_local, read_prompts
 
 
@@ -64,8 +67,6 @@ def _write_atomically(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tqdm import tqdm
-
     args = _parser().parse_args(argv)
     try:
         prompts = read_prompts(args.prompts)
@@ -76,11 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def progress(done: int, total: int) -> None:
         bar.update(done - bar.n)
 
-    from training.lib.endpoint import EndpointConfig, EndpointError, generate_endpoint
-
     try:
         if args.endpoint:
-
             endpoint = EndpointConfig(base_url=args.endpoint, model=args.model, api_key_env=args.api_key_env,
                                       temperature=args.temperature, top_p=args.top_p,
                                       max_new_tokens=args.max_new_tokens, seed=args.seed, timeout_s=args.timeout,

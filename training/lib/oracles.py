@@ -16,7 +16,12 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+import httpx
+
+from training.lib.endpoint import EndpointConfig, chat_once
 
 Message = dict[str, str]
 Verdict = str  # "a" | "b" | "tie"
@@ -53,6 +58,7 @@ def _by_score(score: Callable[[str], float]):
 
 
 def reward_model_oracle(path: str, *, batch_size: int = 16) -> Oracle:
+    # torch loads here, not at import: rule oracles judge in web and management processes.
     from rewardmodel.lib.model import load_reward_model
     from rewardmodel.lib.score import score
 
@@ -88,16 +94,10 @@ def parse_verdict(text: str) -> Verdict:
 
 
 def judge_oracle(base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 4) -> Oracle:
-    import httpx
-
-    from training.lib.endpoint import EndpointConfig, chat_once
-
     config = EndpointConfig(base_url=base_url, model=model, api_key_env=api_key_env, temperature=0.0,
                             max_new_tokens=4, concurrency=concurrency)
 
     def judge(prompts, answers_a, answers_b) -> list[Verdict]:
-        from concurrent.futures import ThreadPoolExecutor
-
         with httpx.Client() as client, ThreadPoolExecutor(max_workers=concurrency) as pool:
             replies = pool.map(
                 lambda item: chat_once(client, config, _judge_messages(*item), seed=0)[0],

@@ -10,21 +10,40 @@ values come out of the same forward pass as the log-probabilities). The
 reference is a frozen copy of the starting policy, or, with LoRA, the same
 weights with the adapters switched off.
 
-Pure module: never imports Django or Celery; torch, transformers and the
-reward-model library load inside the functions that need them.
+Pure module: never imports Django or Celery. The configuration lives in
+``training.lib.ppo_config`` (importable without torch); it is re-exported here.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from rewardmodel.lib.config import ConfigBase
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rewardmodel.lib.backbones import resolve_model
+from rewardmodel.lib.model import load_reward_model
+from rewardmodel.lib.runtime import forward_context
+from rewardmodel.lib.score import score
+from training.lib.checkpoint import META_FILE, ensure_free, save_checkpoint
+from training.lib.generation import eos_token_ids, render_prompt
+from training.lib.ppo_config import PPOConfig
+from training.lib.ppo_core import (
+    adaptive_kl_coef,
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae,
+    kl_penalized_rewards,
+    masked_whiten,
+    token_entropy,
+)
 
 __all__ = ["PPOConfig", "PPOResult", "ProgressFn", "RewardFn", "rule_reward", "train_ppo"]
 
@@ -32,71 +51,6 @@ RewardFn = Callable[[list[list[dict[str, str]]], list[str]], list[float]]
 """``reward_fn(prompts, completions) -> one score per completion``; prompts are chat message lists."""
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 """``progress(step, total_steps, metrics)`` after every PPO step."""
-
-
-@dataclass(frozen=True)
-class PPOConfig(ConfigBase):
-    """Everything that decides a PPO run.
-
-    ``model``: what ``resolve_model`` accepts (alias, folder, hub id); its
-    tokenizer needs a chat template. ``reward``: a reward-model folder written
-    by ``rewardmodel.lib`` or ``"rule:count:WORD"`` / ``"rule:length"``; may be
-    empty when ``train_ppo`` gets a ``reward_fn``. ``batch_size`` rollouts per
-    step, updated in minibatches of ``mini_batch_size`` for ``ppo_epochs``
-    passes. ``adaptive_kl`` turns on the proportional controller that steers
-    the per-response KL towards ``kl_target`` nats over ``kl_horizon``
-    rollouts. ``lora_r > 0`` trains LoRA adapters on all linear layers instead
-    of every weight (the saved policy has them merged). ``dtype="auto"`` means
-    fp32 weights with bf16 autocast on CUDA and plain fp32 elsewhere.
-    Log-probabilities and the KL are those of the temperature-scaled
-    distribution; ``top_p < 1`` samples from a truncated one that the PPO
-    ratio does not see (as in most implementations), so keep 1.0 unless you
-    mean it.
-    """
-
-    model: str
-    reward: str = ""
-    learning_rate: float = 1e-5
-    batch_size: int = 16
-    mini_batch_size: int = 4
-    ppo_epochs: int = 4
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    kl_coef: float = 0.05
-    adaptive_kl: bool = False
-    kl_target: float = 6.0
-    kl_horizon: int = 10_000
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    vf_coef: float = 0.1
-    whiten_advantages: bool = True
-    max_grad_norm: float = 1.0
-    steps: int = 100
-    seed: int = 0
-    device: str = "auto"
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    lora_r: int = 0
-    lora_alpha: int = 16
-    reward_batch_size: int = 32
-    num_threads: int = 0  # 0 = leave torch's default
-
-    def __post_init__(self) -> None:
-        checks = {
-            "batch_size must be >= 1": self.batch_size >= 1,
-            "mini_batch_size must be in [1, batch_size]": 1 <= self.mini_batch_size <= self.batch_size,
-            "ppo_epochs, steps, max_new_tokens must be >= 1": min(self.ppo_epochs, self.steps,
-                                                                  self.max_new_tokens) >= 1,
-            "temperature must be > 0 (PPO needs the sampling distribution)": self.temperature > 0,
-            "top_p must be in (0, 1]": 0 < self.top_p <= 1,
-            "gamma and lam must be in [0, 1]": 0 <= self.gamma <= 1 and 0 <= self.lam <= 1,
-            "kl_target and kl_horizon must be > 0": self.kl_target > 0 and self.kl_horizon > 0,
-            "lora_r must be >= 0": self.lora_r >= 0,
-            f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "bf16"),
-        }
-        self._require(checks)
 
 
 @dataclass(frozen=True)
@@ -126,9 +80,6 @@ def _reward_from_config(config: PPOConfig, device: Any) -> RewardFn:
         return rule_reward(config.reward)
     if not config.reward:
         raise ValueError("config.reward is empty and no reward_fn was passed")
-    from rewardmodel.lib.model import load_reward_model
-    from rewardmodel.lib.score import score
-
     reward_model = load_reward_model(config.reward, device=device)
     return lambda prompts, completions: score(reward_model, prompts, completions, config.reward_batch_size)
 
@@ -152,11 +103,6 @@ def train_ppo(
     The folder appears whole or not at all (``training.lib.checkpoint``):
     ``save_pretrained`` files, tokenizer and meta.json.
     """
-    import torch
-
-    from training.lib.checkpoint import ensure_free
-    from training.lib.ppo_core import adaptive_kl_coef
-
     out = ensure_free(out_dir)  # fail before the run, not after it
     if not prompts:
         raise ValueError("no prompts")
@@ -281,8 +227,6 @@ class _Parts:
 
     def autocast(self) -> Any:
         """Autocast (if any) plus the attention kernels every forward pass of ours uses."""
-        from rewardmodel.lib.runtime import forward_context
-
         return forward_context(self.device, self.autocast_dtype)
 
     def reference_logprobs(self, ids: Any, mask: Any, prompt_width: int, temperature: float) -> Any:
@@ -313,14 +257,6 @@ class _Rollouts:
 
 
 def _load_parts(config: PPOConfig) -> _Parts:
-    import copy
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rewardmodel.lib.backbones import resolve_model
-    from training.lib.generation import eos_token_ids
-
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if config.device == "auto" else config.device)
     if device.type != "cuda" and config.dtype == "bf16":
@@ -336,7 +272,7 @@ def _load_parts(config: PPOConfig) -> _Parts:
     policy: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     policy.to(device).eval()  # dropout off for good: it would make the PPO ratio noisy; gradients still flow
     if config.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # LoRA runs only: peft takes seconds to import
 
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                           target_modules="all-linear", task_type="CAUSAL_LM")
@@ -352,8 +288,6 @@ def _load_parts(config: PPOConfig) -> _Parts:
 
 
 def _encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
-    from training.lib.generation import render_prompt
-
     return list(tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
 
 
@@ -364,8 +298,6 @@ def _forward(model: Any, value_head: Any, ids: Any, mask: Any, prompt_width: int
     positions go through the LM head (``logits_to_keep``): prompt tokens
     never pay for a vocabulary projection.
     """
-    import torch
-
     width = ids.shape[1] - prompt_width
     positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
@@ -381,8 +313,6 @@ def _forward(model: Any, value_head: Any, ids: Any, mask: Any, prompt_width: int
 
 def _sample(parts: _Parts, config: PPOConfig, prompt_ids: list[list[int]]) -> tuple:
     """(input_ids [B, P + R], attention_mask [B, P + R], P, response_mask [B, R] float)."""
-    import torch
-
     pad = parts.tokenizer.pad_token_id
     width = max(len(p) for p in prompt_ids)
     ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
@@ -415,10 +345,6 @@ def _trim(batch: _Rollouts, rows: Any) -> tuple[Any, Any, int, int]:
 
 def _collect(parts: _Parts, config: PPOConfig, prompt_ids: list[list[int]]) -> _Rollouts:
     """Sample B responses, then (no grad) their log-probs, values, reference log-probs and entropy."""
-    import torch
-
-    from training.lib.ppo_core import token_entropy
-
     ids, mask, prompt_width, response_mask = _sample(parts, config, prompt_ids)
     n, width = response_mask.shape
     logprobs, ref_logprobs, values = (torch.zeros(n, width, device=parts.device) for _ in range(3))
@@ -443,8 +369,6 @@ def _collect(parts: _Parts, config: PPOConfig, prompt_ids: list[list[int]]) -> _
 
 def _advantages(batch: _Rollouts, scores: Any, kl_coef: float, config: PPOConfig) -> tuple[Any, Any, Any]:
     """(advantages, returns, per-token KL), each [B, R]; advantages whitened if configured."""
-    from training.lib.ppo_core import gae, kl_penalized_rewards, masked_whiten
-
     rewards, kl = kl_penalized_rewards(scores, batch.logprobs, batch.ref_logprobs, batch.response_mask, kl_coef)
     advantages, returns = gae(rewards, batch.values, batch.response_mask, config.gamma, config.lam)
     if config.whiten_advantages:
@@ -455,10 +379,6 @@ def _advantages(batch: _Rollouts, scores: Any, kl_coef: float, config: PPOConfig
 def _ppo_update(parts: _Parts, config: PPOConfig, optimizer: Any, batch: _Rollouts, advantages: Any,
                 returns: Any) -> dict[str, float]:
     """``ppo_epochs`` shuffled passes of minibatch steps; returns the mean of each loss statistic."""
-    import torch
-
-    from training.lib.ppo_core import clipped_policy_loss, clipped_value_loss
-
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sums: dict[str, float] = {}
     count = 0
@@ -494,8 +414,6 @@ def _save_policy(parts: _Parts, out: Path, meta: dict[str, Any]) -> Path:
     The folder is checked before it is renamed into place: it must load back
     with exactly the trained weights.
     """
-    from training.lib.checkpoint import META_FILE, save_checkpoint
-
     def trained() -> Any:  # after a LoRA merge the peft wrapper's base model holds the merged weights
         return parts.policy.get_base_model() if parts.reference is None else parts.policy
 
@@ -505,9 +423,6 @@ def _save_policy(parts: _Parts, out: Path, meta: dict[str, Any]) -> Path:
 
 def _verify_saved(folder: Path, model: Any) -> None:
     """Raise unless ``folder`` loads (model and tokenizer) with exactly the weights of ``model``."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     AutoTokenizer.from_pretrained(folder)
     loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
     live = model.state_dict()

@@ -19,9 +19,12 @@ import json
 import sys
 from collections.abc import Sequence
 
+from tqdm import tqdm
+
 from rewardmodel.lib.runtime import add_config_options
 from training.lib.generation import read_prompts
-from training.lib.ppo import PPOConfig
+from training.lib.ppo import train_ppo
+from training.lib.ppo_config import PPOConfig
 
 _OWN_OPTIONS = {"model", "reward"}
 
@@ -35,10 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lineage", default="{}", help="JSON object copied into meta.json")
     add_config_options(parser, PPOConfig, skip=_OWN_OPTIONS)
     args = parser.parse_args(argv)
-
-    from tqdm import tqdm
-
-    from training.lib.ppo import train_ppo
 
     names = {f.name for f in dataclasses.fields(PPOConfig)} - _OWN_OPTIONS
     config = PPOConfig(model=args.model, reward=args.reward_model,

@@ -1,0 +1,42 @@
+"""What the pure libraries may import, checked in a fresh interpreter per module.
+
+Web processes import `rewardmodel.lib.config`, `training.lib.dpo_config` and
+`training.lib.ppo_config` to validate run configurations: those, and the
+modules the web app calls in-process, must not load torch or transformers.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Importable without torch or transformers (each module's docstring promises it).
+TORCH_FREE = (
+    "rewardmodel.lib.backbones",
+    "rewardmodel.lib.config",
+    "training.lib.dpo_config",
+    "training.lib.endpoint",
+    "training.lib.generation",
+    "training.lib.oracles",
+    "training.lib.ppo_config",
+    "training.lib.ranking",
+)
+
+
+def _loaded_after_import(module: str, watched: tuple[str, ...]) -> list[str]:
+    """The packages among `watched` that `import module` loads in a fresh interpreter."""
+    code = (f"import {module}; import sys; "
+            f"print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & {set(watched)!r})))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_modules_web_processes_import_load_no_torch(module: str) -> None:
+    assert _loaded_after_import(module, ("torch", "transformers")) == []

@@ -1,0 +1,78 @@
+"""The PPO run's configuration: a frozen dataclass that validates itself.
+
+Kept apart from `training.lib.ppo` so that checking a configuration (in a web
+process, before a run is queued) imports neither torch nor transformers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rewardmodel.lib.config import ConfigBase
+
+__all__ = ["PPOConfig"]
+
+
+@dataclass(frozen=True)
+class PPOConfig(ConfigBase):
+    """Everything that decides a PPO run.
+
+    ``model``: what ``resolve_model`` accepts (alias, folder, hub id); its
+    tokenizer needs a chat template. ``reward``: a reward-model folder written
+    by ``rewardmodel.lib`` or ``"rule:count:WORD"`` / ``"rule:length"``; may be
+    empty when ``train_ppo`` gets a ``reward_fn``. ``batch_size`` rollouts per
+    step, updated in minibatches of ``mini_batch_size`` for ``ppo_epochs``
+    passes. ``adaptive_kl`` turns on the proportional controller that steers
+    the per-response KL towards ``kl_target`` nats over ``kl_horizon``
+    rollouts. ``lora_r > 0`` trains LoRA adapters on all linear layers instead
+    of every weight (the saved policy has them merged). ``dtype="auto"`` means
+    fp32 weights with bf16 autocast on CUDA and plain fp32 elsewhere.
+    Log-probabilities and the KL are those of the temperature-scaled
+    distribution; ``top_p < 1`` samples from a truncated one that the PPO
+    ratio does not see (as in most implementations), so keep 1.0 unless you
+    mean it.
+    """
+
+    model: str
+    reward: str = ""
+    learning_rate: float = 1e-5
+    batch_size: int = 16
+    mini_batch_size: int = 4
+    ppo_epochs: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kl_coef: float = 0.05
+    adaptive_kl: bool = False
+    kl_target: float = 6.0
+    kl_horizon: int = 10_000
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_advantages: bool = True
+    max_grad_norm: float = 1.0
+    steps: int = 100
+    seed: int = 0
+    device: str = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    lora_r: int = 0
+    lora_alpha: int = 16
+    reward_batch_size: int = 32
+    num_threads: int = 0  # 0 = leave torch's default
+
+    def __post_init__(self) -> None:
+        checks = {
+            "batch_size must be >= 1": self.batch_size >= 1,
+            "mini_batch_size must be in [1, batch_size]": 1 <= self.mini_batch_size <= self.batch_size,
+            "ppo_epochs, steps, max_new_tokens must be >= 1": min(self.ppo_epochs, self.steps,
+                                                                  self.max_new_tokens) >= 1,
+            "temperature must be > 0 (PPO needs the sampling distribution)": self.temperature > 0,
+            "top_p must be in (0, 1]": 0 < self.top_p <= 1,
+            "gamma and lam must be in [0, 1]": 0 <= self.gamma <= 1 and 0 <= self.lam <= 1,
+            "kl_target and kl_horizon must be > 0": self.kl_target > 0 and self.kl_horizon > 0,
+            "lora_r must be >= 0": self.lora_r >= 0,
+            f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "bf16"),
+        }
+        self._require(checks)
