@@ -1,12 +1,10 @@
-"""The pure DPO library: TRL parity, learning, reference handling, LoRA, checkpoints, purity, losses."""
+"""The pure DPO library: TRL parity, learning, reference handling, LoRA, checkpoints, losses."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,6 @@ from training.lib.dpo_data import DPOCollator, encode_pairs, fit_lengths
 from training.lib.dpo_losses import dpo_loss, ipo_loss, robust_loss, sigmoid_loss
 from training.lib.logprobs import rows_to_scored_tokens, sequence_sums, token_logprobs
 
-ROOT = Path(__file__).resolve().parents[2]
 ROWS = [
     {"prompt": "hello world", "chosen": "good good yes", "rejected": "bad"},
     {"prompt": "the cat is", "chosen": "very good", "rejected": "not good and bad bad"},
@@ -214,13 +211,6 @@ def test_checkpoint_appears_atomically_with_lineage(tiny: Path, tmp_path: Path,
         train_dpo(config, toy_pairs(8), tmp_path / "runs" / "bad")
     assert sorted(p.name for p in out.parent.iterdir()) == ["ckpt"]  # failure leaves nothing behind
     assert checkpoint_module.META_FILE == "meta.json"
-
-
-def test_library_never_imports_django() -> None:
-    code = ("import sys, training.lib.dpo, training.lib.dpo_cli, training.lib.checkpoint; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('django', 'celery')]; "
-            "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
 def test_ipo_and_robust_losses_equal_their_closed_forms() -> None:
