@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -134,11 +135,36 @@ def test_tie_aware_loss_learns_from_ties(tmp_path: Path, loss: str) -> None:
     assert m["eval_accuracy"] >= 0.8, m
 
 
-def test_bt_loss_skips_ties_and_refuses_only_ties(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loss", ["bt", "bt_margin"])
+def test_bt_loss_skips_ties_and_refuses_only_ties(tmp_path: Path, loss: str) -> None:
+    """Tie pairs add nothing to a Bradley–Terry run: with ties mixed in it trains step for step, weight for weight,
+    as without them. A snapshot of only ties leaves nothing to train on and is refused."""
     backbone = save_tiny_bert(tmp_path / "bert")
+    strict = counting_pairs(12, 2, noise=0.0, seed=0)
+    mixed: list[PreferencePair] = []
+    for i, pair in enumerate(strict):  # a tie (texts swapped, so BT would push the other way) after every third pair
+        mixed.append(pair)
+        if i % 3 == 0:
+            mixed.append(dataclasses.replace(pair, chosen=pair.rejected, rejected=pair.chosen, tie=True, strength=None))
+    ties = len(mixed) - len(strict)
+    config = _config(backbone, loss=loss, epochs=2, eval_fraction=0.0)
+
+    plain = train_reward_model(config, strict, tmp_path / "plain")
+    with_ties = train_reward_model(config, mixed, tmp_path / "with-ties")
+
+    assert (plain.metrics["train_ties_skipped"], with_ties.metrics["train_ties_skipped"]) == (0, ties)
+    assert with_ties.metrics["train_pairs"] == plain.metrics["train_pairs"] == len(strict)
+    learned = ("loss", "accuracy", "grad_norm", "lr", "pairs_seen", "tokens_seen")
+    assert [[step[k] for k in learned] for step in with_ties.history] == \
+        [[step[k] for k in learned] for step in plain.history]
+    plain_weights = load_reward_model(tmp_path / "plain").state_dict()
+    tie_weights = load_reward_model(tmp_path / "with-ties").state_dict()
+    assert all(torch.equal(plain_weights[name], tie_weights[name]) for name in plain_weights)
+
     only_ties = [PreferencePair(prompt=f"q{i}", chosen="good", rejected="bad", tie=True, prompt_id=i) for i in range(8)]
     with pytest.raises(ValueError, match="no trainable pairs"):
-        train_reward_model(_config(backbone), only_ties, tmp_path / "out")
+        train_reward_model(config, only_ties, tmp_path / "only-ties")
+    assert not (tmp_path / "only-ties").exists()
 
 
 def test_left_truncation_keeps_the_response(tmp_path: Path) -> None:
