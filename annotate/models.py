@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from urllib.parse import urlparse
 
 from django.conf import settings
 from django.db import models
@@ -81,6 +82,15 @@ class Prompt(models.Model):
         return self.messages[-1]["content"][:60] if self.messages else f"prompt {self.pk}"
 
 
+class CheckpointQuerySet(models.QuerySet):
+    def newest_first(self) -> CheckpointQuerySet:
+        return self.order_by("-created_at", "-id")
+
+    def incumbent(self, project) -> Checkpoint | None:
+        """The checkpoint new candidates are measured against: the project's newest incumbent."""
+        return self.filter(project=project, state=Checkpoint.State.INCUMBENT).newest_first().first()
+
+
 class Checkpoint(models.Model):
     """A source of completions: a local model folder, an endpoint, or imported data."""
 
@@ -99,11 +109,18 @@ class Checkpoint(models.Model):
     meta = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = CheckpointQuerySet.as_manager()
+
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "name"], name="checkpoint_name_unique")]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def model_path(self) -> str:
+        """What the libraries load: a local folder for ``file://`` URIs, else the URI as it is (an alias, a hub id)."""
+        return urlparse(self.uri).path if self.uri.startswith("file://") else self.uri
 
 
 class Completion(models.Model):

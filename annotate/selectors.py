@@ -29,11 +29,6 @@ def progress_for(*, project: Project, annotator) -> Progress:
     )
 
 
-def comparison_for_display(comparison_id: int) -> Comparison:
-    """A comparison with its prompt and both completions loaded in one query."""
-    return Comparison.objects.select_related("prompt", "completion_a", "completion_b").get(pk=comparison_id)
-
-
 def project_counts(project_ids: list[int]) -> dict[int, dict[str, int]]:
     """Prompt, comparison, open-comparison and vote counts per project, in three queries."""
     counts: dict[int, dict[str, int]] = {pid: {"prompts": 0, "comparisons": 0, "open": 0, "votes": 0} for pid in project_ids}

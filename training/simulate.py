@@ -11,8 +11,8 @@ from django.contrib.auth import get_user_model
 from annotate import services
 from annotate.models import Membership, Project, Vote
 from annotate.queue import comparison_next
-from annotate.selectors import comparison_for_display
 from annotate.votes import vote_record
+from training.lib.oracles import with_noise
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,6 @@ def simulate_votes(
     progress: Callable[[int, int], None] | None = None,
 ) -> SimulationResult:
     """Cast up to ``votes`` votes with ``oracle`` (see training.lib.oracles); stops early when the queue is empty."""
-    from training.lib.oracles import with_noise
-
     if not 0.0 <= noise <= 1.0:
         raise ValueError("noise must be between 0 and 1")
     rng = random.Random(seed)
@@ -56,11 +54,11 @@ def simulate_votes(
         comparison = comparison_next(project=project, annotator=user)
         if comparison is None:
             break
-        shown = comparison_for_display(comparison.pk)
-        verdict = oracle.judge([shown.prompt.messages], [shown.completion_a.text], [shown.completion_b.text])
+        # The queue's one read carries what a person sees: the prompt and both answers.
+        verdict = oracle.judge([comparison.prompt_messages], [comparison.text_a], [comparison.text_b])
         choice = with_noise(verdict, noise, rng)[0]
-        vote_record(annotator=user, comparison_id=shown.pk, choice=choice, source=source,
-                    idempotency_key=f"sim-{shown.pk}")
+        vote_record(annotator=user, comparison_id=comparison.pk, choice=choice, source=source,
+                    idempotency_key=f"sim-{comparison.pk}")
         cast += 1
         ties += choice == "tie"
         if progress:
