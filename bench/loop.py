@@ -91,12 +91,12 @@ def main() -> None:
     from django.core.management import call_command
 
     from annotate.models import Checkpoint, Project
+    from training.jobs import job_for_kind
     from training.lib.oracles import parse_oracle
-    from training.loop import incumbent, loop_settings, next_stage
-    from training.reward import reward_model_start
+    from training.loop import loop_settings, next_stage
     from training.runs import run_execute
     from training.simulate import simulate_votes
-    from training.tasks import job_for_kind
+    from training.starts import run_start
 
     timings: list[tuple[str, float]] = []
 
@@ -118,11 +118,11 @@ def main() -> None:
     settings.save()
     oracle = parse_oracle(args.oracle)
     evaluation = held_out(project, args.held_out)
-    first = incumbent(project)
+    first = Checkpoint.objects.incumbent(project)
     timed("oracle votes on the demo comparisons",
           lambda: simulate_votes(project=project, votes=args.initial_votes, oracle=oracle))
     for number in range(1, args.rounds + 1):
-        run = reward_model_start(project=project, reason=f"bench round {number}", enqueue=False)
+        run = run_start(project=project, kind="reward_model", reason=f"bench round {number}", enqueue=False)
         while run is not None:
             timed(f"round {number}: {run.get_kind_display()}", lambda r=run: run_execute(r.pk, job_for_kind(r.kind)))
             run.refresh_from_db()
@@ -134,7 +134,7 @@ def main() -> None:
         candidate = previous.checkpoint_in  # the generation run's first checkpoint is the candidate
         Checkpoint.objects.filter(project=project, state="incumbent").update(state="retired")
         Checkpoint.objects.filter(pk=candidate.pk).update(state="incumbent")
-    final = incumbent(project)
+    final = Checkpoint.objects.incumbent(project)
     rate, wins, losses, ties = timed(
         "held-out evaluation", lambda: win_rate(first.uri, final.uri, evaluation, oracle, args.max_new_tokens)
     )

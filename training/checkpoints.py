@@ -74,7 +74,7 @@ def leaderboard(project: Project, *, rounds: int = 100) -> Leaderboard:
     checkpoints = list(
         Checkpoint.objects.filter(project=project)
         .select_related("parent", "produced_by", "produced_by__snapshot", "produced_by__reward_model_in")
-        .order_by("-created_at", "-id")
+        .newest_first()
     )
     ratings = {r.name: (position, r) for position, r in enumerate(ranking.ratings, start=1)}
     entries = []
@@ -82,6 +82,7 @@ def leaderboard(project: Project, *, rounds: int = 100) -> Leaderboard:
         position, rating = ratings.get(checkpoint.pk, (None, None))
         entries.append(Entry(checkpoint, rating, getattr(checkpoint, "produced_by", None), position))
     entries.sort(key=lambda e: (e.rank is None, e.rank or 0))
+    # Checkpoint.objects.incumbent's rule (the newest incumbent), applied to the rows already loaded.
     incumbents = [c for c in checkpoints if c.state == Checkpoint.State.INCUMBENT]
     return Leaderboard(entries, ranking, incumbents[0] if incumbents else None)
 

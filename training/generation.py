@@ -7,24 +7,18 @@ votes rank the checkpoints.
 from __future__ import annotations
 
 import random
-from urllib.parse import urlparse
 
 from django.db import transaction
 
 from annotate import services
 from annotate.models import Checkpoint, Comparison, Completion, Project, Prompt
+from training import configs
+from training.lib.endpoint import EndpointConfig, generate_endpoint
 from training.models import TrainingRun
 from training.runs import RunReporter, run_create
 
 KIND = TrainingRun.Kind.GENERATION
 BATTLE_PRIORITY = 10
-SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "seed", "batch_size")
-
-
-def checkpoint_model_path(checkpoint: Checkpoint) -> str:
-    """A local folder or model alias for a checkpoint's weights (``file://`` URIs become paths)."""
-    uri = checkpoint.uri
-    return urlparse(uri).path if uri.startswith("file://") else uri
 
 
 def battle_prompts(project: Project, *, count: int | None, seed: int) -> list[Prompt]:
@@ -38,8 +32,6 @@ def battle_prompts(project: Project, *, count: int | None, seed: int) -> list[Pr
 def _generate(checkpoint: Checkpoint, prompts: list[Prompt], sampling: dict, progress) -> list:
     messages = [p.messages for p in prompts]
     if checkpoint.endpoint_url:
-        from training.lib.endpoint import EndpointConfig, generate_endpoint
-
         config = EndpointConfig(base_url=checkpoint.endpoint_url, model=checkpoint.endpoint_model,
                                 **{k: v for k, v in sampling.items() if k != "batch_size"})
         return generate_endpoint(config, messages, progress)
@@ -47,17 +39,18 @@ def _generate(checkpoint: Checkpoint, prompts: list[Prompt], sampling: dict, pro
         raise ValueError(f"checkpoint {checkpoint.name!r} has neither weights (uri) nor an endpoint to sample")
     from training.lib.generation import GenerationConfig, generate_local
 
-    config = GenerationConfig(model=checkpoint_model_path(checkpoint), **sampling)
+    config = GenerationConfig(model=checkpoint.model_path, **sampling)
     return generate_local(config, messages, progress)
 
 
 def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
     """Sample each checkpoint in ``run.config["checkpoints"]`` on the prompt set; pair the first with the rest."""
-    config = run.config
-    checkpoints = list(Checkpoint.objects.filter(project=run.project, pk__in=config["checkpoints"]))
-    checkpoints.sort(key=lambda c: config["checkpoints"].index(c.pk))
-    prompts = battle_prompts(run.project, count=config.get("prompts"), seed=config.get("seed", 0))
-    sampling = {k: config[k] for k in SAMPLING_KEYS if k in config}
+    ids = run.config["checkpoints"]
+    settings = configs.generation_settings(settings_of(run.config))
+    checkpoints = list(Checkpoint.objects.filter(project=run.project, pk__in=ids))
+    checkpoints.sort(key=lambda c: ids.index(c.pk))
+    prompts = battle_prompts(run.project, count=settings["prompts"], seed=settings["seed"])
+    sampling = configs.sampling(settings_of(run.config))
     total = len(prompts) * len(checkpoints)
     by_checkpoint: dict[int, dict[int, Completion]] = {}
     for index, checkpoint in enumerate(checkpoints):
@@ -74,41 +67,40 @@ def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
                     )
         by_checkpoint[checkpoint.pk] = existing
         reporter.progress((index + 1) * len(prompts), total)
-    created = _queue_battles(checkpoints, by_checkpoint, seed=config.get("seed", 0), battle=config.get("battle", True))
+    created = _queue_battles(checkpoints, by_checkpoint, seed=settings["seed"])
     reporter.log(f"queued {created} comparisons")
     run.outputs = {"completions": sum(len(v) for v in by_checkpoint.values()), "comparisons": created}
 
 
-def _queue_battles(checkpoints, by_checkpoint, *, seed: int, battle: bool) -> int:
+def _queue_battles(checkpoints, by_checkpoint, *, seed: int) -> int:
+    """Pair the candidate's answers with each rival's on the same prompts (identical texts are not compared)."""
     if len(checkpoints) < 2:
         return 0
-    rng = random.Random(seed)
-    reason = Comparison.Reason.BATTLE if battle else Comparison.Reason.RANDOM
-    priority = BATTLE_PRIORITY if battle else 0
     first, *others = checkpoints
-    created = 0
-    with transaction.atomic():
-        for other in others:
-            for prompt_id, mine in by_checkpoint[first.pk].items():
-                theirs = by_checkpoint[other.pk].get(prompt_id)
-                if theirs is not None and theirs.text_hash != mine.text_hash:
-                    created += services.comparison_create(
-                        first=mine, second=theirs, reason=reason, priority=priority, rng=rng
-                    )[1]
-    return created
+    pairs = [
+        (mine, theirs)
+        for other in others
+        for prompt_id, mine in by_checkpoint[first.pk].items()
+        if (theirs := by_checkpoint[other.pk].get(prompt_id)) is not None and theirs.text_hash != mine.text_hash
+    ]
+    return services.comparisons_create(pairs=pairs, reason=Comparison.Reason.BATTLE, priority=BATTLE_PRIORITY,
+                                       rng=random.Random(seed))
+
+
+def settings_of(run_config: dict) -> dict:
+    """A generation run's settings: its config less the checkpoints it samples."""
+    return {k: v for k, v in run_config.items() if k != "checkpoints"}
 
 
 def generation_start(
-    *, project: Project, checkpoints: list[Checkpoint], prompts: int | None = 64, sampling: dict | None = None,
+    *, project: Project, checkpoints: list[Checkpoint], config: dict | None = None,
     reason: str = "started by hand", enqueue: bool = True,
 ) -> TrainingRun:
     """Queue a generation run; the first checkpoint is the candidate battled against the others."""
     if not checkpoints:
         raise ValueError("name at least one checkpoint to sample")
-    unknown = set(sampling or {}) - set(SAMPLING_KEYS)
-    if unknown:
-        raise ValueError(f"unknown sampling settings: {', '.join(sorted(unknown))}")
-    config = {"checkpoints": [c.pk for c in checkpoints], "prompts": prompts, **(sampling or {})}
+    config = dict(config or {})
+    configs.generation_settings(config)
     with transaction.atomic():
-        return run_create(project=project, kind=KIND, config=config, reason=reason, enqueue=enqueue,
-                          checkpoint_in=checkpoints[0])
+        return run_create(project=project, kind=KIND, config={"checkpoints": [c.pk for c in checkpoints], **config},
+                          reason=reason, enqueue=enqueue, checkpoint_in=checkpoints[0])

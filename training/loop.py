@@ -9,9 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from django.db import transaction
+
 from annotate.models import Checkpoint, Project
 from rewardmodel.services import latest_reward_model
+from training.jobs import job_for_kind
 from training.models import LoopSettings, TrainingRun
+from training.reward import retrain_due, votes_since_last_reward_model
+from training.runs import run_execute
+from training.simulate import simulate_votes
+from training.starts import run_start
 
 Kind = TrainingRun.Kind
 
@@ -20,38 +27,38 @@ def loop_settings(project: Project) -> LoopSettings:
     return LoopSettings.objects.get_or_create(project=project)[0]
 
 
-def incumbent(project: Project) -> Checkpoint | None:
-    """The checkpoint new candidates are measured against (the newest incumbent)."""
-    return (
-        Checkpoint.objects.filter(project=project, state=Checkpoint.State.INCUMBENT).order_by("-created_at").first()
-    )
+def retrain_if_due(*, project_id: int) -> TrainingRun | None:
+    """Queue a reward-model run when the project has enough new votes and none is pending (after every vote)."""
+    new_votes = retrain_due(project_id)
+    if new_votes is None:
+        return None
+    with transaction.atomic():
+        # The project row lock makes "at most one pending retrain" hold across processes.
+        project = Project.objects.select_for_update().get(pk=project_id)
+        if TrainingRun.objects.active().filter(project=project, kind=Kind.REWARD_MODEL).exists():
+            return None
+        return run_start(project=project, kind=Kind.REWARD_MODEL,
+                         reason=f"{new_votes}+ new votes since the last reward model")
 
 
 def policy_start(*, project: Project, reason: str, enqueue: bool = True) -> TrainingRun:
-    """Queue the project's policy update (DPO from the latest reward model's snapshot, or PPO against it)."""
-    from training.policy import dpo_start, ppo_start
-
+    """Queue the project's policy update: DPO on the latest reward model's snapshot, or PPO against it."""
     settings = loop_settings(project)
-    base = incumbent(project)
-    if base is None:
-        raise ValueError(f"project {project.slug} has no incumbent checkpoint to improve")
     rm = latest_reward_model(project)
     if rm is None:
         raise ValueError(f"project {project.slug} has no reward model yet")
-    if settings.method == LoopSettings.Method.PPO:
-        return ppo_start(project=project, checkpoint=base, reward_model=rm, config=settings.policy_config,
-                         reason=reason, enqueue=enqueue)
-    return dpo_start(project=project, checkpoint=base, snapshot=rm.snapshot, config=settings.policy_config,
-                     reason=reason, enqueue=enqueue)
+    kind = Kind.PPO if settings.method == LoopSettings.Method.PPO else Kind.DPO
+    inputs = {"reward_model": rm} if kind == Kind.PPO else {"snapshot": rm.snapshot}
+    return run_start(project=project, kind=kind, config=settings.policy_config, reason=reason, enqueue=enqueue,
+                     **inputs)
 
 
 def battle_start(*, project: Project, candidate: Checkpoint, reason: str, enqueue: bool = True) -> TrainingRun:
-    from training.generation import generation_start
-
+    """Queue the candidate's battle against the incumbent on the project's battle prompts."""
     settings = loop_settings(project)
-    rivals = [c for c in [incumbent(project)] if c is not None and c.pk != candidate.pk]
-    return generation_start(project=project, checkpoints=[candidate, *rivals], prompts=settings.battle_prompts,
-                            sampling=settings.sampling, reason=reason, enqueue=enqueue)
+    return run_start(project=project, kind=Kind.GENERATION, checkpoint=candidate,
+                     config={**settings.sampling, "prompts": settings.battle_prompts}, reason=reason,
+                     enqueue=enqueue)
 
 
 def next_stage(run: TrainingRun, *, enqueue: bool = True) -> TrainingRun | None:
@@ -80,8 +87,6 @@ def loop_status(project: Project) -> str:
         return f"{active.get_kind_display()} run {active.pk} is {active.state}: {active.reason or 'started by hand'}."
     if not settings.enabled:
         return "The loop is off: managers start each stage by hand."
-    from training.reward import votes_since_last_reward_model
-
     wanted = project.retrain_threshold
     if wanted == 0:
         return "The loop is on, but automatic retraining is off (retrain threshold 0)."
@@ -109,14 +114,9 @@ def run_rounds(
     echo: Callable[[int, int, dict], None] | None = None,
 ) -> list[RoundResult]:
     """Whole rounds in the foreground: retrain → policy update → battle, then the oracle votes on the battle."""
-    from training.reward import reward_model_start
-    from training.runs import run_execute
-    from training.simulate import simulate_votes
-    from training.tasks import job_for_kind
-
     results = []
     for number in range(1, rounds + 1):
-        run = reward_model_start(project=project, reason=f"run_loop round {number}", enqueue=False)
+        run = run_start(project=project, kind=Kind.REWARD_MODEL, reason=f"run_loop round {number}", enqueue=False)
         chain = [run]
         while run is not None:
             if on_stage:

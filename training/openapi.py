@@ -9,7 +9,8 @@ _MANAGERS = {"403": {"description": "managers only"}, "401": {"description": "mi
 PATHS: dict = {
     "/api/projects/{slug}/reward-models/train": {
         "post": {
-            "summary": "Queue a reward-model training run (managers)",
+            "summary": "Queue a reward-model training run (managers); an alias of POST /api/projects/{slug}/runs "
+                       "with kind reward_model",
             "parameters": [_SLUG],
             "requestBody": {
                 "content": {"application/json": {"schema": {"type": "object", "properties": {"config": {"type": "object"}}}}}
@@ -36,10 +37,16 @@ PATHS: dict = {
                             "required": ["kind"],
                             "properties": {
                                 "kind": {"enum": ["reward_model", "dpo", "ppo", "generation"]},
-                                "config": {"type": "object"},
+                                "config": {"type": "object", "description": "settings; the rest are the defaults "
+                                           "the console's form shows"},
                                 "checkpoint": {"type": "string", "description": "default: the incumbent"},
-                                "rivals": {"type": "array", "items": {"type": "string"}},
-                                "prompts": {"type": "integer"},
+                                "rivals": {"type": "array", "items": {"type": "string"},
+                                           "description": "generation: default the incumbent"},
+                                "snapshot": {"type": "integer", "description": "dpo: default the latest reward "
+                                             "model's snapshot"},
+                                "reward_model": {"type": "integer", "description": "ppo: a version; default the "
+                                                 "latest"},
+                                "prompts": {"type": ["integer", "null"], "description": "same as config.prompts"},
                             },
                         }
                     }

@@ -6,7 +6,7 @@ a half-written folder.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from django.conf import settings
@@ -15,39 +15,9 @@ from django.db import transaction
 from annotate.models import Checkpoint, Project, Prompt, Snapshot
 from annotate.snapshots import snapshot_path
 from rewardmodel.models import RewardModel
-from training.generation import checkpoint_model_path
+from training import configs
 from training.models import TrainingRun
-from training.reward import json_safe
-from training.runs import RunReporter, run_create
-
-# Defaults sized for a CPU demo; every key can be overridden by the run's config.
-DPO_DEFAULTS = {"epochs": 1.0, "batch_size": 4, "max_length": 512, "max_prompt_length": 256, "learning_rate": 5e-6}
-PPO_DEFAULTS = {"steps": 20, "batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 48}
-
-
-def _config(cls, defaults: dict, overrides: dict, **fixed):
-    known = {f.name for f in fields(cls)}
-    merged = {**defaults, **overrides, **fixed}
-    unknown = sorted(set(merged) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
-    try:
-        return cls(**merged)
-    except TypeError as error:
-        raise ValueError(str(error)) from None
-
-
-def dpo_config_from(run_config: dict, *, model: str):
-    from training.lib.dpo_config import DPOConfig
-
-    return _config(DPOConfig, DPO_DEFAULTS, run_config, model=model)
-
-
-def ppo_config_from(run_config: dict, *, model: str, reward: str):
-    from training.lib.ppo import PPOConfig
-
-    return _config(PPOConfig, PPO_DEFAULTS, {k: v for k, v in run_config.items() if k != "prompts"},
-                   model=model, reward=reward)
+from training.runs import RunReporter, json_safe, run_create
 
 
 def _out_dir(run: TrainingRun) -> Path:
@@ -86,7 +56,7 @@ def dpo_job(run: TrainingRun, reporter: RunReporter) -> None:
     from rewardmodel.lib.data import read_pairs
     from training.lib.dpo import train_dpo
 
-    config = dpo_config_from(run.config, model=checkpoint_model_path(run.checkpoint_in))
+    config = configs.dpo_config(run.config, model=run.checkpoint_in.model_path)
     pairs = read_pairs(snapshot_path(run.snapshot))
     reporter.log(f"DPO on {len(pairs)} pairs of snapshot {run.snapshot.pk}, from {run.checkpoint_in.name}")
     result = train_dpo(config, pairs, _out_dir(run), progress=reporter.progress, lineage=_lineage(run))
@@ -97,10 +67,10 @@ def ppo_job(run: TrainingRun, reporter: RunReporter) -> None:
     from training.lib.ppo import train_ppo
 
     reward_path = run.reward_model_in.artifact_uri.removeprefix("file://")
-    config = ppo_config_from(run.config, model=checkpoint_model_path(run.checkpoint_in), reward=reward_path)
-    prompts = list(Prompt.objects.filter(project=run.project).order_by("id").values_list("messages", flat=True))
-    limit = run.config.get("prompts")
-    prompts = prompts[:limit] if limit else prompts
+    config = configs.ppo_config(run.config, model=run.checkpoint_in.model_path, reward=reward_path)
+    prompts = Prompt.objects.filter(project=run.project).order_by("id").values_list("messages", flat=True)
+    limit = configs.ppo_prompt_limit(run.config)
+    prompts = list(prompts[:limit] if limit else prompts)
     reporter.log(f"PPO on {len(prompts)} prompts against reward model v{run.reward_model_in.version}")
     result = train_ppo(config, prompts, _out_dir(run), progress=reporter.progress, lineage=_lineage(run))
     _publish(run, result.out_dir, config, result.metrics)
@@ -111,7 +81,7 @@ def dpo_start(
     reason: str = "started by hand", enqueue: bool = True,
 ) -> TrainingRun:
     """Validate, then queue a DPO run improving ``checkpoint`` on ``snapshot`` (ValueError names a bad setting)."""
-    dpo_config_from(config or {}, model=checkpoint_model_path(checkpoint) or "unset")
+    configs.validate(TrainingRun.Kind.DPO, config or {})
     with transaction.atomic():
         return run_create(project=project, kind=TrainingRun.Kind.DPO, config=config or {}, reason=reason,
                           enqueue=enqueue, checkpoint_in=checkpoint, snapshot=snapshot)
@@ -122,7 +92,7 @@ def ppo_start(
     reason: str = "started by hand", enqueue: bool = True,
 ) -> TrainingRun:
     """Validate, then queue a PPO run improving ``checkpoint`` against ``reward_model``."""
-    ppo_config_from(config or {}, model=checkpoint_model_path(checkpoint) or "unset", reward="unset")
+    configs.validate(TrainingRun.Kind.PPO, config or {})
     with transaction.atomic():
         return run_create(project=project, kind=TrainingRun.Kind.PPO, config=config or {}, reason=reason,
                           enqueue=enqueue, checkpoint_in=checkpoint, reward_model_in=reward_model)

@@ -1,7 +1,7 @@
 """Reactions to the annotate app's signals (connected in TrainingConfig.ready)."""
 from __future__ import annotations
 
-from training.reward import retrain_if_due
+from training.loop import retrain_if_due
 
 
 def on_votes_recorded(sender, *, project_id: int, **_) -> None:

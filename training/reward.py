@@ -1,54 +1,28 @@
 """Reward-model training as a run: freeze a snapshot, train, verify, publish a version.
 
-Also the retrain trigger: enough new votes since the last reward model queue one
-retrain, at most one queued or running per project.
+Also the question behind the retrain trigger (``retrain_due``): are there enough new votes since
+the last reward model? ``training.loop.retrain_if_due`` asks it after every vote.
 """
 from __future__ import annotations
 
 import json
-import math
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from django.conf import settings
 from django.db import connection, transaction
 
+from annotate import sql
 from annotate.models import Comparison, Project, Snapshot, Vote
 from annotate.snapshots import snapshot_freeze, snapshot_path
 from rewardmodel.models import RewardModel
 from rewardmodel.services import latest_reward_model, reward_model_publish
+from training import configs
 from training.models import TrainingRun
-from training.runs import RunReporter, run_create
+from training.runs import RunReporter, json_safe, run_create
 
 KIND = TrainingRun.Kind.REWARD_MODEL
-
-
-def json_safe(value):
-    """Metrics as JSON can store them: NaN and infinities (e.g. accuracy of an empty bucket) become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def default_config() -> dict:
-    return {"backbone": settings.REWARD_BACKBONE, "epochs": 1.0, "batch_size": 16, "max_length": 384}
-
-
-def reward_config_from(run_config: dict):
-    """A RewardConfig from a run's JSON config; unknown keys are an error that names them."""
-    from rewardmodel.lib.config import RewardConfig
-
-    known = {f.name for f in fields(RewardConfig)}
-    merged = {**default_config(), **run_config}
-    unknown = sorted(set(merged) - known)
-    if unknown:
-        raise ValueError(f"unknown reward-model settings: {', '.join(unknown)}")
-    return RewardConfig(**merged)
 
 
 def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
@@ -57,7 +31,7 @@ def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
     from rewardmodel.lib.model import load_reward_model
     from rewardmodel.lib.train import train_reward_model
 
-    config = reward_config_from(run.config)
+    config = configs.reward_config(run.config)
     if run.snapshot is None:
         run.snapshot = snapshot_freeze(project=run.project, filters={"for": f"run {run.pk}"})
         run.save(update_fields=["snapshot"])
@@ -117,48 +91,30 @@ _NEW_VOTES = f"""
 def _count_new_votes(project_id: int, since, limit: int) -> int:
     """Votes in the project created after ``since`` (None: all), counted up to ``limit``."""
     # ``since`` goes back to the database as it came out of it (SQLite hands raw SQL text).
-    sql = _NEW_VOTES.format(since="" if since is None else "AND v.created_at > %s")
-    params = [project_id] + ([] if since is None else [since]) + [limit]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()[0]
+    query = _NEW_VOTES.format(since="" if since is None else "AND v.created_at > %s")
+    return sql.value(query, [project_id] + ([] if since is None else [since]) + [limit])
 
 
-def retrain_if_due(*, project_id: int) -> TrainingRun | None:
-    """Queue a reward-model run when the project has enough new votes and none is pending."""
-    with connection.cursor() as cursor:
-        cursor.execute(_DUE, [KIND, TrainingRun.State.QUEUED, TrainingRun.State.RUNNING,
-                              RewardModel.State.PUBLISHED, project_id])
-        row = cursor.fetchone()
+def retrain_due(project_id: int) -> int | None:
+    """The new votes (counted up to the threshold) when the project is due a retrain, else None.
+
+    Due: automatic retraining is on (threshold > 0), no reward-model run is queued or running,
+    and at least the threshold of votes arrived since the latest reward model's snapshot.
+    """
+    row = sql.row(_DUE, [KIND, TrainingRun.State.QUEUED, TrainingRun.State.RUNNING, RewardModel.State.PUBLISHED,
+                         project_id])
     if row is None or not row[0] or row[1]:  # no such project, retraining off, or one pending
         return None
     threshold, _, since = row
     new_votes = _count_new_votes(project_id, since, threshold)
-    if new_votes < threshold:
-        return None
-    with transaction.atomic():
-        # The project row lock makes "at most one pending retrain" hold across processes.
-        project = Project.objects.select_for_update().get(pk=project_id)
-        if TrainingRun.objects.active().filter(project=project, kind=KIND).exists():
-            return None
-        return run_create(
-            project=project,
-            kind=KIND,
-            config={},
-            reason=f"{new_votes}+ new votes since the last reward model",
-        )
+    return new_votes if new_votes >= threshold else None
 
 
 def reward_model_start(
     *, project: Project, config: dict | None = None, reason: str = "started by hand", enqueue: bool = True
 ) -> TrainingRun:
     """Validate the config, then create a run, queued unless ``enqueue`` is False (raises ValueError naming a bad setting)."""
-    try:
-        reward_config_from(config or {})
-    except TypeError as error:
-        raise ValueError(str(error)) from None
+    configs.validate(KIND, config or {})
     with transaction.atomic():
         return run_create(project=project, kind=KIND, config=config or {}, reason=reason, enqueue=enqueue)
 
-
-__all__ = ["RewardModel", "reward_model_start", "reward_model_train_job", "retrain_if_due"]

@@ -14,15 +14,29 @@ import traceback
 from collections.abc import Callable
 from datetime import timedelta
 
+from celery import signature
 from django.db import transaction
 from django.utils import timezone
 
 from annotate.models import Project
+from config.celery import app as celery_app
 from training.models import RunStep, TrainingRun
 
 LOG_TAIL_LINES = 200
 # A running run that has not reported for this long is considered lost with its worker.
 STALE_AFTER = timedelta(minutes=15)
+EXECUTE_RUN = "training.tasks.execute_run"
+
+
+def json_safe(value):
+    """Metrics as JSON can store them: NaN and infinities (e.g. accuracy of an empty bucket) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 class RunCancelled(Exception):
@@ -35,10 +49,13 @@ def run_create(
     """Create a queued run and, once the transaction commits, send it to the ``gpu`` queue."""
     run = TrainingRun.objects.create(project=project, kind=kind, config=config or {}, reason=reason, **inputs)
     if enqueue:
-        from training.tasks import execute_run
-
-        transaction.on_commit(lambda: execute_run.apply_async(args=[run.pk], queue="gpu"))
+        transaction.on_commit(lambda: run_enqueue(run.pk))
     return run
+
+
+def run_enqueue(run_id: int) -> None:
+    """Send a run to the ``gpu`` queue by the task's name: the web process needs no import of the tasks."""
+    signature(EXECUTE_RUN, args=[run_id], app=celery_app).apply_async(queue="gpu")
 
 
 class RunReporter:

@@ -1,7 +1,7 @@
 """The manager's console (pages under /p/<slug>/console/)."""
 from django.urls import path
 
-from training import views_console as views
+from training.console import views
 
 urlpatterns = [
     path("p/<slug:slug>/console/", views.dashboard, name="console-dashboard"),

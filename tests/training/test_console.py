@@ -229,7 +229,8 @@ def test_dashboard_shows_the_flywheel_at_a_glance(client, project, manager, seed
     assert 'data-kpi="votes-today"' in html and "Votes per day" in html
     assert 'data-kpi="incumbent"' in html and ">base<" in html
     assert 'data-reason="checkpoint battle"' in html
-    assert "The loop is off" in html or "run" in html
+    first = seeded["runs"][0]  # the oldest active run: what the loop is busy with
+    assert f"<p data-loop>reward model run {first.pk} is queued: seeded run 0.</p>" in html
     assert "v3</a> held-out accuracy" in html and "66%" in html
     stale.refresh_from_db()
     assert stale.state == State.FAILED and "stopped reporting" in stale.error  # reaped on load

@@ -12,7 +12,7 @@ from annotate.models import Snapshot
 from annotate.snapshots import snapshot_freeze, snapshot_path
 from annotate.votes import vote_record
 from tests.conftest import make_comparisons
-from training import charts
+from training.console import charts
 
 
 @pytest.fixture

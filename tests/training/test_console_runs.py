@@ -1,9 +1,6 @@
 """Console run pages: the live progress panel, the start form and its validation, cancel and retry."""
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 from django.urls import reverse
 from django.utils import timezone
@@ -119,37 +116,7 @@ def lineup(project):
     return base, cand, snapshot, rm
 
 
-def test_dpo_and_ppo_degrade_with_a_clear_message_without_the_policy_module(client, project, manager, lineup, monkeypatch):
-    monkeypatch.setitem(sys.modules, "training.policy", None)  # as if training/policy.py did not exist
-    base, _, snapshot, _ = lineup
-    client.force_login(manager)
-    page = client.get(reverse("console-run-new", args=[project.slug]) + "?kind=dpo").content.decode()
-    assert "data-unavailable" in page and "policy module is missing" in page
-    response = _start(client, project, {"kind": "dpo", "checkpoint": base.pk, "snapshot": snapshot.pk, "beta": "0.1",
-                                        "loss": "sigmoid", "learning_rate": "1e-6", "epochs": "1", "batch_size": "4"})
-    assert response.status_code == 200 and "cannot be started from this installation" in response.content.decode()
-    assert not TrainingRun.objects.exists()
-
-
-@pytest.fixture
-def fake_policy(monkeypatch):
-    calls = []
-
-    def start(kind):
-        def starter(*, project, checkpoint, config, reason, enqueue, snapshot=None, reward_model=None):
-            calls.append({"kind": kind, "checkpoint": checkpoint, "snapshot": snapshot, "reward_model": reward_model,
-                          "config": config, "reason": reason, "enqueue": enqueue})
-            return run_create(project=project, kind=kind, config=config, reason=reason, enqueue=False,
-                              checkpoint_in=checkpoint, snapshot=snapshot, reward_model_in=reward_model)
-        return starter
-
-    module = types.ModuleType("training.policy")
-    module.dpo_start, module.ppo_start = start(Kind.DPO), start(Kind.PPO)
-    monkeypatch.setitem(sys.modules, "training.policy", module)
-    return calls
-
-
-def test_dpo_and_ppo_start_through_the_policy_services(client, project, manager, lineup, fake_policy):
+def test_dpo_and_ppo_start_from_the_form_with_their_inputs(client, project, manager, lineup):
     base, _, snapshot, rm = lineup
     client.force_login(manager)
     form = client.get(reverse("console-run-new", args=[project.slug]) + "?kind=dpo").content.decode()
@@ -158,11 +125,13 @@ def test_dpo_and_ppo_start_through_the_policy_services(client, project, manager,
                              "loss": "ipo", "learning_rate": "1e-6", "epochs": "1", "batch_size": "4"})
     _start(client, project, {"kind": "ppo", "checkpoint": base.pk, "reward_model": rm.pk, "kl_coef": "0.1",
                              "learning_rate": "1e-5", "steps": "20", "batch_size": "8"})
-    dpo, ppo = fake_policy
-    assert dpo["kind"] == Kind.DPO and dpo["checkpoint"] == base and dpo["snapshot"] == snapshot and dpo["enqueue"]
-    assert dpo["config"] == {"beta": 0.2, "loss": "ipo", "learning_rate": 1e-6, "epochs": 1.0, "batch_size": 4}
-    assert ppo["reward_model"] == rm and ppo["config"]["kl_coef"] == 0.1 and ppo["config"]["steps"] == 20
-    assert TrainingRun.objects.filter(kind__in=[Kind.DPO, Kind.PPO]).count() == 2
+    dpo = TrainingRun.objects.get(kind=Kind.DPO)
+    assert (dpo.checkpoint_in, dpo.snapshot, dpo.state) == (base, snapshot, State.QUEUED)
+    assert dpo.config == {"beta": 0.2, "loss": "ipo", "learning_rate": 1e-6, "epochs": 1.0, "batch_size": 4}
+    assert dpo.reason == "started from the console by manager"
+    ppo = TrainingRun.objects.get(kind=Kind.PPO)
+    assert (ppo.checkpoint_in, ppo.reward_model_in) == (base, rm)
+    assert ppo.config["kl_coef"] == 0.1 and ppo.config["steps"] == 20
 
 
 def test_the_form_starts_a_generation_battle(client, project, manager, lineup):

@@ -24,8 +24,8 @@ def test_generation_samples_candidate_and_incumbent_and_queues_battles(project, 
                                                   state="incumbent")
     for i in range(4):
         services.prompt_get_or_create(project=project, messages=f"Tell me about topic {i}")
-    run = generation_start(project=project, checkpoints=[candidate, incumbent], prompts=3,
-                           sampling={"max_new_tokens": 8, "temperature": 1.0}, enqueue=False)
+    run = generation_start(project=project, checkpoints=[candidate, incumbent],
+                           config={"prompts": 3, "max_new_tokens": 8, "temperature": 1.0}, enqueue=False)
     run = run_execute(run.pk, generation_job)
     run.refresh_from_db()
     assert run.state == "succeeded", run.error
@@ -42,7 +42,7 @@ def test_generation_through_an_openai_compatible_endpoint(project, chat_server, 
     served = services.checkpoint_get_or_create(project=project, name="served", endpoint_url=base_url,
                                                endpoint_model="m")
     services.prompt_get_or_create(project=project, messages="Hello there")
-    run = generation_start(project=project, checkpoints=[served], prompts=None, enqueue=False)
+    run = generation_start(project=project, checkpoints=[served], config={"prompts": None}, enqueue=False)
     run_execute(run.pk, generation_job)
     completion = Completion.objects.get(checkpoint=served)
     assert completion.text.startswith("Echo: Hello there")

@@ -11,8 +11,9 @@ from annotate.votes import vote_record
 from rewardmodel.models import RewardModel
 from tests.conftest import make_comparisons
 from tests.tiny import save_tiny_bert
+from training.loop import retrain_if_due
 from training.models import RunStep, TrainingRun
-from training.reward import retrain_if_due, reward_model_start, reward_model_train_job
+from training.reward import reward_model_start, reward_model_train_job
 from training.runs import run_cancel, run_execute, runs_reap_stale
 
 
@@ -157,10 +158,10 @@ def test_starting_a_run_from_the_web_does_not_import_torch():
 
     code = (
         "import os, sys, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); django.setup();"
-        "from training.reward import reward_config_from; reward_config_from({'epochs': 2});"
-        "from training.policy import dpo_config_from, ppo_config_from;"
-        "dpo_config_from({'beta': 0.2, 'loss': 'ipo'}, model='smollm2');"
-        "ppo_config_from({'steps': 3}, model='smollm2', reward='rule:length');"
+        "from training import configs, starts, loop, api, jobs; configs.reward_config({'epochs': 2});"
+        "configs.dpo_config({'beta': 0.2, 'loss': 'ipo'}, model='smollm2');"
+        "configs.ppo_config({'steps': 3}, model='smollm2', reward='rule:length');"
+        "configs.validate('generation', {'temperature': 0.3});"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

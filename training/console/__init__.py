@@ -1,5 +1,8 @@
-"""The manager's console: reads (``selectors``), run starts (``launch``) and dataset downloads (``datasets``).
+"""The manager's console, in one room: ``views`` (thin: parse, authorize, call, render), ``forms``
+(the runs filter, one start form per kind, promotion, snapshot freezing), ``selectors`` (reads),
+``figures`` (page data → charts) over ``charts`` (server-rendered SVG), and ``datasets``
+(snapshot downloads).
 
-The views are in ``training.views_console``; the leaderboard and promotion in ``training.checkpoints``;
-annotator statistics in ``annotate.stats``.
+Runs start through ``training.starts.run_start`` like everywhere else; the leaderboard and
+promotion are ``training.checkpoints``; annotator statistics are ``annotate.stats``.
 """

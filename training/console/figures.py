@@ -1,10 +1,10 @@
-"""The console's charts: page data in, server-rendered SVG (``training.charts``) out."""
+"""The console's charts: page data in, server-rendered SVG (``training.console.charts``) out."""
 from __future__ import annotations
 
 from annotate.stats import Agreement, AnnotatorStats
 from rewardmodel.models import RewardModel
-from training import charts
 from training.checkpoints import Leaderboard
+from training.console import charts
 from training.console.selectors import Dashboard, RunView
 
 # Published human agreement on preference pairs (InstructGPT, Stiennon et al., Anthropic HH).

@@ -84,9 +84,7 @@ def dashboard(project: Project, *, days: int = 30, now: datetime | None = None) 
         votes_per_day=[(bounds[d].date(), per_day[f"d{d}"]) for d in range(days)],
         queue=[(label, *queue_rows.get(value, (0, 0))) for value, label in Comparison.Reason.choices],
         reward_model=latest_reward_model(project),
-        incumbent=Checkpoint.objects.filter(project=project, state=Checkpoint.State.INCUMBENT)
-        .order_by("-created_at")
-        .first(),
+        incumbent=Checkpoint.objects.incumbent(project),
         loop=loop_status(project),
         active_runs=list(run_rows(project).active().order_by("created_at")[:10]),
         recent_runs=list(run_rows(project).order_by("-created_at")[:8]),

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
 
-from annotate.models import Project
+from annotate.commands import project_get
+from training.lib.oracles import parse_oracle
 from training.loop import loop_settings, run_rounds
 
 
@@ -22,11 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--votes-per-round", type=int, default=0)
 
     def handle(self, *args, project, rounds, sync, method, oracle, votes_per_round, **options):
-        from tqdm import tqdm
-
-        target = Project.objects.filter(slug=project).first()
-        if target is None:
-            raise CommandError(f"no project {project!r}")
+        target = project_get(project)
         if not sync:
             raise CommandError("run_loop runs in the foreground: pass --sync (the background loop is the project's "
                                "loop setting, which chains runs on the workers)")
@@ -36,8 +34,6 @@ class Command(BaseCommand):
             settings.save(update_fields=["method"])
         judge = None
         if oracle:
-            from training.lib.oracles import parse_oracle
-
             try:
                 judge = parse_oracle(oracle)
             except ValueError as error:

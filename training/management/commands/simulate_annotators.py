@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
 
-from annotate.models import Project
+from annotate.commands import project_get
+from training.lib.oracles import parse_oracle
 from training.simulate import simulate_votes
 
 
@@ -23,13 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--username", help="Vote as this user (default: one per oracle).")
 
     def handle(self, *args, project, votes, oracle, noise, seed, username, **options):
-        from tqdm import tqdm
-
-        from training.lib.oracles import parse_oracle
-
-        target = Project.objects.filter(slug=project).first()
-        if target is None:
-            raise CommandError(f"no project {project!r}")
+        target = project_get(project)
         try:
             judge = parse_oracle(oracle)
         except ValueError as error:

@@ -1,19 +1,20 @@
 """Console forms: the runs filter, one start form per kind of run, promotion, snapshot freezing.
 
-Forms only parse and check ranges; the start services (see ``training.console.launch``) do the
-rest, and their ValueErrors are shown on the form. Each start form's ``start_kwargs()`` is the
-keyword arguments of ``launch.run_start``.
+Forms only parse and check ranges; ``training.starts.run_start`` does the rest, and its
+ValueErrors are shown on the form. Each start form's ``start_kwargs()`` is the keyword arguments
+of ``run_start``, and its initial values are ``training.configs.run_defaults`` (what the API, the
+commands and the loop use when a setting is left out).
 """
 from __future__ import annotations
 
 import json
 
 from django import forms
-from django.conf import settings
 
 from annotate.models import Checkpoint, Comparison, Snapshot, Vote
 from rewardmodel.models import RewardModel
 from rewardmodel.services import latest_reward_model
+from training.configs import run_defaults
 from training.models import TrainingRun
 
 ANY = [("", "any")]
@@ -45,6 +46,13 @@ class StartForm(forms.Form):
         self.project = project
         super().__init__(*args, **kwargs)
         self.order_fields([name for name in self.fields if name not in ("extra", "reason")] + ["extra", "reason"])
+        defaults = run_defaults(self.kind)
+        for name in self.fields_in_config:
+            self.fields[name].initial = defaults[name]
+
+    def initial_config(self) -> dict:
+        """The settings a manager starts with before changing anything."""
+        return {name: self.fields[name].initial for name in self.fields_in_config}
 
     def clean_extra(self) -> dict:
         text = self.cleaned_data["extra"].strip()
@@ -63,7 +71,7 @@ class StartForm(forms.Form):
 
     def config(self) -> dict:
         data = self.cleaned_data
-        return {**{name: data[name] for name in self.fields_in_config if data.get(name) is not None}, **data["extra"]}
+        return {**{name: data[name] for name in self.fields_in_config}, **data["extra"]}
 
     def start_kwargs(self) -> dict:
         return {"kind": self.kind, "config": self.config(), "reason": self.cleaned_data["reason"]}
@@ -73,30 +81,21 @@ class RewardModelStartForm(StartForm):
     kind = TrainingRun.Kind.REWARD_MODEL
     fields_in_config = ("backbone", "epochs", "batch_size", "max_length", "learning_rate", "loss", "eval_fraction")
     backbone = forms.CharField(max_length=300, help_text="An alias (all-minilm-l6-v2, smollm2), a local folder or a hub id.")
-    epochs = forms.FloatField(min_value=0.01, max_value=100, initial=1.0, widget=_number())
-    batch_size = forms.IntegerField(min_value=1, max_value=1024, initial=16)
-    max_length = forms.IntegerField(min_value=8, max_value=32768, initial=384, help_text="Tokens per prompt + answer.")
-    learning_rate = forms.FloatField(min_value=1e-8, max_value=1.0, initial=5e-5, widget=_number())
+    epochs = forms.FloatField(min_value=0.01, max_value=100, widget=_number())
+    batch_size = forms.IntegerField(min_value=1, max_value=1024)
+    max_length = forms.IntegerField(min_value=8, max_value=32768, help_text="Tokens per prompt + answer.")
+    learning_rate = forms.FloatField(min_value=1e-8, max_value=1.0, widget=_number())
     loss = forms.ChoiceField(
         choices=[("bt", "Bradley–Terry (ties skipped)"), ("bt_margin", "Bradley–Terry with strength margins"),
                  ("davidson", "Davidson (learns from ties)"), ("rao_kupper", "Rao–Kupper (learns from ties)")],
-        initial="bt",
     )
     eval_fraction = forms.FloatField(
-        min_value=0.0, max_value=0.5, initial=0.1, widget=_number(), help_text="Share of prompts held out."
+        min_value=0.0, max_value=0.5, widget=_number(), help_text="Share of prompts held out."
     )
-
-    def __init__(self, *args, project, **kwargs):
-        super().__init__(*args, project=project, **kwargs)
-        self.fields["backbone"].initial = settings.REWARD_BACKBONE
 
 
 def _checkpoints(project):
-    return Checkpoint.objects.filter(project=project).order_by("-created_at", "-id")
-
-
-def _incumbent(project) -> Checkpoint | None:
-    return _checkpoints(project).filter(state=Checkpoint.State.INCUMBENT).first()
+    return Checkpoint.objects.filter(project=project).newest_first()
 
 
 class DPOStartForm(StartForm):
@@ -104,17 +103,17 @@ class DPOStartForm(StartForm):
     fields_in_config = ("beta", "loss", "learning_rate", "epochs", "batch_size")
     checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), help_text="The policy to improve.")
     snapshot = forms.ModelChoiceField(queryset=Snapshot.objects.none(), help_text="The preference pairs to learn from.")
-    beta = forms.FloatField(min_value=0.001, max_value=10, initial=0.1, widget=_number(),
+    beta = forms.FloatField(min_value=0.001, max_value=10, widget=_number(),
                             help_text="Pull towards the reference policy.")
-    loss = forms.ChoiceField(choices=[("sigmoid", "DPO"), ("ipo", "IPO"), ("robust", "robust DPO")], initial="sigmoid")
-    learning_rate = forms.FloatField(min_value=1e-9, max_value=1e-2, initial=1e-6, widget=_number())
-    epochs = forms.FloatField(min_value=0.01, max_value=100, initial=1.0, widget=_number())
-    batch_size = forms.IntegerField(min_value=1, max_value=512, initial=4)
+    loss = forms.ChoiceField(choices=[("sigmoid", "DPO"), ("ipo", "IPO"), ("robust", "robust DPO")])
+    learning_rate = forms.FloatField(min_value=1e-9, max_value=1e-2, widget=_number())
+    epochs = forms.FloatField(min_value=0.01, max_value=100, widget=_number())
+    batch_size = forms.IntegerField(min_value=1, max_value=512)
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, project=project, **kwargs)
         self.fields["checkpoint"].queryset = _checkpoints(project)
-        self.fields["checkpoint"].initial = _incumbent(project)
+        self.fields["checkpoint"].initial = Checkpoint.objects.incumbent(project)
         self.fields["snapshot"].queryset = Snapshot.objects.filter(project=project).order_by("-created_at", "-id")
         latest = latest_reward_model(project)
         self.fields["snapshot"].initial = latest.snapshot if latest else self.fields["snapshot"].queryset.first()
@@ -129,16 +128,16 @@ class PPOStartForm(StartForm):
     fields_in_config = ("kl_coef", "learning_rate", "steps", "batch_size")
     checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), help_text="The policy to improve.")
     reward_model = forms.ModelChoiceField(queryset=RewardModel.objects.none(), help_text="The reward to maximise.")
-    kl_coef = forms.FloatField(min_value=0.0, max_value=10, initial=0.05, widget=_number(),
+    kl_coef = forms.FloatField(min_value=0.0, max_value=10, widget=_number(),
                                help_text="KL penalty towards the reference policy.")
-    learning_rate = forms.FloatField(min_value=1e-9, max_value=1e-2, initial=1e-5, widget=_number())
-    steps = forms.IntegerField(min_value=1, max_value=100_000, initial=100)
-    batch_size = forms.IntegerField(min_value=1, max_value=1024, initial=16, help_text="Rollouts per step.")
+    learning_rate = forms.FloatField(min_value=1e-9, max_value=1e-2, widget=_number())
+    steps = forms.IntegerField(min_value=1, max_value=100_000)
+    batch_size = forms.IntegerField(min_value=1, max_value=1024, help_text="Rollouts per step.")
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, project=project, **kwargs)
         self.fields["checkpoint"].queryset = _checkpoints(project)
-        self.fields["checkpoint"].initial = _incumbent(project)
+        self.fields["checkpoint"].initial = Checkpoint.objects.incumbent(project)
         models = RewardModel.objects.filter(project=project, state=RewardModel.State.PUBLISHED).order_by("-version")
         self.fields["reward_model"].queryset = models
         self.fields["reward_model"].initial = models.first()
@@ -151,19 +150,19 @@ class PPOStartForm(StartForm):
 
 class GenerationStartForm(StartForm):
     kind = TrainingRun.Kind.GENERATION
-    fields_in_config = ("temperature", "top_p", "max_new_tokens", "seed")
+    fields_in_config = ("prompts", "temperature", "top_p", "max_new_tokens", "seed")
     checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), label="Candidate",
                                         help_text="The checkpoint to sample.")
     rivals = forms.ModelMultipleChoiceField(
         queryset=Checkpoint.objects.none(), required=False,
         help_text="Sampled on the same prompts; each answer pair becomes a battle comparison.",
     )
-    prompts = forms.IntegerField(min_value=1, max_value=1_000_000, initial=64, required=False,
+    prompts = forms.IntegerField(min_value=1, max_value=1_000_000, required=False,
                                  help_text="Prompts drawn from the project (empty: all of them).")
-    temperature = forms.FloatField(min_value=0.0, max_value=2.0, initial=0.7, widget=_number())
-    top_p = forms.FloatField(min_value=0.01, max_value=1.0, initial=0.9, widget=_number())
-    max_new_tokens = forms.IntegerField(min_value=1, max_value=8192, initial=256)
-    seed = forms.IntegerField(min_value=0, initial=0)
+    temperature = forms.FloatField(min_value=0.0, max_value=2.0, widget=_number())
+    top_p = forms.FloatField(min_value=0.01, max_value=1.0, widget=_number())
+    max_new_tokens = forms.IntegerField(min_value=1, max_value=8192)
+    seed = forms.IntegerField(min_value=0)
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, project=project, **kwargs)
@@ -171,7 +170,7 @@ class GenerationStartForm(StartForm):
         self.fields["checkpoint"].queryset = checkpoints
         self.fields["checkpoint"].initial = checkpoints.filter(state=Checkpoint.State.CANDIDATE).first()
         self.fields["rivals"].queryset = checkpoints
-        incumbent = _incumbent(project)
+        incumbent = Checkpoint.objects.incumbent(project)
         self.fields["rivals"].initial = [incumbent] if incumbent else []
 
     def clean(self) -> dict:
@@ -183,8 +182,7 @@ class GenerationStartForm(StartForm):
 
     def start_kwargs(self) -> dict:
         data = self.cleaned_data
-        return {**super().start_kwargs(), "checkpoint": data["checkpoint"], "rivals": list(data["rivals"]),
-                "prompts": data["prompts"]}
+        return {**super().start_kwargs(), "checkpoint": data["checkpoint"], "rivals": list(data["rivals"])}
 
 
 START_FORMS: dict[str, type[StartForm]] = {

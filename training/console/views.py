@@ -25,10 +25,11 @@ from annotate.models import Checkpoint, Snapshot, Vote
 from annotate.services import InvalidInput
 from annotate.snapshots import snapshot_freeze
 from training import checkpoints
-from training.console import datasets, figures, launch, selectors
-from training.forms import START_FORMS, FreezeForm, PromoteForm, RunFilterForm
+from training.console import datasets, figures, selectors
+from training.console.forms import START_FORMS, FreezeForm, PromoteForm, RunFilterForm
 from training.models import TrainingRun
 from training.runs import run_cancel, runs_reap_stale
+from training.starts import run_retry, run_start
 
 RUNS_PER_PAGE = 50
 SNAPSHOTS_PER_PAGE = 50
@@ -81,15 +82,14 @@ def run_new(request: HttpRequest, slug: str) -> HttpResponse:
         kwargs = form.start_kwargs()
         kwargs["reason"] = kwargs["reason"] or f"started from the console by {request.user.username}"
         try:
-            run = launch.run_start(project=project, **kwargs)
+            run = run_start(project=project, **kwargs)
         except ValueError as error:
             form.add_error(None, str(error))
         else:
             messages.success(request, f"{run.get_kind_display().capitalize()} run {run.pk} is queued.")
             return redirect("console-run", slug=project.slug, run_id=run.pk)
-    unavailable = launch.policy_unavailable_reason() if kind in (TrainingRun.Kind.DPO, TrainingRun.Kind.PPO) else ""
     context = {"project": project, "form": form, "kind": kind, "kinds": TrainingRun.Kind.choices,
-               "kind_label": TrainingRun.Kind(kind).label, "unavailable": unavailable}
+               "kind_label": TrainingRun.Kind(kind).label}
     return render(request, "training/run_new.html", context)
 
 
@@ -128,7 +128,7 @@ def run_retry_view(request: HttpRequest, slug: str, run_id: int) -> HttpResponse
     project = access.project_for_manager(request.user, slug)
     run = _run(project, run_id)
     try:
-        retry = launch.run_retry(run=run)
+        retry = run_retry(run=run)
     except ValueError as error:
         messages.error(request, str(error))
         return redirect("console-run", slug=project.slug, run_id=run.pk)

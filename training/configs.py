@@ -1,0 +1,147 @@
+"""One source of run defaults per kind, and a run's JSON config turned into the library's config.
+
+A run's row keeps what its starter chose (``TrainingRun.config``); everything else comes from
+``run_defaults``, which every way of starting a run reads: the console's start forms (their
+initial values), the API and the commands (through ``training.starts.run_start``), the loop and
+automatic retraining. The defaults are the library dataclasses' own, except the few in
+``APP_DEFAULTS``, sized so that a run finishes on a CPU with SmolLM2-135M (the embedded default).
+Importing this module imports no torch: web processes validate configs with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from django.conf import settings
+
+from rewardmodel.lib.config import RewardConfig
+from training.lib.dpo_config import DPOConfig
+from training.lib.ppo_config import PPOConfig
+from training.models import TrainingRun
+
+Kind = TrainingRun.Kind
+
+# Generation has no library dataclass of its own here (local checkpoints and endpoints share
+# these settings), so every one of its defaults is listed. ``prompts``: how many of the project's
+# prompts a battle samples (None: all of them).
+SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "seed", "batch_size")
+GENERATION_DEFAULTS: dict[str, Any] = {
+    "prompts": 48, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256, "seed": 0, "batch_size": 8,
+}
+
+# Where the app departs from the library dataclasses' defaults: runs sized to finish in minutes on
+# a CPU with the demo's SmolLM2-135M. These are the values that automatic retraining, the loop,
+# the API and the commands have always used; only the console's form differed (see the README).
+APP_DEFAULTS: dict[str, dict[str, Any]] = {
+    Kind.REWARD_MODEL: {"epochs": 1.0, "batch_size": 16, "max_length": 384},
+    Kind.DPO: {"epochs": 1.0, "batch_size": 4, "max_length": 512, "max_prompt_length": 256, "learning_rate": 5e-6},
+    # ``prompts``: how many of the project's prompts PPO rolls out on (None: all of them).
+    Kind.PPO: {"steps": 20, "batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 48, "prompts": None},
+}
+
+# Settings a run takes from its inputs, never from its config.
+_FROM_INPUTS = {"model", "reward"}
+_CLASSES = {Kind.REWARD_MODEL: RewardConfig, Kind.DPO: DPOConfig, Kind.PPO: PPOConfig}
+# App-level settings a kind has beside its library dataclass's fields.
+_APP_ONLY = {Kind.PPO: {"prompts"}}
+
+
+def _library_defaults(cls) -> dict[str, Any]:
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(cls)
+        if f.name not in _FROM_INPUTS
+        and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
+    }
+
+
+def run_defaults(kind: str) -> dict[str, Any]:
+    """Every setting a starter may choose for a run of ``kind``, at its default value."""
+    if kind == Kind.GENERATION:
+        return dict(GENERATION_DEFAULTS)
+    if kind not in _CLASSES:
+        raise ValueError(f"kind must be one of {', '.join(Kind.values)}, not {kind!r}")
+    defaults = {**_library_defaults(_CLASSES[kind]), **APP_DEFAULTS[kind]}
+    if kind == Kind.REWARD_MODEL:
+        defaults["backbone"] = settings.REWARD_BACKBONE
+    return defaults
+
+
+def _checked(kind: str, run_config: dict) -> dict[str, Any]:
+    """The run's settings over the defaults; a setting the kind does not have is an error naming it."""
+    if not isinstance(run_config, dict):
+        raise ValueError("a run's config must be a JSON object of settings")
+    defaults = run_defaults(kind)
+    unknown = sorted(set(run_config) - set(defaults))
+    if unknown:
+        what = "reward-model" if kind == Kind.REWARD_MODEL else TrainingRun.Kind(kind).label
+        raise ValueError(f"unknown {what} settings: {', '.join(map(str, unknown))}")
+    return {**defaults, **run_config}
+
+
+def _build(cls, values: dict, **inputs):
+    try:
+        return cls(**values, **inputs)
+    except TypeError as error:  # e.g. a list where a number belongs
+        raise ValueError(str(error)) from None
+
+
+def reward_config(run_config: dict) -> RewardConfig:
+    return _build(RewardConfig, _checked(Kind.REWARD_MODEL, run_config))
+
+
+def dpo_config(run_config: dict, *, model: str) -> DPOConfig:
+    return _build(DPOConfig, _checked(Kind.DPO, run_config), model=model)
+
+
+def ppo_config(run_config: dict, *, model: str, reward: str) -> PPOConfig:
+    values = _checked(Kind.PPO, run_config)
+    for name in _APP_ONLY[Kind.PPO]:
+        values.pop(name)
+    return _build(PPOConfig, values, model=model, reward=reward)
+
+
+def _prompt_count(value) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"prompts must be a whole number of at least 1, or null for all of them, not {value!r}")
+    return value
+
+
+def ppo_prompt_limit(run_config: dict) -> int | None:
+    """How many of the project's prompts a PPO run rolls out on (None: all of them)."""
+    return _prompt_count(_checked(Kind.PPO, run_config)["prompts"])
+
+
+def generation_settings(run_config: dict) -> dict[str, Any]:
+    """The generation settings of a run (prompts and sampling), defaults filled in and checked."""
+    values = _checked(Kind.GENERATION, run_config)
+    _prompt_count(values["prompts"])
+    for key in SAMPLING_KEYS:
+        if isinstance(values[key], bool) or not isinstance(values[key], (int, float)):
+            raise ValueError(f"{key} must be a number, not {values[key]!r}")
+    if values["temperature"] < 0 or not 0 < values["top_p"] <= 1:
+        raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+    if values["max_new_tokens"] < 1 or values["batch_size"] < 1:
+        raise ValueError("max_new_tokens and batch_size must be >= 1")
+    return values
+
+
+def sampling(run_config: dict) -> dict[str, Any]:
+    """Just the sampling settings (what a generator takes)."""
+    values = generation_settings(run_config)
+    return {key: values[key] for key in SAMPLING_KEYS}
+
+
+def validate(kind: str, run_config: dict) -> None:
+    """Raise ValueError naming what is wrong with ``run_config`` for a run of ``kind``."""
+    if kind == Kind.REWARD_MODEL:
+        reward_config(run_config)
+    elif kind == Kind.DPO:
+        dpo_config(run_config, model="unset")
+    elif kind == Kind.PPO:
+        ppo_config(run_config, model="unset", reward="unset")
+        ppo_prompt_limit(run_config)
+    elif kind == Kind.GENERATION:
+        generation_settings(run_config)
+    else:
+        raise ValueError(f"kind must be one of {', '.join(Kind.values)}, not {kind!r}")
