@@ -177,18 +177,85 @@ def train_reward_model(
     _set_seed(config.seed)
     device = resolve_device(config)
     with matmul_precision(config, device):
-        return _train(config, pairs, out_dir, progress, snapshot_sha256, device, started)
+        run, graphed = _setup(config, pairs, device)
+        setup_s = time.perf_counter() - started
+        history, totals, train_s = _loop(run, graphed, progress)
+        metrics = _summary(run, graphed, history, totals, train_s=train_s, setup_s=setup_s)
+        meta = {
+            "config": config.to_dict(),
+            "snapshot_sha256": snapshot_sha256,
+            "metrics": metrics,
+            "backbone_type": run.model.backbone.config.model_type,
+        }
+        meta_path = save_reward_model(run.model, out_dir, meta)
+    return RewardResult(config=config, out_dir=str(out_dir), meta_path=str(meta_path), metrics=metrics, history=history)
 
 
-def _train(
-    config: RewardConfig,
-    pairs: Iterable[PreferencePair | Mapping[str, Any]],
-    out_dir: str | Path,
-    progress: ProgressFn | None,
-    snapshot_sha256: str | None,
-    device: torch.device,
-    started: float,
-) -> RewardResult:
+@dataclass
+class _Run:
+    """What `_setup` builds for one run, for the loop and the summary (mutable: model and optimizer train).
+
+    `train_all`: every encoded training pair; `train_set`: those the loss learns from (ties dropped
+    unless the loss models them); `batches`: index lists into `train_set`, all epochs in order;
+    `boot`: bootstrap weights [len(train_set), ensemble_size], or None for one head; `forward`: the
+    model or its compiled self. (The CUDA-graphed steps hold `whole_step`, so they live beside the
+    run, not in it: no reference cycle keeps the model's memory after the run.)
+    """
+
+    config: RewardConfig
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    model: RewardModel
+    forward: Callable[..., torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    lr_factor: Callable[[int], float]
+    collate: PairCollator
+    train_all: list[EncodedPair]
+    train_set: list[EncodedPair]
+    eval_raw: list[PreferencePair]
+    eval_set: list[EncodedPair]
+    batches: list[list[int]]
+    boot: torch.Tensor | None
+    total_steps: int
+    shared: bool
+    pack: bool
+
+    def lay_out(self, idx: list[int]) -> tuple[list[int], Any]:
+        return idx, self.collate([self.train_set[j] for j in idx]).to(self.device)
+
+    def forward_loss(self, batch: Any, weights: torch.Tensor | None, *,
+                     cache_casts: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, correctly ordered strict pairs) of one batch, both still on the device."""
+        config = self.config
+        with forward_context(self.device, self.autocast_dtype, cache_casts=cache_casts):
+            chosen, rejected = split_pair_rewards(self.forward, batch)
+            loss = pair_loss(
+                config.loss,
+                chosen.float(),
+                rejected.float(),
+                tie=batch.tie,
+                margin=batch.margin if config.margin_enabled else None,
+                tie_param=self.model.tie_param,
+                weights=weights,
+            )
+        diff = (chosen - rejected).detach().float().mean(dim=1)
+        strict = (~batch.tie).float()
+        return loss, (((diff > 0).float() + 0.5 * (diff == 0).float()) * strict).sum()
+
+    def whole_step(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimizer step on one batch, fit for CUDA graph capture (see `rewardmodel.lib.graphs`)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        batch = types.SimpleNamespace(**inputs, owner=None, token_index=None)
+        loss, correct = self.forward_loss(batch, inputs.get("weights"), cache_casts=False)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        return {"loss": loss.detach(), "correct": correct, "grad_norm": grad_norm}
+
+
+def _setup(config: RewardConfig, pairs: Iterable[PreferencePair | Mapping[str, Any]],
+           device: torch.device) -> tuple[_Run, GraphedSteps | None]:
+    """Split, encode and batch the pairs; build the model, the optimizer and, where they apply, the step graphs."""
     autocast_dtype = resolve_autocast_dtype(config, device)
     all_pairs = [p if isinstance(p, PreferencePair) else parse_pair(p) for p in pairs]
     train_raw, eval_raw = split_by_prompt(all_pairs, config.eval_fraction, config.seed)
@@ -231,6 +298,15 @@ def _train(
         forward = torch.compile(model, dynamic=True)
 
     model.train()
+    run = _Run(config, device, autocast_dtype, model, forward, optimizer, lr_factor, collate, train_all, train_set,
+               eval_raw, eval_set, batches, boot, total_steps, shared, pack)
+    return run, GraphedSteps(run.whole_step) if use_graphs else None
+
+
+def _loop(run: _Run, graphed: GraphedSteps | None,
+          progress: ProgressFn | None) -> tuple[list[dict[str, float]], dict[str, int], float]:
+    """Every optimizer step of the run: (history, pair and token totals, seconds in the loop)."""
+    config, model, optimizer = run.config, run.model, run.optimizer
     history: list[dict[str, float]] = []
     totals = {"pairs": 0, "tokens": 0, "computed": 0, "padded": 0}
     # The window's loss and correct count stay on the device until the step is reported:
@@ -238,69 +314,11 @@ def _train(
     window: dict[str, Any] = {"loss": 0.0, "correct": 0.0, "pairs": 0}
     unreported: dict[str, Any] | None = None
     steps_done = 0
-    epoch_batches = math.ceil(len(train_set) / config.batch_size)
-
-    def report(done: dict[str, Any]) -> None:
-        entry = {
-            "step": float(len(history) + 1),
-            "epoch": done["epoch"],
-            "loss": float(done["loss"]) / done["pairs"],
-            "accuracy": float(done["correct"]) / max(1, done["pairs"]),
-            "lr": done["lr"],
-            "grad_norm": float(done["grad_norm"]),
-        }
-        elapsed = time.perf_counter() - loop_start  # after the floats above: the step has finished
-        entry.update({
-            "elapsed_s": elapsed,
-            "pairs_seen": float(done["pairs_seen"]),
-            "tokens_seen": float(done["tokens_seen"]),
-            "pairs_per_s": done["pairs_seen"] / elapsed,
-            "tokens_per_s": done["tokens_seen"] / elapsed,
-        })
-        history.append(entry)
-        if progress is not None:
-            progress(len(history), total_steps, entry)
-
-    def lay_out(idx: list[int]) -> tuple[list[int], Any]:
-        return idx, collate([train_set[j] for j in idx]).to(device)
-
-    def forward_loss(batch: Any, weights: torch.Tensor | None, *,
-                     cache_casts: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, correctly ordered strict pairs) of one batch, both still on the device."""
-        with forward_context(device, autocast_dtype, cache_casts=cache_casts):
-            chosen, rejected = split_pair_rewards(forward, batch)
-            loss = pair_loss(
-                config.loss,
-                chosen.float(),
-                rejected.float(),
-                tie=batch.tie,
-                margin=batch.margin if config.margin_enabled else None,
-                tie_param=model.tie_param,
-                weights=weights,
-            )
-        diff = (chosen - rejected).detach().float().mean(dim=1)
-        strict = (~batch.tie).float()
-        return loss, (((diff > 0).float() + 0.5 * (diff == 0).float()) * strict).sum()
-
-    def whole_step(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimizer step on one batch, fit for CUDA graph capture (see `rewardmodel.lib.graphs`)."""
-        optimizer.zero_grad(set_to_none=True)
-        batch = types.SimpleNamespace(**inputs, owner=None, token_index=None)
-        loss, correct = forward_loss(batch, inputs.get("weights"), cache_casts=False)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        return {"loss": loss.detach(), "correct": correct, "grad_norm": grad_norm}
-
-    graphed = None
-    if use_graphs:
-        graphed = GraphedSteps(whole_step)
-
-    on_gpu = device.type == "cuda"
-    setup_s = time.perf_counter() - started
+    epoch_batches = math.ceil(len(run.train_set) / config.batch_size)
+    on_gpu = run.device.type == "cuda"
     loop_start = time.perf_counter()
-    for i, (idx, batch) in enumerate(_prefetched(batches, lay_out, ahead=on_gpu)):
-        weights = None if boot is None else boot[idx].to(device)
+    for i, (idx, batch) in enumerate(_prefetched(run.batches, run.lay_out, ahead=on_gpu)):
+        weights = None if run.boot is None else run.boot[idx].to(run.device)
         if graphed is not None:
             inputs = {name: getattr(batch, name) for name in GRAPH_INPUTS}
             if weights is not None:
@@ -309,7 +327,7 @@ def _train(
             out = graphed(inputs) if len(idx) == config.batch_size else graphed.eager(inputs)
             loss, correct, grad_norm = out["loss"], out["correct"], out["grad_norm"]
         else:
-            loss, correct = forward_loss(batch, weights)
+            loss, correct = run.forward_loss(batch, weights)
             (loss / config.grad_accum).backward()
         window["loss"] = window["loss"] + loss.detach() * len(idx)
         window["correct"] = window["correct"] + correct
@@ -318,62 +336,84 @@ def _train(
         totals["tokens"] += batch.real_tokens
         totals["computed"] += batch.computed_tokens
         totals["padded"] += batch.padded_tokens
-        if (i + 1) % config.grad_accum and i + 1 != len(batches):
+        if (i + 1) % config.grad_accum and i + 1 != len(run.batches):
             continue
         if graphed is None:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         steps_done += 1
-        lr = config.learning_rate * lr_factor(steps_done)  # for the next step, as a LambdaLR reports it
+        lr = config.learning_rate * run.lr_factor(steps_done)  # for the next step, as a LambdaLR reports it
         _set_lr(optimizer, lr)
         finished = {**window, "grad_norm": grad_norm, "lr": lr, "epoch": (i + 1) / epoch_batches,
                     "pairs_seen": totals["pairs"], "tokens_seen": totals["tokens"]}
         window = {"loss": 0.0, "correct": 0.0, "pairs": 0}
         if unreported is not None:
-            report(unreported)
+            _report(unreported, history, run.total_steps, loop_start, progress)
         unreported = finished
         if not on_gpu:
-            report(unreported)
+            _report(unreported, history, run.total_steps, loop_start, progress)
             unreported = None
     if unreported is not None:
-        report(unreported)
-    train_s = time.perf_counter() - loop_start
+        _report(unreported, history, run.total_steps, loop_start, progress)
+    return history, totals, time.perf_counter() - loop_start
 
+
+def _report(done: dict[str, Any], history: list[dict[str, float]], total_steps: int, loop_start: float,
+            progress: ProgressFn | None) -> None:
+    """Append a finished step's log entry to `history` (reading its device values), then call `progress`."""
+    entry = {
+        "step": float(len(history) + 1),
+        "epoch": done["epoch"],
+        "loss": float(done["loss"]) / done["pairs"],
+        "accuracy": float(done["correct"]) / max(1, done["pairs"]),
+        "lr": done["lr"],
+        "grad_norm": float(done["grad_norm"]),
+    }
+    elapsed = time.perf_counter() - loop_start  # after the floats above: the step has finished
+    entry.update({
+        "elapsed_s": elapsed,
+        "pairs_seen": float(done["pairs_seen"]),
+        "tokens_seen": float(done["tokens_seen"]),
+        "pairs_per_s": done["pairs_seen"] / elapsed,
+        "tokens_per_s": done["tokens_seen"] / elapsed,
+    })
+    history.append(entry)
+    if progress is not None:
+        progress(len(history), total_steps, entry)
+
+
+def _summary(run: _Run, graphed: GraphedSteps | None, history: list[dict[str, float]], totals: dict[str, int], *,
+             train_s: float, setup_s: float) -> dict[str, float]:
+    """The run's metrics: data counts, layout, throughput, final loss and, with held-out prompts, "eval_" ones."""
+    config, model = run.config, run.model
+    train_all, eval_set = run.train_all, run.eval_set
     metrics: dict[str, float] = {
-        "train_pairs": float(len(train_set)),
-        "train_ties_skipped": float(len(train_all) - len(train_set)),
-        "eval_prompts_held_out": float(len({p.group_key() for p in eval_raw})),
+        "train_pairs": float(len(run.train_set)),
+        "train_ties_skipped": float(len(train_all) - len(run.train_set)),
+        "eval_prompts_held_out": float(len({p.group_key() for p in run.eval_raw})),
         "truncated_pairs": float(sum(p.prompt_truncated for p in train_all + eval_set)),
         "truncated_responses": float(sum(p.response_truncated for p in train_all + eval_set)),
         "padding_fraction": 1.0 - totals["computed"] / max(1, totals["padded"]),
-        "prefix_sharing": float(shared),
-        "packing": float(pack),
-        "flat_tokens": float(model.flat_tokens and (shared or pack)),
+        "prefix_sharing": float(run.shared),
+        "packing": float(run.pack),
+        "flat_tokens": float(model.flat_tokens and (run.shared or run.pack)),
         "cuda_graphs": float(graphed is not None and graphed.replays > 0),
         "cuda_graph_shapes": float(graphed.shapes if graphed is not None else 0),
         "train_seconds": train_s,
         "setup_seconds": setup_s,
         "pairs_per_s": totals["pairs"] / train_s,
         "tokens_per_s": totals["tokens"] / train_s,
-        "optimizer_steps": float(total_steps),
+        "optimizer_steps": float(run.total_steps),
         "final_train_loss": history[-1]["loss"],
     }
     if config.loss in TIE_LOSSES:
         metrics["tie_param"] = float(model.tie_param.detach())
     if eval_set:
         chosen_r, rejected_r = predict_pair_rewards(
-            model, eval_set, batch_size=config.eval_batch_size, device=device,
-            shared_prefix=shared, pack=pack, autocast_dtype=autocast_dtype,
+            model, eval_set, batch_size=config.eval_batch_size, device=run.device,
+            shared_prefix=run.shared, pack=run.pack, autocast_dtype=run.autocast_dtype,
         )
         evaluation = preference_metrics(chosen_r, rejected_r, eval_set, loss_name=config.loss, tie_param=model.tie_param)
         metrics.update({f"eval_{k}": v for k, v in evaluation.items()})
-
-    meta = {
-        "config": config.to_dict(),
-        "snapshot_sha256": snapshot_sha256,
-        "metrics": metrics,
-        "backbone_type": model.backbone.config.model_type,
-    }
-    meta_path = save_reward_model(model, out_dir, meta)
-    return RewardResult(config=config, out_dir=str(out_dir), meta_path=str(meta_path), metrics=metrics, history=history)
+    return metrics
