@@ -239,12 +239,7 @@ def train_dpo(
     device = resolve_device(config)
     amp = resolve_autocast(config, device)
     all_pairs = [p if isinstance(p, PreferencePair) else parse_pair(p) for p in pairs]
-    lora = None
-    if config.lora:
-        targets = config.lora_target_modules
-        lora = {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
-                "target_modules": targets if isinstance(targets, str) else list(targets)}
-    model, tokenizer, model_path = load_policy(config.model, device, lora=lora,
+    model, tokenizer, model_path = load_policy(config.model, device, lora=_lora_options(config),
                                                gradient_checkpointing=config.gradient_checkpointing)
     examples, report = encode_pairs(tokenizer, all_pairs, max_length=config.max_length,
                                     max_prompt_length=config.max_prompt_length)
@@ -271,16 +266,7 @@ def train_dpo(
     for i, idx in enumerate(batches):
         chunk = [examples[j] for j in idx]
         batch = collate(chunk, None if reference is None else [reference[j] for j in idx]).to(device)
-        with forward_context(device, amp):
-            policy_logps = token_logprobs(model, batch.tokens)
-            if batch.ref_token_logps is not None:
-                ref_logps = batch.ref_token_logps
-            else:
-                with torch.no_grad(), reference_of(model, frozen) as ref_model:
-                    ref_logps = token_logprobs(ref_model, batch.tokens)
-        loss, sums = batch_loss(policy_logps, ref_logps, batch, config)
-        (loss / config.grad_accum).backward()
-        meter.add(sums, batch)
+        meter.add(_backward(model, frozen, batch, config, device, amp), batch)
         if (i + 1) % config.grad_accum and i + 1 != len(batches):
             continue
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -296,6 +282,53 @@ def train_dpo(
 
     metrics = {
         **report.as_metrics(),
+        **_run_metrics(history, meter, shared=shared, setup_seconds=setup_seconds, ref_seconds=ref_seconds,
+                       train_seconds=train_seconds),
+    }
+    del optimizer, scheduler, frozen  # Adam state (2x the weights) is freed before verification loads a copy
+    meta = {
+        "kind": "dpo",
+        "base_model": config.model,
+        "base_model_path": model_path,
+        "config": config.to_dict(),
+        "lineage": dict(lineage or {}),
+        "metrics": metrics,
+    }
+    path = _publish(model, tokenizer, examples[0], pad_id, device, out_dir, meta, merge_lora=config.lora_merge)
+    return DPOResult(config=config, checkpoint_path=str(path), metrics=metrics, history=history)
+
+
+def _backward(model: Any, frozen: Any | None, batch: DPOBatch, config: DPOConfig, device: torch.device,
+              amp: torch.dtype | None) -> dict[str, float]:
+    """Forward and backward of one micro-batch (its loss scaled by 1 / grad_accum); returns its sums for logging.
+
+    Reference log-probs come with the batch when precomputed, else from `frozen` or the adapters switched off.
+    """
+    with forward_context(device, amp):
+        policy_logps = token_logprobs(model, batch.tokens)
+        if batch.ref_token_logps is not None:
+            ref_logps = batch.ref_token_logps
+        else:
+            with torch.no_grad(), reference_of(model, frozen) as ref_model:
+                ref_logps = token_logprobs(ref_model, batch.tokens)
+    loss, sums = batch_loss(policy_logps, ref_logps, batch, config)
+    (loss / config.grad_accum).backward()
+    return sums
+
+
+def _lora_options(config: DPOConfig) -> dict[str, Any] | None:
+    """peft `LoraConfig` keyword arguments for a LoRA run, None for full fine-tuning."""
+    if not config.lora:
+        return None
+    targets = config.lora_target_modules
+    return {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+            "target_modules": targets if isinstance(targets, str) else list(targets)}
+
+
+def _run_metrics(history: list[dict[str, float]], meter: _Meter, *, shared: bool, setup_seconds: float,
+                 ref_seconds: float, train_seconds: float) -> dict[str, float]:
+    """Summary of the optimizer steps: layout, timings, throughput, first loss and the last step's figures."""
+    return {
         "optimizer_steps": float(len(history)),
         "shared_prefix": float(shared),
         "padding_fraction": 1.0 - meter.totals["computed"] / max(1, meter.totals["padded"]),
@@ -309,22 +342,17 @@ def train_dpo(
         **{f"final_{k}": history[-1][k] for k in ("loss", "margin", "accuracy", "kl", "rewards_chosen",
                                                   "rewards_rejected")},
     }
-    del optimizer, scheduler, frozen  # Adam state (2x the weights) is freed before verification loads a copy
+
+
+def _publish(model: Any, tokenizer: Any, probe_example: DPOExample, pad_id: int, device: torch.device,
+             out_dir: str | Path, meta: dict[str, Any], *, merge_lora: bool) -> Path:
+    """Save the trained policy as a checkpoint that must reproduce its log-probs of `probe_example` when reloaded."""
     model.eval()
-    probe = DPOCollator(pad_id, shared_prefix=False)(examples[:1]).tokens.to(device)
+    probe = DPOCollator(pad_id, shared_prefix=False)([probe_example]).tokens.to(device)
     with torch.no_grad():
         expected = sequence_sums(token_logprobs(model, probe), probe.seq_index, probe.num_seqs)
-    meta = {
-        "kind": "dpo",
-        "base_model": config.model,
-        "base_model_path": model_path,
-        "config": config.to_dict(),
-        "lineage": dict(lineage or {}),
-        "metrics": metrics,
-    }
-    path = save_checkpoint(model, tokenizer, out_dir, meta, merge_lora=config.lora_merge,
+    return save_checkpoint(model, tokenizer, out_dir, meta, merge_lora=merge_lora,
                            verify=probe_verifier(probe.to("cpu"), expected))
-    return DPOResult(config=config, checkpoint_path=str(path), metrics=metrics, history=history)
 
 
 if __name__ == "__main__":
