@@ -145,7 +145,8 @@ def _summarise(marks: list[tuple[float, float, float, float]], start: tuple[floa
 
 
 def run_ours(args: argparse.Namespace, prompts: list) -> dict[str, Any]:
-    from training.lib.ppo import PPOConfig, train_ppo
+    from training.lib.ppo import train_ppo
+    from training.lib.ppo_config import PPOConfig
 
     config = PPOConfig(model=args.policy, reward=args.reward, learning_rate=args.lr, batch_size=args.batch_size,
                        mini_batch_size=args.mini_batch_size, ppo_epochs=args.ppo_epochs,
