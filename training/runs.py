@@ -54,7 +54,13 @@ def run_create(
 
 
 def run_enqueue(run_id: int) -> None:
-    """Send a run to the ``gpu`` queue by the task's name: the web process needs no import of the tasks."""
+    """Send a run to the ``gpu`` queue by the task's name: the web process needs no import of the tasks.
+
+    With ``CELERY_TASK_ALWAYS_EAGER`` the run executes here and now, which needs the task itself:
+    Celery's own discovery imports the apps' task modules then.
+    """
+    if celery_app.conf.task_always_eager:
+        celery_app.loader.import_default_modules()
     signature(EXECUTE_RUN, args=[run_id], app=celery_app).apply_async(queue="gpu")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -16,8 +17,10 @@ from tests.conftest import make_comparisons
 from training import configs
 from training.console.forms import START_FORMS
 from training.generation import settings_of
+from training.jobs import JOBS
 from training.loop import battle_start, loop_settings, policy_start, retrain_if_due
 from training.models import LoopSettings, TrainingRun
+from training.starts import run_start
 
 Kind = TrainingRun.Kind
 
@@ -154,3 +157,30 @@ def test_start_run_and_its_alias_queue_through_the_same_path(project, lineup):
         call_command("start_run", "--project", "nope", "--kind", "dpo")
     with pytest.raises(CommandError, match="unknown reward-model settings: learning_rat"):
         call_command("start_run", "--project", "demo", "--kind", "reward_model", "--set", "learning_rat=1")
+
+
+def test_a_started_run_is_sent_to_the_gpu_queue_by_the_tasks_name(project, celery_broker, settings,
+                                                                   django_capture_on_commit_callbacks):
+    if not settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        pytest.skip("reads the messages the embedded file-system broker writes")
+    folder = Path(celery_broker["CELERY_BROKER_DIR"]) / "queue"
+    before = set(folder.iterdir())
+    with django_capture_on_commit_callbacks(execute=True):
+        run = run_start(project=project, kind=Kind.REWARD_MODEL, reason="test")
+    sent = [json.loads(path.read_text()) for path in set(folder.iterdir()) - before]
+    assert [(m["headers"]["task"], m["headers"]["argsrepr"], m["properties"]["delivery_info"]["routing_key"])
+            for m in sent] == [("training.tasks.execute_run", f"({run.pk},)", "gpu")]
+    for path in set(folder.iterdir()) - before:
+        path.unlink()
+
+
+def test_with_always_eager_a_started_run_runs_at_once(project, monkeypatch, django_capture_on_commit_callbacks):
+    from config.celery import app
+
+    done = []
+    monkeypatch.setitem(JOBS, Kind.REWARD_MODEL, lambda run, reporter: done.append(run.pk))
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+    with django_capture_on_commit_callbacks(execute=True):
+        run = run_start(project=project, kind=Kind.REWARD_MODEL, reason="test")
+    run.refresh_from_db()
+    assert done == [run.pk] and run.state == TrainingRun.State.SUCCEEDED
