@@ -90,6 +90,9 @@ class CheckpointQuerySet(models.QuerySet):
         """The checkpoint new candidates are measured against: the project's newest incumbent."""
         return self.filter(project=project, state=Checkpoint.State.INCUMBENT).newest_first().first()
 
+    def newest_candidate(self, project) -> Checkpoint | None:
+        return self.filter(project=project, state=Checkpoint.State.CANDIDATE).newest_first().first()
+
 
 class Checkpoint(models.Model):
     """A source of completions: a local model folder, an endpoint, or imported data."""

@@ -106,15 +106,18 @@ def _start(request: HttpRequest, slug: str, *, kind: str | None = None) -> JsonR
         return JsonResponse({"error": "the request body is not valid JSON"}, status=400)
     if not isinstance(body, dict) or not isinstance(body.get("config", {}), dict):
         return JsonResponse({"error": _START_BODY}, status=400)
+    if kind is not None:  # the alias reads the config alone, as it always did
+        body = {"kind": kind, "config": body.get("config", {})}
     unknown = sorted(set(body) - {"kind", "config", "checkpoint", "rivals", "snapshot", "reward_model", "prompts"})
     if unknown:
         return JsonResponse({"error": f"unknown fields {', '.join(unknown)}: {_START_BODY}"}, status=400)
+    kind = str(body.get("kind", ""))
     config = dict(body.get("config") or {})
-    if "prompts" in body:  # accepted beside the config too, as the first version of this route had it
+    if "prompts" in body and kind == TrainingRun.Kind.GENERATION:  # beside the config too, as at first
         config.setdefault("prompts", body["prompts"])
     try:
-        run = run_start(project=project, kind=kind or str(body.get("kind", "")), config=config,
-                        reason="started through the API", **inputs_by_name(project, **_start_inputs(body)))
+        run = run_start(project=project, kind=kind, config=config, reason="started through the API",
+                        **inputs_by_name(project, **_start_inputs(body)))
     except ValueError as error:
         return JsonResponse({"error": str(error)}, status=400)
     return JsonResponse(run_payload(run), status=202)

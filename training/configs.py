@@ -10,6 +10,7 @@ Importing this module imports no torch: web processes validate configs with it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from django.conf import settings
@@ -67,6 +68,16 @@ def run_defaults(kind: str) -> dict[str, Any]:
     return defaults
 
 
+def _finite(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
 def _checked(kind: str, run_config: dict) -> dict[str, Any]:
     """The run's settings over the defaults; a setting the kind does not have is an error naming it."""
     if not isinstance(run_config, dict):
@@ -76,6 +87,9 @@ def _checked(kind: str, run_config: dict) -> dict[str, Any]:
     if unknown:
         what = "reward-model" if kind == Kind.REWARD_MODEL else TrainingRun.Kind(kind).label
         raise ValueError(f"unknown {what} settings: {', '.join(map(str, unknown))}")
+    infinite = sorted(name for name, value in run_config.items() if not _finite(value))
+    if infinite:  # NaN and infinities: no setting means them, and JSON columns cannot store them
+        raise ValueError(f"{', '.join(infinite)} must be a finite number")
     return {**defaults, **run_config}
 
 
@@ -117,8 +131,9 @@ def generation_settings(run_config: dict) -> dict[str, Any]:
     values = _checked(Kind.GENERATION, run_config)
     _prompt_count(values["prompts"])
     for key in SAMPLING_KEYS:
-        if isinstance(values[key], bool) or not isinstance(values[key], (int, float)):
-            raise ValueError(f"{key} must be a number, not {values[key]!r}")
+        whole = key in ("max_new_tokens", "seed", "batch_size")
+        if isinstance(values[key], bool) or not isinstance(values[key], int if whole else (int, float)):
+            raise ValueError(f"{key} must be a {'whole ' if whole else ''}number, not {values[key]!r}")
     if values["temperature"] < 0 or not 0 < values["top_p"] <= 1:
         raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
     if values["max_new_tokens"] < 1 or values["batch_size"] < 1:

@@ -39,20 +39,23 @@ PATHS: dict = {
                                 "kind": {"enum": ["reward_model", "dpo", "ppo", "generation"]},
                                 "config": {"type": "object", "description": "settings; the rest are the defaults "
                                            "the console's form shows"},
-                                "checkpoint": {"type": "string", "description": "default: the incumbent"},
+                                "checkpoint": {"type": "string", "description": "dpo, ppo: default the incumbent; "
+                                               "generation: default the newest candidate"},
                                 "rivals": {"type": "array", "items": {"type": "string"},
                                            "description": "generation: default the incumbent"},
                                 "snapshot": {"type": "integer", "description": "dpo: default the latest reward "
                                              "model's snapshot"},
                                 "reward_model": {"type": "integer", "description": "ppo: a version; default the "
                                                  "latest"},
-                                "prompts": {"type": ["integer", "null"], "description": "same as config.prompts"},
+                                "prompts": {"type": ["integer", "null"],
+                                            "description": "generation: same as config.prompts (ignored otherwise)"},
                             },
                         }
                     }
                 }
             },
-            "responses": {"202": _RUN, "400": {"description": "invalid or missing input"}, **_MANAGERS},
+            "responses": {"202": _RUN, "400": {"description": "invalid, unknown or missing input, named"},
+                          **_MANAGERS},
         }
     },
     "/api/runs/{id}": {

@@ -1,10 +1,11 @@
 """The one way to start a run of any kind: the console, the API, the commands and the loop call ``run_start``.
 
-Inputs a caller leaves out are filled in the same way for everyone: the policy to improve or
-sample is the incumbent; DPO learns from the latest reward model's snapshot (or a fresh one
-when there is no reward model yet); PPO optimises against the latest reward model; a generation
-run battles its candidate against the incumbent. Settings left out come from
-``training.configs.run_defaults``. Every refusal is a ValueError whose message is shown as it is.
+Inputs a caller leaves out are filled in the same way for everyone (``default_inputs``, which the
+console's forms show too): the policy to improve is the incumbent; DPO learns from the latest
+reward model's snapshot (or a fresh one when there is no reward model yet); PPO optimises against
+the latest reward model; a generation run samples the newest candidate (else the incumbent) and
+battles it against the incumbent. Settings left out come from ``training.configs.run_defaults``.
+Every refusal is a ValueError whose message is shown as it is.
 """
 from __future__ import annotations
 
@@ -21,30 +22,42 @@ from training.reward import reward_model_start
 Kind = TrainingRun.Kind
 
 
-def _policy(project: Project, checkpoint: Checkpoint | None) -> Checkpoint:
-    if checkpoint is not None:
-        return checkpoint
-    found = Checkpoint.objects.incumbent(project)
-    if found is None:
-        raise ValueError(f"{project.slug} has no incumbent checkpoint: choose the checkpoint to use")
-    return found
+# Which inputs each kind takes; any other is refused rather than ignored.
+INPUTS = {
+    Kind.REWARD_MODEL: (),
+    Kind.DPO: ("checkpoint", "snapshot"),
+    Kind.PPO: ("checkpoint", "reward_model"),
+    Kind.GENERATION: ("checkpoint", "rivals"),
+}
 
 
-def _dpo_snapshot(project: Project, config: dict) -> Snapshot:
-    configs.validate(Kind.DPO, config)  # refuse bad settings before freezing anything
+def default_inputs(project: Project, kind: str) -> dict:
+    """The inputs a run of ``kind`` gets when its starter names none (read by the console's forms too).
+
+    ``snapshot`` None for DPO means a fresh snapshot of the votes, frozen when the run starts.
+    """
+    incumbent = Checkpoint.objects.incumbent(project)
     rm = latest_reward_model(project)
-    if rm is not None:
-        return rm.snapshot
+    if kind == Kind.DPO:
+        return {"checkpoint": incumbent, "snapshot": rm and rm.snapshot}
+    if kind == Kind.PPO:
+        return {"checkpoint": incumbent, "reward_model": rm}
+    if kind == Kind.GENERATION:
+        candidate = Checkpoint.objects.newest_candidate(project) or incumbent
+        return {"checkpoint": candidate, "rivals": _rivals_of(candidate, incumbent)}
+    return {}
+
+
+def _rivals_of(candidate: Checkpoint | None, incumbent: Checkpoint | None) -> list[Checkpoint]:
+    """A candidate battles the incumbent, unless it is the incumbent."""
+    return [incumbent] if incumbent is not None and candidate is not None and candidate.pk != incumbent.pk else []
+
+
+def _fresh_snapshot(project: Project, config: dict) -> Snapshot:
+    configs.validate(Kind.DPO, config)  # refuse bad settings before freezing anything
     if not Vote.objects.filter(comparison__project=project).exists():
         raise ValueError(f"{project.slug} has no votes to train on yet")
     return snapshot_freeze(project=project, filters={"for": "dpo"})
-
-
-def _ppo_reward_model(project: Project) -> RewardModel:
-    rm = latest_reward_model(project)
-    if rm is None:
-        raise ValueError(f"{project.slug} has no reward model yet: train one before PPO")
-    return rm
 
 
 def run_start(
@@ -64,28 +77,38 @@ def run_start(
     ``checkpoint`` is the policy to improve (DPO, PPO) or the candidate to sample (generation);
     ``rivals`` (generation) are sampled on the same prompts and battled against it.
     """
+    if kind not in INPUTS:
+        raise ValueError(f"kind must be one of {', '.join(Kind.values)}, not {kind!r}")
+    given = {"checkpoint": checkpoint, "snapshot": snapshot, "reward_model": reward_model, "rivals": rivals}
+    foreign = [name for name, value in given.items() if value is not None and name not in INPUTS[kind]]
+    if foreign:
+        raise ValueError(f"a {Kind(kind).label} run takes no {' or '.join(foreign)}")
+    inputs = {**default_inputs(project, kind), **{k: v for k, v in given.items() if v is not None}}
+    if kind == Kind.GENERATION and rivals is None:
+        inputs["rivals"] = _rivals_of(inputs["checkpoint"], Checkpoint.objects.incumbent(project))
     config = dict(config or {})
     reason = reason.strip() or "started by hand"
     if kind == Kind.REWARD_MODEL:
         return reward_model_start(project=project, config=config, reason=reason, enqueue=enqueue)
+    base = inputs["checkpoint"]
+    if base is None:
+        raise ValueError(f"{project.slug} has no incumbent checkpoint: choose the checkpoint to use")
     if kind == Kind.DPO:
-        base = _policy(project, checkpoint)
-        snapshot = snapshot or _dpo_snapshot(project, config)
+        snapshot = inputs["snapshot"] or _fresh_snapshot(project, config)
         return dpo_start(project=project, checkpoint=base, snapshot=snapshot, config=config, reason=reason,
                          enqueue=enqueue)
     if kind == Kind.PPO:
-        base = _policy(project, checkpoint)
-        return ppo_start(project=project, checkpoint=base, reward_model=reward_model or _ppo_reward_model(project),
-                         config=config, reason=reason, enqueue=enqueue)
-    if kind == Kind.GENERATION:
-        candidate = _policy(project, checkpoint)
-        if rivals is None:
-            rivals = [c for c in [Checkpoint.objects.incumbent(project)] if c is not None and c.pk != candidate.pk]
-        if any(rival.pk == candidate.pk for rival in rivals):
-            raise ValueError(f"{candidate.name} is the candidate; it cannot also be its own rival")
-        return generation_start(project=project, checkpoints=[candidate, *rivals], config=config, reason=reason,
-                                enqueue=enqueue)
-    raise ValueError(f"kind must be one of {', '.join(Kind.values)}, not {kind!r}")
+        if inputs["reward_model"] is None:
+            raise ValueError(f"{project.slug} has no reward model yet: train one before PPO")
+        return ppo_start(project=project, checkpoint=base, reward_model=inputs["reward_model"], config=config,
+                         reason=reason, enqueue=enqueue)
+    rivals = inputs["rivals"]
+    if any(rival.pk == base.pk for rival in rivals):
+        raise ValueError(f"{base.name} is the candidate; it cannot also be its own rival")
+    if len({rival.pk for rival in rivals}) < len(rivals):
+        raise ValueError("a rival is named twice")
+    return generation_start(project=project, checkpoints=[base, *rivals], config=config, reason=reason,
+                            enqueue=enqueue)
 
 
 def inputs_by_name(
@@ -98,7 +121,7 @@ def inputs_by_name(
 ) -> dict:
     """``run_start``'s inputs from what the API and the commands name: checkpoint names, a snapshot id, a reward-model version."""
     inputs: dict = {}
-    if checkpoint is not None:
+    if checkpoint:  # "" names none, as it always did
         inputs["checkpoint"] = _checkpoint_named(project, checkpoint)
     if rivals is not None:
         inputs["rivals"] = [_checkpoint_named(project, name) for name in rivals]

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 
 from annotate import services
 from annotate.models import Checkpoint, Snapshot
@@ -15,7 +16,6 @@ from annotate.votes import vote_record
 from rewardmodel.models import RewardModel
 from tests.conftest import make_comparisons
 from training import configs
-from training.console.forms import START_FORMS
 from training.generation import settings_of
 from training.jobs import JOBS
 from training.loop import battle_start, loop_settings, policy_start, retrain_if_due
@@ -55,17 +55,65 @@ def effective(run: TrainingRun) -> dict:
     return configs.generation_settings(settings_of(run.config))
 
 
+class _FormValues(HTMLParser):
+    """What a browser submits for a form left as it was rendered: inputs, selected options, textareas."""
+
+    def __init__(self):
+        super().__init__()
+        self.values: dict[str, list[str]] = {}
+        self._select = self._textarea = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "input" and attrs.get("name") and attrs.get("type") not in ("submit", "checkbox", "radio"):
+            self.values.setdefault(attrs["name"], []).append(attrs.get("value") or "")
+        elif tag == "input" and "checked" in attrs:
+            self.values.setdefault(attrs["name"], []).append(attrs.get("value") or "on")
+        elif tag == "select":
+            self._select = attrs["name"]
+            self.values.setdefault(self._select, [])
+        elif tag == "option" and self._select and "selected" in attrs:
+            self.values[self._select].append(attrs.get("value") or "")
+        elif tag == "textarea":
+            self._textarea = attrs["name"]
+            self.values[self._textarea] = [""]
+
+    def handle_endtag(self, tag):
+        if tag == "select":
+            self._select = None
+        elif tag == "textarea":
+            self._textarea = None
+
+    def handle_data(self, data):
+        if self._textarea:
+            self.values[self._textarea][0] += data.strip()
+
+
+def _run_inputs(run: TrainingRun) -> tuple:
+    return (run.checkpoint_in_id, run.snapshot_id, run.reward_model_in_id, run.config.get("checkpoints"))
+
+
 @pytest.mark.parametrize("kind", Kind.values)
-def test_the_console_form_starts_from_the_settings_the_api_uses_when_none_are_given(
+def test_a_run_started_from_the_untouched_console_form_is_the_run_the_api_starts_with_nothing_given(
     client, project, manager, lineup, kind
 ):
-    form = START_FORMS[kind](project=project)
+    """The same "start a run" gives the same run, clicked in the console or sent to the API."""
+    client.force_login(manager)
+    page = client.get(reverse("console-run-new", args=[project.slug]) + f"?kind={kind}").content.decode()
+    form = _FormValues()
+    form.feed(page.split('class="stacked start-run"', 1)[1].split("</form>", 1)[0])
+    response = client.post(reverse("console-run-new", args=[project.slug]), form.values)
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    from_console = TrainingRun.objects.get(kind=kind)
     response = api_start(client, manager, {"kind": kind})
     assert response.status_code == 202, response.content
-    run = TrainingRun.objects.get(pk=response.json()["id"])
-    assert run.config == ({"checkpoints": [lineup[0].pk]} if kind == Kind.GENERATION else {})
-    used = effective(run)
-    assert form.initial_config() == {name: used[name] for name in form.fields_in_config}
+    from_api = TrainingRun.objects.get(pk=response.json()["id"])
+    assert effective(from_console) == effective(from_api)
+    assert _run_inputs(from_console) == _run_inputs(from_api)
+    expected = {Kind.REWARD_MODEL: (None, None, None, None), Kind.DPO: (lineup[0].pk, lineup[2].pk, None, None),
+                Kind.PPO: (lineup[0].pk, None, lineup[3].pk, None),
+                Kind.GENERATION: (lineup[1].pk, None, None, [lineup[1].pk, lineup[0].pk])}
+    assert _run_inputs(from_api) == expected[kind]
 
 
 def test_the_unified_defaults_are_the_cpu_sized_ones(settings):
@@ -123,6 +171,13 @@ def test_the_api_names_inputs_and_refuses_bad_ones_with_a_clear_400(client, proj
         "temperature must be a number": {"kind": "generation", "config": {"temperature": [1]}},
         "its own rival": {"kind": "generation", "checkpoint": "base", "rivals": ["base"]},
         "unknown fields colour": {"kind": "dpo", "colour": "red"},
+        "a reward model run takes no checkpoint": {"kind": "reward_model", "checkpoint": "base"},
+        "a PPO run takes no snapshot": {"kind": "ppo", "snapshot": snapshot.pk},
+        "a DPO run takes no reward_model or rivals": {"kind": "dpo", "reward_model": 1, "rivals": ["cand"]},
+        "a rival is named twice": {"kind": "generation", "checkpoint": "cand", "rivals": ["base", "base"]},
+        "learning_rate must be a finite number": {"kind": "reward_model", "config": {"learning_rate": float("nan")}},
+        "steps must be a finite number": {"kind": "ppo", "config": {"steps": float("inf")}},
+        "seed must be a whole number": {"kind": "generation", "config": {"seed": 1.5}},
         "kind must be one of": {"kind": "sft"},
         "send {": {"kind": "dpo", "config": [1]},
     }
@@ -135,11 +190,26 @@ def test_the_api_names_inputs_and_refuses_bad_ones_with_a_clear_400(client, proj
 
 def test_the_reward_model_route_is_an_alias_of_the_runs_route(client, project, manager):
     token = token_create(user=manager)
-    response = client.post("/api/projects/demo/reward-models/train", data=json.dumps({"config": {"epochs": 2}}),
+
+    def train(body):
+        return client.post("/api/projects/demo/reward-models/train", data=json.dumps(body),
                            content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
+
+    response = train({"config": {"epochs": 2}, "reason": "nightly", "kind": "dpo"})  # it reads the config alone
     assert response.status_code == 202
     run = TrainingRun.objects.get(pk=response.json()["id"])
     assert (run.kind, run.config, run.reason) == (Kind.REWARD_MODEL, {"epochs": 2}, "started through the API")
+    assert train({"config": {"epochs": "two"}}).status_code == 400
+
+
+def test_what_older_api_clients_send_still_starts_the_same_run(client, project, manager, lineup):
+    base, cand, _, _ = lineup
+    dpo = api_start(client, manager, {"kind": "dpo", "checkpoint": "", "prompts": 64})  # "" and prompts: as before
+    assert dpo.status_code == 202, dpo.content
+    run = TrainingRun.objects.get(pk=dpo.json()["id"])
+    assert (run.checkpoint_in, run.config) == (base, {})
+    battle = api_start(client, manager, {"kind": "generation", "checkpoint": "cand", "prompts": 8})
+    assert TrainingRun.objects.get(pk=battle.json()["id"]).config == {"checkpoints": [cand.pk, base.pk], "prompts": 8}
 
 
 def test_start_run_and_its_alias_queue_through_the_same_path(project, lineup):
@@ -157,21 +227,25 @@ def test_start_run_and_its_alias_queue_through_the_same_path(project, lineup):
         call_command("start_run", "--project", "nope", "--kind", "dpo")
     with pytest.raises(CommandError, match="unknown reward-model settings: learning_rat"):
         call_command("start_run", "--project", "demo", "--kind", "reward_model", "--set", "learning_rat=1")
+    with pytest.raises(CommandError, match="--prompts is for generation runs"):
+        call_command("start_run", "--project", "demo", "--kind", "dpo", "--prompts", "5")
+    with pytest.raises(CommandError, match="unrecognized arguments: --kind"):  # the alias trains reward models only
+        call_command("train_reward_model", "--project", "demo", "--kind", "ppo")
 
 
-def test_a_started_run_is_sent_to_the_gpu_queue_by_the_tasks_name(project, celery_broker, settings,
+def test_a_started_run_is_sent_to_the_gpu_queue_by_the_tasks_name(project, monkeypatch,
                                                                    django_capture_on_commit_callbacks):
-    if not settings.CELERY_BROKER_URL.startswith("filesystem://"):
-        pytest.skip("reads the messages the embedded file-system broker writes")
-    folder = Path(celery_broker["CELERY_BROKER_DIR"]) / "queue"
-    before = set(folder.iterdir())
-    with django_capture_on_commit_callbacks(execute=True):
+    from config.celery import app
+
+    sent = []
+    monkeypatch.setattr(app, "send_task", lambda name, args=None, kwargs=None, **options: sent.append(
+        (name, list(args), options.get("queue"))))
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
         run = run_start(project=project, kind=Kind.REWARD_MODEL, reason="test")
-    sent = [json.loads(path.read_text()) for path in set(folder.iterdir()) - before]
-    assert [(m["headers"]["task"], m["headers"]["argsrepr"], m["properties"]["delivery_info"]["routing_key"])
-            for m in sent] == [("training.tasks.execute_run", f"({run.pk},)", "gpu")]
-    for path in set(folder.iterdir()) - before:
-        path.unlink()
+    assert sent == []  # nothing leaves before the transaction commits
+    for callback in callbacks:
+        callback()
+    assert sent == [("training.tasks.execute_run", [run.pk], "gpu")]
 
 
 def test_with_always_eager_a_started_run_runs_at_once(project, monkeypatch, django_capture_on_commit_callbacks):

@@ -13,9 +13,9 @@ from django import forms
 
 from annotate.models import Checkpoint, Comparison, Snapshot, Vote
 from rewardmodel.models import RewardModel
-from rewardmodel.services import latest_reward_model
 from training.configs import run_defaults
 from training.models import TrainingRun
+from training.starts import default_inputs
 
 ANY = [("", "any")]
 
@@ -49,6 +49,8 @@ class StartForm(forms.Form):
         defaults = run_defaults(self.kind)
         for name in self.fields_in_config:
             self.fields[name].initial = defaults[name]
+        for name, value in default_inputs(project, self.kind).items():
+            self.fields[name].initial = value
 
     def initial_config(self) -> dict:
         """The settings a manager starts with before changing anything."""
@@ -102,7 +104,9 @@ class DPOStartForm(StartForm):
     kind = TrainingRun.Kind.DPO
     fields_in_config = ("beta", "loss", "learning_rate", "epochs", "batch_size")
     checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), help_text="The policy to improve.")
-    snapshot = forms.ModelChoiceField(queryset=Snapshot.objects.none(), help_text="The preference pairs to learn from.")
+    snapshot = forms.ModelChoiceField(queryset=Snapshot.objects.none(), required=False,
+                                      empty_label="a fresh snapshot of the votes, frozen now",
+                                      help_text="The preference pairs to learn from.")
     beta = forms.FloatField(min_value=0.001, max_value=10, widget=_number(),
                             help_text="Pull towards the reference policy.")
     loss = forms.ChoiceField(choices=[("sigmoid", "DPO"), ("ipo", "IPO"), ("robust", "robust DPO")])
@@ -113,10 +117,7 @@ class DPOStartForm(StartForm):
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, project=project, **kwargs)
         self.fields["checkpoint"].queryset = _checkpoints(project)
-        self.fields["checkpoint"].initial = Checkpoint.objects.incumbent(project)
         self.fields["snapshot"].queryset = Snapshot.objects.filter(project=project).order_by("-created_at", "-id")
-        latest = latest_reward_model(project)
-        self.fields["snapshot"].initial = latest.snapshot if latest else self.fields["snapshot"].queryset.first()
 
     def start_kwargs(self) -> dict:
         return {**super().start_kwargs(), "checkpoint": self.cleaned_data["checkpoint"],
@@ -137,10 +138,8 @@ class PPOStartForm(StartForm):
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, project=project, **kwargs)
         self.fields["checkpoint"].queryset = _checkpoints(project)
-        self.fields["checkpoint"].initial = Checkpoint.objects.incumbent(project)
         models = RewardModel.objects.filter(project=project, state=RewardModel.State.PUBLISHED).order_by("-version")
         self.fields["reward_model"].queryset = models
-        self.fields["reward_model"].initial = models.first()
         self.fields["reward_model"].label_from_instance = lambda rm: f"v{rm.version} ({rm.backbone})"
 
     def start_kwargs(self) -> dict:
@@ -166,12 +165,7 @@ class GenerationStartForm(StartForm):
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, project=project, **kwargs)
-        checkpoints = _checkpoints(project)
-        self.fields["checkpoint"].queryset = checkpoints
-        self.fields["checkpoint"].initial = checkpoints.filter(state=Checkpoint.State.CANDIDATE).first()
-        self.fields["rivals"].queryset = checkpoints
-        incumbent = Checkpoint.objects.incumbent(project)
-        self.fields["rivals"].initial = [incumbent] if incumbent else []
+        self.fields["checkpoint"].queryset = self.fields["rivals"].queryset = _checkpoints(project)
 
     def clean(self) -> dict:
         data = super().clean()

@@ -29,20 +29,23 @@ def parse_settings(pairs: list[str]) -> dict:
 
 class Command(BaseCommand):
     help = "Start one stage of the loop by hand: a reward model, a DPO or PPO policy update, or a generation battle."
-    kind: str | None = None  # a fixed kind makes --kind optional (the train_reward_model alias)
+    kind: str | None = None  # a fixed kind (the train_reward_model alias) takes no --kind
     called_as = "start_run"
 
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True)
-        parser.add_argument("--kind", required=self.kind is None, default=self.kind, choices=TrainingRun.Kind.values)
+        if self.kind is None:
+            parser.add_argument("--kind", required=True, choices=TrainingRun.Kind.values)
+        else:
+            parser.set_defaults(kind=self.kind)
         parser.add_argument("--checkpoint", help="The checkpoint to improve or sample (default: the incumbent).")
         parser.add_argument("--rival", action="append", help="generation: battle against this checkpoint (repeatable; "
                             "default: the incumbent).")
         parser.add_argument("--snapshot", type=int, help="dpo: the snapshot id to learn from (default: the latest "
                             "reward model's).")
         parser.add_argument("--reward-model", type=int, help="ppo: the reward-model version (default: the latest).")
-        parser.add_argument("--prompts", type=int, help="generation, ppo: how many prompts to sample (same as "
-                            "--set prompts=N).")
+        parser.add_argument("--prompts", type=int, help="generation: how many prompts to sample (same as "
+                            "--set prompts=N; PPO takes --set prompts=N too).")
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="A setting of this kind of run, e.g. --set epochs=2 --set backbone=smollm2.")
         parser.add_argument("--sync", action="store_true", help="Run in the foreground with a progress bar.")
@@ -51,6 +54,8 @@ class Command(BaseCommand):
         target = project_get(project)
         config = parse_settings(set)
         if prompts is not None:
+            if kind != TrainingRun.Kind.GENERATION:
+                raise CommandError("--prompts is for generation runs (a PPO run takes --set prompts=N)")
             config["prompts"] = prompts
         try:
             inputs = inputs_by_name(target, checkpoint=checkpoint, rivals=rival, snapshot=snapshot,
