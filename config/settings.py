@@ -217,7 +217,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {
         "handlers": ["console"],
-        "level": env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+        # The names Python's logging takes (WARN and FATAL are its aliases).
+        "level": env_choice("LOG_LEVEL", "INFO",
+                            ("NOTSET", "DEBUG", "INFO", "WARN", "WARNING", "ERROR", "FATAL", "CRITICAL")),
     },
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }

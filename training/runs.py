@@ -57,10 +57,10 @@ def run_enqueue(run_id: int) -> None:
     """Send a run to the ``gpu`` queue by the task's name: the web process needs no import of the tasks.
 
     With ``CELERY_TASK_ALWAYS_EAGER`` the run executes here and now, which needs the task itself:
-    Celery's own discovery imports the apps' task modules then.
+    Celery's discovery imports the training app's task module then (once).
     """
-    if celery_app.conf.task_always_eager:
-        celery_app.loader.import_default_modules()
+    if celery_app.conf.task_always_eager and EXECUTE_RUN not in celery_app.tasks:
+        celery_app.autodiscover_tasks(["training"], force=True)
     signature(EXECUTE_RUN, args=[run_id], app=celery_app).apply_async(queue="gpu")
 
 
