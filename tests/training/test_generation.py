@@ -1,12 +1,13 @@
-"""generate_local on a tiny random Llama built in the test: order, seeds, progress. No files, no downloads."""
+"""generate_local on a tiny random Llama built in the test: order, seeds, progress, device and dtype. No downloads."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from training.lib.generation import GeneratedText, GenerationConfig, generate_local
+from training.lib.generation import GeneratedText, GenerationConfig, generate_local, resolve_device, resolve_dtype
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -150,3 +151,90 @@ def test_no_prompts_means_no_work(tmp_path: Path) -> None:
 def test_config_rejects_nonsense(overrides: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         _config("m", **overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"device": "gpu"}, "device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+        ({"device": "cuda:x"}, "got 'cuda:x'"),
+        ({"device": "CPU"}, "got 'CPU'"),
+        ({"dtype": "fp32"}, "dtype must be one of auto, float32, bfloat16, float16, got 'fp32'"),
+        ({"kv_cache": "paged"}, "kv_cache must be one of dynamic, static, got 'paged'"),
+    ],
+)
+def test_a_device_dtype_or_cache_it_cannot_read_is_refused_naming_it(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _config("m", **overrides)
+
+
+# Golden outputs of the tiny model for seed 7 on the CPU in fp32, from the code before "auto"
+# devices existed (when GenerationConfig defaulted to device="cpu", dtype="float32"). A torch or
+# transformers upgrade may change the random init or the sampler and so these; a change of ours must not.
+GOLDEN_SAMPLED = [
+    "",
+    "book are cat lamp tree bird stone are the tree",
+    "what book quick rain long snow river are tell are",
+    "tell sun cloud cloud rain bird can tree long red tree",
+    "are short slow sun slow short quick wind do green short",
+]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="'auto' picks the GPU here")
+def test_auto_runs_on_the_cpu_in_float32_and_the_text_for_a_seed_is_unchanged(tiny_model: str) -> None:
+    config = _config(tiny_model, temperature=1.0, top_p=0.95)
+    assert (config.device, config.dtype, config.kv_cache) == ("auto", "auto", "dynamic")
+
+    auto = generate_local(config, PROMPTS)
+    explicit = generate_local(_config(tiny_model, temperature=1.0, top_p=0.95, device="cpu", dtype="float32"), PROMPTS)
+
+    assert [g.text for g in auto] == [g.text for g in explicit] == GOLDEN_SAMPLED
+    assert [g.seed for g in auto] == [7, 8, 7, 9, 8] and [g.tokens for g in auto] == [1, 12, 12, 12, 12]
+    assert {(g.device, g.dtype) for g in auto} == {("cpu", "float32")}
+    assert "device" not in auto[0].params and "dtype" not in auto[0].params  # not sampling parameters
+
+
+def test_an_explicit_dtype_passes_through_to_the_weights(tiny_model: str) -> None:
+    results = generate_local(_config(tiny_model, device="cpu", dtype="bfloat16"), PROMPTS[:2])
+
+    assert {(g.device, g.dtype) for g in results} == {("cpu", "bfloat16")}
+    assert results[0].params == _config(tiny_model).sampling_params()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_static_cache_samples_the_same_text_as_the_dynamic_one_on_the_cpu(tiny_model: str, temperature: float) -> None:
+    dynamic = generate_local(_config(tiny_model, temperature=temperature, device="cpu"), PROMPTS)
+    static = generate_local(_config(tiny_model, temperature=temperature, device="cpu", kv_cache="static"), PROMPTS)
+
+    assert [g.text for g in static] == [g.text for g in dynamic]
+    assert static[0].params == dynamic[0].params  # the cache is not a sampling parameter
+
+
+def test_explicit_devices_pass_through_and_auto_follows_the_hardware() -> None:
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    for dtype in ("float32", "bfloat16", "float16"):
+        assert resolve_dtype(dtype, "cpu") == dtype
+        assert resolve_dtype(dtype, "cuda") == dtype
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("auto", "mps") == "float16"
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((9, 0), "bfloat16"), ((8, 0), "bfloat16"), ((7, 5), "float16")])
+def test_auto_dtype_on_a_gpu_is_bf16_where_the_gpu_has_it_else_fp16(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], expected: str
+) -> None:
+    # H100/A100 have native bf16; a T4 (7.5) emulates it but has fp16 tensor cores.
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+
+    assert resolve_dtype("auto", "cuda") == expected
+    assert resolve_dtype("auto", "cuda:1") == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_gpu_this_process_does_not_see_is_a_clear_error_before_loading(tmp_path: Path, device: str) -> None:
+    # The folder does not exist: the device is checked before the weights are read.
+    with pytest.raises(ValueError, match=rf"device='{device}', but this process sees 0 CUDA GPU"):
+        generate_local(_config(str(tmp_path / "absent"), device=device), PROMPTS[:1])

@@ -12,6 +12,7 @@ imported inside ``generate_local`` so importing this module stays cheap.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Any
 
 from rewardmodel.lib.backbones import resolve_model
 
-__all__ = ["GeneratedText", "GenerationConfig", "Message", "Progress", "eos_token_ids", "generate_local", "read_prompts", "render_prompt"]
+__all__ = ["GeneratedText", "GenerationConfig", "Message", "Progress", "eos_token_ids", "generate_local", "read_prompts",
+           "render_prompt", "resolve_device", "resolve_dtype"]
 
 Message = Mapping[str, str]
 """One chat turn: ``{"role": "system" | "user" | "assistant", "content": str}``."""
@@ -27,7 +29,9 @@ Message = Mapping[str, str]
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: prompts finished so far, and how many there are."""
 
-_DTYPES = ("float32", "bfloat16", "float16")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+_KV_CACHES = ("dynamic", "static")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,13 @@ class GenerationConfig:
     decoding (``top_p`` is then ignored). ``seed`` seeds torch before each batch
     (see ``GeneratedText.seed``). ``batch_size`` bounds the prompts sampled
     together; larger is faster per token and costs memory and padding.
+
+    ``device`` and ``dtype`` say where the model runs; "auto" is resolved when
+    the model is loaded (``resolve_device``, ``resolve_dtype``) and the values
+    used are on each ``GeneratedText``. ``kv_cache="static"`` preallocates the
+    key/value cache for the longest batch, which on CUDA lets transformers
+    compile the decoding step (``torch.compile``, CUDA graphs); "dynamic" is the
+    plain growing cache. None of the three is a sampling parameter.
     """
 
     model: str
@@ -47,8 +58,9 @@ class GenerationConfig:
     max_new_tokens: int = 256
     seed: int = 0
     batch_size: int = 8
-    device: str = "cpu"
-    dtype: str = "float32"
+    device: str = "auto"
+    dtype: str = "auto"
+    kv_cache: str = "dynamic"
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -58,12 +70,16 @@ class GenerationConfig:
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be >= 1")
         if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.kv_cache not in _KV_CACHES:
+            raise ValueError(f"kv_cache must be one of {', '.join(_KV_CACHES)}, got {self.kv_cache!r}")
 
     def sampling_params(self) -> dict[str, Any]:
-        """What decides the text, as recorded on each completion (device and dtype excluded)."""
+        """What decides the text, as recorded on each completion (where and how it ran excluded)."""
         params = asdict(self)
-        for key in ("device", "dtype", "seed"):
+        for key in ("device", "dtype", "kv_cache", "seed"):
             params.pop(key)
         return params
 
@@ -79,13 +95,17 @@ class GeneratedText:
     prompt list reproduces the text on the same hardware, while a different
     prompt list may batch this prompt differently. ``tokens`` counts the new
     tokens up to and including the first end-of-sequence token (or all of them
-    when the model ran out of ``max_new_tokens``).
+    when the model ran out of ``max_new_tokens``). ``device`` and ``dtype`` are
+    where the model ran and in what precision, "auto" resolved (None from an
+    endpoint).
     """
 
     text: str
     params: dict[str, Any]
     seed: int
     tokens: int
+    device: str | None = None
+    dtype: str | None = None
 
 
 def generate_local(
@@ -103,15 +123,19 @@ def generate_local(
     sorted by token length and cut into batches of ``config.batch_size`` so
     that a batch pads little; padding is on the left so every row's new tokens
     start at the same column. ``progress(done, total)`` is called after each
-    batch, the last time with ``done == total == len(prompts)``.
+    batch, the last time with ``done == total == len(prompts)``. A device the
+    process cannot use (``"cuda"`` without a GPU) is a ValueError before the
+    model is read.
     """
     import torch
 
     total = len(prompts)
     if total == 0:
         return []
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
     path = resolve_model(config.model)
-    tokenizer, model = _load(path, config)
+    tokenizer, model = _load(path, device, dtype)
 
     rendered = [render_prompt(tokenizer, messages) for messages in prompts]
     # One tokenization pass for the lengths; the batches tokenize again with padding.
@@ -126,6 +150,10 @@ def generate_local(
         if config.temperature > 0
         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     )
+    if config.kv_cache == "static":
+        # One cache size for every batch (the longest prompt plus the new tokens), so the decoding
+        # step that transformers compiles on CUDA keeps one shape instead of recompiling per batch.
+        sampling.update(cache_implementation="static", max_cache_len=max(lengths) + config.max_new_tokens)
 
     results: list[GeneratedText | None] = [None] * total
     done = 0
@@ -133,7 +161,7 @@ def generate_local(
         indices = order[start : start + config.batch_size]
         batch = tokenizer(
             [rendered[i] for i in indices], add_special_tokens=False, padding=True, return_tensors="pt"
-        ).to(config.device)
+        ).to(device)
         seed = config.seed + batch_index
         torch.manual_seed(seed)
         with torch.inference_mode():
@@ -150,15 +178,57 @@ def generate_local(
             ids = new_tokens[row].tolist()
             count = _count_until_eos(ids, eos_ids)
             text = tokenizer.decode(ids[:count], skip_special_tokens=True).strip()
-            results[index] = GeneratedText(text=text, params=dict(params), seed=seed, tokens=count)
+            results[index] = GeneratedText(text=text, params=dict(params), seed=seed, tokens=count,
+                                           device=device, dtype=dtype)
         done += len(indices)
         if progress is not None:
             progress(done, total)
     return [result for result in results if result is not None]
 
 
-def _load(path: str, config: GenerationConfig) -> tuple[Any, Any]:
-    """Tokenizer padded on the left, and the model in eval mode on ``config.device``."""
+def resolve_device(device: str) -> str:
+    """The device to run on: "auto" is "cuda" when this process sees a CUDA GPU, else "cpu".
+
+    An explicit device passes through once it is usable here; one that is not
+    (no GPU, a GPU index past the last, no MPS) is a ValueError naming it.
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            raise ValueError(f"device={device!r}, but this process sees {count} CUDA GPU(s)")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device='mps', but MPS (Apple GPU) is not available here")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The weights' dtype on ``device`` (already resolved): "auto" picks the fastest safe one.
+
+    On a CUDA GPU with native bf16 (compute capability 8.0 or later: A100, L4,
+    H100, ...; or ROCm's answer) that is "bfloat16", the dtype today's models are
+    trained in; an older GPU (T4, V100) has fp16 tensor cores but emulates bf16,
+    so "float16" there. MPS: "float16". The CPU: "float32", because bf16/fp16
+    matmuls on a CPU without bf16 instructions are emulated and much slower.
+    An explicit dtype passes through.
+    """
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        import torch
+
+        native_bf16 = (torch.cuda.is_bf16_supported() if torch.version.hip
+                       else torch.cuda.get_device_capability(device)[0] >= 8)
+        return "bfloat16" if native_bf16 else "float16"
+    return "float16" if device == "mps" else "float32"
+
+
+def _load(path: str, device: str, dtype: str) -> tuple[Any, Any]:
+    """Tokenizer padded on the left, and the model in eval mode on ``device`` in ``dtype`` (both resolved)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -168,8 +238,8 @@ def _load(path: str, config: GenerationConfig) -> tuple[Any, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         raise ValueError(f"{path}: the tokenizer has no chat template")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, config.dtype))
-    model.to(config.device).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model.to(device).eval()
     return tokenizer, model
 
 

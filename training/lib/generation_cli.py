@@ -10,7 +10,10 @@ messages) or ``"messages"``, as the prompt import takes them. Output: JSONL rows
 in input order, which ``manage.py import_completions`` reads back as they are (an
 empty completion is left out and counted, as the web app's generation runs do). The
 file is written to a temporary name and renamed when complete, so a failed run
-leaves no half file. A tqdm bar counts prompts; a summary is printed as JSON.
+leaves no half file. A tqdm bar counts prompts; a summary is printed as JSON, naming
+the device and dtype a local model ran on ("auto" resolved: CUDA in bf16 where there is
+a GPU, else the CPU in fp32) and the seconds the sampling took, so two runs that differ
+only in ``--kv-cache`` can be compared on a GPU.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,8 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8, help="prompts sampled together (local only)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (local only)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when visible, else the CPU) | cpu | cuda | cuda:N | mps (local only)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="auto: bfloat16 on a GPU that has it, float16 on older GPUs, float32 on the CPU "
+                             "(local only)")
+    parser.add_argument("--kv-cache", default="dynamic", choices=("dynamic", "static"),
+                        help="static: a preallocated cache that transformers compiles the decoding step for on "
+                             "CUDA (local only)")
     return parser
 
 
@@ -77,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def progress(done: int, total: int) -> None:
         bar.update(done - bar.n)
 
+    started = time.perf_counter()
     try:
         if args.endpoint:
             endpoint = EndpointConfig(base_url=args.endpoint, model=args.model, api_key_env=args.api_key_env,
@@ -87,19 +98,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             config = GenerationConfig(model=args.model, temperature=args.temperature, top_p=args.top_p,
                                       max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                      batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+                                      batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                                      kv_cache=args.kv_cache)
             outputs = generate_local(config, prompts, progress)
     except (EndpointError, OSError, ValueError) as error:  # a bad model path or setting, an endpoint that gave up
         raise SystemExit(f"error: {error}") from None
     finally:
         bar.close()
+    seconds = time.perf_counter() - started
     name = args.checkpoint_name or args.model
     rows = [{"prompt": list(prompt), "checkpoint": name, "text": out.text, "sampling": out.params,
              "seed": out.seed, "tokens": out.tokens} for prompt, out in zip(prompts, outputs, strict=True)]
     kept = [row for row in rows if row["text"].strip()]  # as the web app's generation runs do
     _write_atomically(Path(args.out), kept)
     json.dump({"out": args.out, "completions": len(kept), "empty_left_out": len(rows) - len(kept),
-               "tokens": sum(row["tokens"] for row in kept)}, sys.stdout, indent=2)
+               "tokens": sum(row["tokens"] for row in kept), "seconds": round(seconds, 2),
+               # Where a local model ran, "auto" resolved (an endpoint's outputs name none).
+               "device": outputs[0].device if outputs else None, "dtype": outputs[0].dtype if outputs else None},
+              sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
 
