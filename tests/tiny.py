@@ -105,3 +105,33 @@ def counting_pairs(n_prompts: int, per_prompt: int, *, noise: float, seed: int, 
                                         strength=strength, agreement=1 - noise, prompt_id=prompt_id))
             made += 1
     return pairs
+
+
+def save_tiny_llama_bf16(folder: Path, *, chat: bool = False, seed: int = 0) -> Path:
+    """`save_tiny_llama`'s model and tokenizer, saved in bf16 (config.json says "bfloat16")."""
+    tok = llama_tokenizer(chat)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(llama_config(tok)).to(torch.bfloat16).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_bert_bf16(folder: Path, *, seed: int = 0) -> Path:
+    """`save_tiny_bert`'s model and tokenizer (default sizes), saved in bf16."""
+    save_tiny_bert(folder, seed=seed)
+    BertModel.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
+def safetensors_dtypes(folder: Path) -> set[str]:
+    """The dtypes ("BF16", "F32", ...) of every tensor in a folder's safetensors files, read from their headers."""
+    import json
+    import struct
+
+    found: set[str] = set()
+    for file in Path(folder).glob("*.safetensors"):
+        with file.open("rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size))
+        found |= {entry["dtype"] for name, entry in header.items() if name != "__metadata__"}
+    return found

@@ -20,6 +20,10 @@ from typing import Any, Literal, Self
 LossName = Literal["bt", "bt_margin", "davidson", "rao_kupper"]
 Pooling = Literal["auto", "last", "mean", "cls"]
 
+#: Values of every run config's `weights` setting (resolved in `rewardmodel.lib.precision`).
+WEIGHTS_SETTINGS: tuple[str, ...] = ("auto", "fp32", "checkpoint")
+Weights = Literal["auto", "fp32", "checkpoint"]
+
 #: Losses that learn from tie pairs; the others skip ties during training.
 TIE_LOSSES: frozenset[str] = frozenset({"davidson", "rao_kupper"})
 
@@ -84,6 +88,12 @@ class RewardConfig(ConfigBase):
         see `runtime.matmul_precision`). "fp32" = strict fp32 matmuls everywhere.
         "tf32" = TF32 matmuls on a GPU (plain fp32 on a CPU). "bf16" = bf16
         autocast, accepted on a CPU only where it has bf16 instructions.
+    weights: the dtype the backbone's weights train in; the saved model is in the
+        backbone's own dtype either way (see `rewardmodel.lib.precision`). "auto" =
+        the backbone's stored dtype (bf16 weights and AdamW state, no autocast) on
+        a CUDA GPU with bf16, fp32 elsewhere; "fp32" = fp32 weights and AdamW state
+        (fp32 master weights), bf16 only through `dtype`'s autocast; "checkpoint" =
+        the stored dtype on any device, the CPU too. The heads stay fp32.
     compile: "auto" = off (see `runtime.resolve_compile`); "on" compiles the model.
     cuda_graphs: on a CUDA GPU, replay each training step (forward, backward,
         clipping, AdamW) from a CUDA graph captured once per batch shape, so the
@@ -119,6 +129,7 @@ class RewardConfig(ConfigBase):
     flat_tokens: Literal["auto", "on", "off"] = "auto"
     device: str = "auto"
     dtype: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
+    weights: Weights = "auto"
     compile: Literal["auto", "on", "off"] = "auto"
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
     gradient_checkpointing: bool = False
@@ -138,6 +149,7 @@ class RewardConfig(ConfigBase):
             f"unknown loss {self.loss!r}": self.loss in ("bt", "bt_margin", "davidson", "rao_kupper"),
             f"unknown pooling {self.pooling!r}": self.pooling in ("auto", "last", "mean", "cls"),
             f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "tf32", "bf16"),
+            f"weights must be one of {WEIGHTS_SETTINGS}, not {self.weights!r}": self.weights in WEIGHTS_SETTINGS,
             f"flat_tokens must be auto, on or off, not {self.flat_tokens!r}": self.flat_tokens in ("auto", "on", "off"),
             f"cuda_graphs must be auto, on or off, not {self.cuda_graphs!r}": self.cuda_graphs in ("auto", "on", "off"),
         }

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rewardmodel.lib.config import ConfigBase
+from rewardmodel.lib.config import WEIGHTS_SETTINGS, ConfigBase, Weights
 
 __all__ = ["LOSS_NAMES", "DPOConfig", "LossName"]
 
@@ -34,7 +34,18 @@ class DPOConfig(ConfigBase):
     precompute_ref: reference log-probs once before training (else per step).
     shared_prefix: "auto" = on for architectures in SHARED_PREFIX_TYPES.
     device: "auto" = cuda if available. dtype: "auto" = bf16 autocast on a
-        bf16-capable GPU, else fp32; "bf16" on a CPU is refused.
+        bf16-capable GPU, else fp32; "bf16" on a CPU is refused. Autocast applies
+        only where the weights are fp32.
+    weights: the dtype the policy's weights train in; the checkpoint is saved in
+        the base model's own dtype either way (see `rewardmodel.lib.precision`).
+        "auto" = the base's stored dtype (bf16 weights and AdamW state, no
+        autocast) on a CUDA GPU with bf16, fp32 elsewhere; "fp32" = fp32 weights
+        and AdamW state (fp32 master weights) with `dtype`'s autocast, as before
+        the setting existed; "checkpoint" = the stored dtype on any device. At
+        the default learning_rate (1e-6) bf16 weights round most updates away:
+        ask for "fp32" there. LoRA adapters train in fp32 over any base.
+    gradient_checkpointing: recompute each layer's activations in the backward
+        pass instead of keeping them (less memory, about a third more compute).
     bucket_size: batches per length-sorting window (bigger: less padding,
         less shuffling). ref_batch_size: pairs per reference batch (default
         2 x batch_size). num_threads: torch CPU threads (0 = torch default).
@@ -60,6 +71,7 @@ class DPOConfig(ConfigBase):
     seed: int = 0
     device: str = "auto"
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    weights: Weights = "auto"
     max_steps: int | None = None
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
@@ -80,6 +92,7 @@ class DPOConfig(ConfigBase):
             "max_steps must be >= 1": self.max_steps is None or self.max_steps >= 1,
             "need 0 < max_prompt_length < max_length": 0 < self.max_prompt_length < self.max_length,
             f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "bf16"),
+            f"weights must be one of {WEIGHTS_SETTINGS}, not {self.weights!r}": self.weights in WEIGHTS_SETTINGS,
             f"unknown shared_prefix {self.shared_prefix!r}": self.shared_prefix in ("auto", "on", "off"),
             "warmup_ratio must be in [0, 1]": 0.0 <= self.warmup_ratio <= 1.0,
         }

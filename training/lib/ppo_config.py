@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rewardmodel.lib.config import ConfigBase
+from rewardmodel.lib.config import WEIGHTS_SETTINGS, ConfigBase, Weights
 
 __all__ = ["PPOConfig"]
 
@@ -26,7 +26,17 @@ class PPOConfig(ConfigBase):
     the per-response KL towards ``kl_target`` nats over ``kl_horizon``
     rollouts. ``lora_r > 0`` trains LoRA adapters on all linear layers instead
     of every weight (the saved policy has them merged). ``dtype="auto"`` means
-    fp32 weights with bf16 autocast on CUDA and plain fp32 elsewhere.
+    bf16 autocast on CUDA and plain fp32 elsewhere, where the weights are fp32.
+    ``weights``: the dtype the policy (and its reference, and a reward-model
+    folder's backbone) load and train in; the saved policy is in the base
+    model's own dtype either way (see ``rewardmodel.lib.precision``). ``"auto"``
+    = the base's stored dtype (bf16 weights and AdamW state, no autocast) on a
+    CUDA GPU with bf16, fp32 elsewhere; ``"fp32"`` = fp32 weights and AdamW
+    state (fp32 master weights) with ``dtype``'s autocast, as before the setting
+    existed; ``"checkpoint"`` = the stored dtype on any device. The value head
+    and LoRA adapters stay fp32. ``gradient_checkpointing`` recomputes each
+    layer's activations in the backward pass of the updates instead of keeping
+    them (less memory, about a third more compute; sampling is unaffected).
     Log-probabilities and the KL are those of the temperature-scaled
     distribution; ``top_p < 1`` samples from a truncated one that the PPO
     ratio does not see (as in most implementations), so keep 1.0 unless you
@@ -57,6 +67,8 @@ class PPOConfig(ConfigBase):
     seed: int = 0
     device: str = "auto"
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    weights: Weights = "auto"
+    gradient_checkpointing: bool = False
     lora_r: int = 0
     lora_alpha: int = 16
     reward_batch_size: int = 32
@@ -74,5 +86,6 @@ class PPOConfig(ConfigBase):
             "kl_target and kl_horizon must be > 0": self.kl_target > 0 and self.kl_horizon > 0,
             "lora_r must be >= 0": self.lora_r >= 0,
             f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "bf16"),
+            f"weights must be one of {WEIGHTS_SETTINGS}, not {self.weights!r}": self.weights in WEIGHTS_SETTINGS,
         }
         self._require(checks)
