@@ -8,6 +8,7 @@ ImproperlyConfigured naming it, its value and what is accepted.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import parse_qsl, unquote, urlparse
@@ -205,6 +206,14 @@ REWARD_BACKBONE = env_str("REWARD_BACKBONE", "all-minilm-l6-v2")
 IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 50 * 1024 * 1024, minimum=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("UPLOAD_MAX_MEMORY_BYTES", 5 * 1024 * 1024, minimum=0)
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
+
+# Where this worker's generation runs put a local checkpoint, and in what dtype. "auto": CUDA when the
+# worker sees a GPU, else the CPU; bf16 on a GPU that has it, fp16 on older GPUs, fp32 on the CPU.
+WORKER_DEVICE = (_env_set("WORKER_DEVICE") or "auto").lower()
+if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", WORKER_DEVICE):
+    refuse("WORKER_DEVICE", os.environ["WORKER_DEVICE"],
+           "use auto, cpu, cuda, cuda:N (a GPU's index) or mps, or leave it empty for the default")
+WORKER_DTYPE = env_choice("WORKER_DTYPE", "AUTO", ("AUTO", "FLOAT32", "BFLOAT16", "FLOAT16")).lower()
 
 # Celery: an embedded file-system broker by default, so the demo needs no service.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")

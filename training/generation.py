@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 
+from django.conf import settings as app_settings
 from django.db import transaction
 
 from annotate import services
@@ -29,7 +30,8 @@ def battle_prompts(project: Project, *, count: int | None, seed: int) -> list[Pr
     return prompts
 
 
-def _generate(checkpoint: Checkpoint, prompts: list[Prompt], sampling: dict, progress) -> list:
+def _generate(checkpoint: Checkpoint, prompts: list[Prompt], sampling: dict, progress, log) -> list:
+    """Sample ``prompts`` from the checkpoint's endpoint, or its weights on this worker's device and dtype."""
     messages = [p.messages for p in prompts]
     if checkpoint.endpoint_url:
         config = EndpointConfig(base_url=checkpoint.endpoint_url, model=checkpoint.endpoint_model,
@@ -37,9 +39,14 @@ def _generate(checkpoint: Checkpoint, prompts: list[Prompt], sampling: dict, pro
         return generate_endpoint(config, messages, progress)
     if not checkpoint.uri:
         raise ValueError(f"checkpoint {checkpoint.name!r} has neither weights (uri) nor an endpoint to sample")
-    from training.lib.generation import GenerationConfig, generate_local
+    from training.lib.generation import GenerationConfig, generate_local, resolve_device, resolve_dtype
 
-    config = GenerationConfig(model=checkpoint.model_path, **sampling)
+    # Resolved here, before the weights are read, so the log says where the run is while it runs
+    # and a worker told to use a GPU it does not have fails at once.
+    device = resolve_device(app_settings.WORKER_DEVICE)
+    dtype = resolve_dtype(app_settings.WORKER_DTYPE, device)
+    log(f"{checkpoint.name}: sampling on {device} in {dtype}")
+    config = GenerationConfig(model=checkpoint.model_path, **sampling, device=device, dtype=dtype)
     return generate_local(config, messages, progress)
 
 
@@ -58,7 +65,8 @@ def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
         todo = [p for p in prompts if p.pk not in existing]
         reporter.log(f"{checkpoint.name}: {len(todo)} prompts to sample, {len(existing)} already sampled")
         offset = index * len(prompts) + len(existing)
-        outputs = _generate(checkpoint, todo, sampling, lambda done, _, offset=offset: reporter.progress(offset + done, total)) if todo else []
+        outputs = _generate(checkpoint, todo, sampling, lambda done, _, offset=offset: reporter.progress(offset + done, total),
+                            reporter.log) if todo else []
         with transaction.atomic():
             for prompt, output in zip(todo, outputs, strict=True):
                 if output.text.strip():

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from annotate import imports
 from annotate.models import Comparison, Completion
@@ -42,6 +43,8 @@ def test_local_completions_come_back_in_order_and_import_into_a_project(project,
                      "--out", str(files[name]), "--max-new-tokens", "6", "--seed", str(seed),
                      "--temperature", "1.0"]) == 0
         summary = json.loads(capsys.readouterr().out)
+        if not torch.cuda.is_available():  # "auto" resolved, and said
+            assert (summary["device"], summary["dtype"]) == ("cpu", "float32") and summary["seconds"] >= 0
         rows = read_jsonl(files[name])
         assert summary["completions"] == len(rows) and summary["completions"] + summary["empty_left_out"] == 3
         asked = ["hello world", "the dog said no", "good bad very"]
@@ -68,7 +71,19 @@ def test_through_an_openai_compatible_endpoint(chat_server, tmp_path, monkeypatc
     assert [r["text"] for r in rows] == ["Echo: hello world", "Echo: the dog said no", "Echo: good bad very"]
     assert {r["checkpoint"] for r in rows} == {"served-model"}
     assert calls[-1][1]["model"] == "served-model" and calls[-1][2] == "Bearer sk-cli"
-    assert json.loads(capsys.readouterr().out)["completions"] == 3
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["completions"] == 3 and summary["device"] is None and summary["dtype"] is None
+    assert all(set(r["sampling"]).isdisjoint({"device", "dtype", "kv_cache"}) for r in rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_that_is_not_there_is_a_clear_error_and_no_file(tmp_path):
+    model = save_tiny_llama(tmp_path / "tiny", chat=True)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS[:1])
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(SystemExit, match=r"error: device='cuda:0', but this process sees 0 CUDA GPU"):
+        main(["--prompts", str(prompts), "--model", str(model), "--device", "cuda:0", "--out", str(out)])
+    assert not out.exists()
 
 
 def test_a_bad_prompts_file_names_the_line_and_field_and_writes_nothing(tmp_path):

@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from io import StringIO
+from pathlib import Path
 
 import pytest
+import torch
 from django.core.management import call_command
 
 from annotate import services
@@ -15,6 +20,8 @@ from training.generation import generation_job, generation_start
 from training.lib.oracles import parse_oracle, parse_verdict
 from training.runs import run_execute
 from training.simulate import simulate_votes
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generation_samples_candidate_and_incumbent_and_queues_battles(project, tmp_path):
@@ -121,3 +128,59 @@ def test_managers_start_each_stage_by_hand_through_the_api(client, project, mana
     run = TrainingRun.objects.get(pk=r.json()["id"])
     assert run.kind == "generation" and run.config["checkpoints"] == [run.checkpoint_in_id]
     assert client.post(url, data=json.dumps({"kind": "nope"}), **auth).status_code == 400
+
+
+def _battle_run(project, tmp_path, *, fails: type[Exception] | None = None):
+    model = save_tiny_llama(tmp_path / "cand", chat=True)
+    candidate = services.checkpoint_get_or_create(project=project, name="cand", uri=str(model))
+    services.prompt_get_or_create(project=project, messages="Tell me about the sea")
+    run = generation_start(project=project, checkpoints=[candidate], config={"max_new_tokens": 4}, enqueue=False)
+    if fails is None:
+        run_execute(run.pk, generation_job)
+    else:
+        with pytest.raises(fails):  # recorded on the run, then re-raised for the worker
+            run_execute(run.pk, generation_job)
+    run.refresh_from_db()
+    return run
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="'auto' picks the GPU here")
+@pytest.mark.parametrize(
+    ("device", "dtype", "used"),
+    [("auto", "auto", "cpu in float32"), ("cpu", "bfloat16", "cpu in bfloat16")],
+)
+def test_a_generation_run_samples_on_the_workers_device_and_dtype(project, tmp_path, settings, device, dtype, used):
+    settings.WORKER_DEVICE, settings.WORKER_DTYPE = device, dtype
+    run = _battle_run(project, tmp_path)
+    assert run.state == "succeeded", run.error
+    assert f"cand: sampling on {used}" in run.log_tail.splitlines()
+    sampling = Completion.objects.get(checkpoint__name="cand").sampling
+    assert "device" not in sampling and "dtype" not in sampling and sampling["max_new_tokens"] == 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_worker_told_to_use_a_gpu_it_lacks_fails_the_run_saying_so(project, tmp_path, settings):
+    settings.WORKER_DEVICE = "cuda"
+    run = _battle_run(project, tmp_path, fails=ValueError)
+    assert run.state == "failed"
+    assert "device='cuda', but this process sees 0 CUDA GPU(s)" in run.error
+    assert not Completion.objects.exists()
+
+
+SHOW_WORKER = "import django; django.setup(); from django.conf import settings as s; print(s.WORKER_DEVICE, s.WORKER_DTYPE)"
+
+
+def _start(tmp_path, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("WORKER_DEVICE", "WORKER_DTYPE")}
+    return subprocess.run([sys.executable, "-c", SHOW_WORKER], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=base | {"DJANGO_SETTINGS_MODULE": "config.settings", "FLYWHEEL_VAR_DIR": str(tmp_path)} | env)
+
+
+def test_worker_settings_read_the_environment_and_refuse_what_they_cannot_read(tmp_path):
+    assert _start(tmp_path).stdout.split() == ["auto", "auto"]
+    assert _start(tmp_path, WORKER_DEVICE=" CUDA:1 ", WORKER_DTYPE="bfloat16").stdout.split() == ["cuda:1", "bfloat16"]
+    for name, bad in (("WORKER_DEVICE", "gpu"), ("WORKER_DEVICE", "cuda:x"), ("WORKER_DTYPE", "fp8")):
+        result = _start(tmp_path, **{name: bad})
+        assert result.returncode != 0 and "ImproperlyConfigured" in result.stderr, result.stderr
+        message = result.stderr.strip().splitlines()[-1]
+        assert f"{name}={bad!r} is not valid: use " in message, message
