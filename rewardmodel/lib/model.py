@@ -14,9 +14,14 @@
   chosen/rejected difference;
 * "mean": the mean over real tokens (as sentence-transformers pool).
 
-A saved model is a folder: the backbone's `save_pretrained` files, the
-tokenizer, `reward_head.safetensors` (head weight [K, H], learned tie
-parameter) and `meta.json` (config, lineage, metrics).
+The backbone's weights are fp32 or the stored dtype of its checkpoint (bf16;
+see `rewardmodel.lib.precision`); the heads stay fp32 and read the pooled state
+in fp32.
+
+A saved model is a folder: the backbone's `save_pretrained` files in the
+backbone checkpoint's own dtype (config.json names it), the tokenizer,
+`reward_head.safetensors` (head weight [K, H], learned tie parameter, fp32) and
+`meta.json` (config, lineage, metrics, ``dtype``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from torch import nn
 from rewardmodel.lib.backbones import resolve_model
 from rewardmodel.lib.config import RewardConfig
 from rewardmodel.lib.data import PairBatch, PairFormatter
+from rewardmodel.lib.precision import dtype_name, resolve_weights_dtype, stored_dtype
 
 HEAD_FILE = "reward_head.safetensors"
 META_FILE = "meta.json"
@@ -95,6 +101,8 @@ class RewardModel(nn.Module):
         # Learned tie parameter of Davidson / Rao–Kupper; unused (and untrained) for plain BT.
         self.tie_param = nn.Parameter(torch.zeros(()))
         self.meta: dict[str, Any] = {}  # lineage of a loaded model (meta.json)
+        # The dtype `save_reward_model` writes the backbone in: its checkpoint's own (set by the loaders).
+        self.saved_dtype: torch.dtype = next(p.dtype for p in backbone.parameters() if p.is_floating_point())
         # With [CLS] pooling only one position of the final layer is used; for
         # BERT-layout encoders we run that layer for those positions alone
         # (keys/values still for all tokens): on all-MiniLM-L6-v2 that is ~14%
@@ -161,7 +169,7 @@ class RewardModel(nn.Module):
             index = _row_starts(first_index, n_rows, width, input_ids.device)
             with _without_final_layer(self.backbone) as final_layer:
                 hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-            return self.head(self._pooler(_final_layer_at(final_layer, hidden, attention_mask, index)))
+            return self._score(self._pooler(_final_layer_at(final_layer, hidden, attention_mask, index)))
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         flat = hidden.reshape(-1, hidden.shape[-1])  # [N*T, H]
         if self.pooling == "last":
@@ -172,7 +180,7 @@ class RewardModel(nn.Module):
             pooled = self._pooler(flat[first_index] if first_index is not None else hidden[:, 0])
         else:
             pooled = _mean_by_owner(flat, owner if owner is not None else _row_owner(attention_mask))
-        return self.head(pooled)
+        return self._score(pooled)
 
     def _forward_flat(self, input_ids, attention_mask, position_ids, token_index, last_index, first_index, owner):
         """`forward` for a block-masked batch with its M real tokens as one flat sequence [1, M]."""
@@ -191,16 +199,25 @@ class RewardModel(nn.Module):
             firsts = _row_starts(first_index, n_rows, width, hidden.device)
             rows = hidden.new_zeros(n_rows * width, hidden.shape[-1]).index_copy(0, token_index, hidden)
             cls = _final_layer_at(final_layer, rows.view(n_rows, width, -1), attention_mask, firsts)
-            return self.head(self._pooler(cls))
+            return self._score(self._pooler(cls))
         if self.pooling == "last":
             if last_index is None:
                 raise ValueError("last-token pooling needs last_index")
-            return self.head(hidden[torch.searchsorted(token_index, last_index)])
+            return self._score(hidden[torch.searchsorted(token_index, last_index)])
         if self.pooling == "cls":
             firsts = _row_starts(first_index, n_rows, width, hidden.device)
-            return self.head(self._pooler(hidden[torch.searchsorted(token_index, firsts)]))
+            return self._score(self._pooler(hidden[torch.searchsorted(token_index, firsts)]))
         flat_owner = (owner if owner is not None else _row_owner(attention_mask)).reshape(-1)[token_index]
-        return self.head(_mean_by_owner(hidden, flat_owner))
+        return self._score(_mean_by_owner(hidden, flat_owner))
+
+    def _score(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The heads on pooled states [S, H] -> [S, K]: bf16 states of a bf16 backbone are read in fp32.
+
+        Under autocast the states pass as they are (autocast runs the head in its dtype either way).
+        """
+        if pooled.dtype != self.head.weight.dtype and not torch.is_autocast_enabled(pooled.device.type):
+            pooled = pooled.to(self.head.weight.dtype)
+        return self.head(pooled)
 
     def _pooler(self, first: torch.Tensor) -> torch.Tensor:
         """The backbone's BERT-style pooler (dense + tanh) on first-token states [S, H], if it has one.
@@ -344,15 +361,22 @@ def _mean_by_owner(flat: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
 
 
 def build_reward_model(config: RewardConfig, *, device: torch.device | None = None) -> RewardModel:
-    """Load the backbone and tokenizer named by `config` and attach fresh heads (seeded by the caller)."""
+    """Load the backbone and tokenizer named by `config` and attach fresh heads (seeded by the caller).
+
+    The backbone's weights are in the dtype `config.weights` picks for `device`
+    (the CPU when None); the model saves in the backbone's stored dtype.
+    """
     from transformers import AutoModel, AutoTokenizer
 
     path = resolve_backbone(config.backbone)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    backbone = AutoModel.from_pretrained(path, attn_implementation="sdpa", dtype=torch.float32)
+    base_dtype = stored_dtype(path)
+    dtype = resolve_weights_dtype(config.weights, device or torch.device("cpu"), base_dtype)
+    backbone = AutoModel.from_pretrained(path, attn_implementation="sdpa", dtype=dtype)
     model = RewardModel(
         backbone, tokenizer, pooling=config.pooling, ensemble_size=config.ensemble_size, max_length=config.max_length
     )
+    model.saved_dtype = base_dtype
     disable_dropout(model)  # as TRL does by default: noise in r_c - r_r only slows BT training
     if config.gradient_checkpointing:
         backbone.gradient_checkpointing_enable()
@@ -381,9 +405,15 @@ def code_version() -> str:
 
 
 def save_reward_model(model: RewardModel, out_dir: str | Path, meta: dict[str, Any]) -> Path:
-    """Write backbone, tokenizer, heads and meta.json into `out_dir`; returns the meta path."""
+    """Write backbone (in `model.saved_dtype`), tokenizer, heads and meta.json into `out_dir`; returns the meta path.
+
+    The backbone's floating parameters are cast to `model.saved_dtype` in memory first.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for param in model.backbone.parameters():  # parameters only: buffers stay as `from_pretrained` makes them
+        if param.is_floating_point() and param.dtype != model.saved_dtype:
+            param.data = param.data.to(model.saved_dtype)
     model.backbone.save_pretrained(out, safe_serialization=True)
     model.tokenizer.save_pretrained(out)
     tensors = {"head.weight": model.head.weight.detach().float().cpu().contiguous(),
@@ -395,6 +425,7 @@ def save_reward_model(model: RewardModel, out_dir: str | Path, meta: dict[str, A
         "ensemble_size": model.ensemble_size,
         "max_length": model.max_length,
         "text_format": model.formatter.kind,
+        "dtype": dtype_name(model.saved_dtype),
         "code_version": code_version(),
         **meta,
     }
@@ -403,14 +434,15 @@ def save_reward_model(model: RewardModel, out_dir: str | Path, meta: dict[str, A
     return meta_path
 
 
-def load_reward_model(path: str | Path, *, device: str | torch.device | None = None) -> RewardModel:
-    """Load a folder written by `save_reward_model`, in eval mode, fp32."""
+def load_reward_model(path: str | Path, *, device: str | torch.device | None = None,
+                      dtype: torch.dtype = torch.float32) -> RewardModel:
+    """Load a folder written by `save_reward_model`, in eval mode, the backbone in `dtype` (heads fp32)."""
     from transformers import AutoModel, AutoTokenizer
 
     folder = Path(path)
     meta = json.loads((folder / META_FILE).read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    backbone = AutoModel.from_pretrained(folder, attn_implementation="sdpa", dtype=torch.float32)
+    backbone = AutoModel.from_pretrained(folder, attn_implementation="sdpa", dtype=dtype)
     model = RewardModel(
         backbone,
         tokenizer,
@@ -423,5 +455,6 @@ def load_reward_model(path: str | Path, *, device: str | torch.device | None = N
         model.head.weight.copy_(tensors["head.weight"])
         model.tie_param.copy_(tensors["tie_param"].reshape(()))
     model.meta = meta
+    model.saved_dtype = stored_dtype(folder)
     model.eval()
     return model.to(device) if device is not None else model

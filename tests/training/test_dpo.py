@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from rewardmodel.lib.data import PreferencePair
-from tests.tiny import llama_config, llama_tokenizer, save_tiny_llama
+from tests.tiny import llama_config, llama_tokenizer, safetensors_dtypes, save_tiny_llama, save_tiny_llama_bf16
 from training.lib import checkpoint as checkpoint_module
 from training.lib.checkpoint import load_checkpoint
 from training.lib.dpo import DPOConfig, batch_loss, resolve_autocast, train_dpo
@@ -202,7 +202,7 @@ def test_checkpoint_appears_atomically_with_lineage(tiny: Path, tmp_path: Path,
         train_dpo(config, toy_pairs(8), out)  # never overwritten
 
     def broken(*_: object, **__: object) -> object:
-        def verify(_: Path) -> None:
+        def verify(*_: object) -> None:
             raise AssertionError("verification failed")
         return verify
 
@@ -211,6 +211,51 @@ def test_checkpoint_appears_atomically_with_lineage(tiny: Path, tmp_path: Path,
         train_dpo(config, toy_pairs(8), tmp_path / "runs" / "bad")
     assert sorted(p.name for p in out.parent.iterdir()) == ["ckpt"]  # failure leaves nothing behind
     assert checkpoint_module.META_FILE == "meta.json"
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_llama_bf16(tmp_path_factory.mktemp("tiny-bf16") / "llama", chat=True)
+
+
+@pytest.mark.parametrize("weights", ["auto", "checkpoint"])
+@pytest.mark.parametrize("save", ["full", "merged", "adapter"])
+def test_a_bf16_base_gives_bf16_checkpoints_that_reload(tiny_bf16: Path, tmp_path: Path, save: str,
+                                                          weights: str) -> None:
+    """On the CPU "auto" trains fp32 weights and "checkpoint" bf16 ones; both save bf16, as the base is."""
+    lora = {} if save == "full" else {"lora": True, "lora_r": 4, "lora_alpha": 8, "lora_merge": save == "merged"}
+    config = DPOConfig(model=str(tiny_bf16), beta=0.5, learning_rate=1e-2, batch_size=4, max_steps=2,
+                       weights=weights, **lora)
+    result = train_dpo(config, toy_pairs(8), tmp_path / "ckpt")
+    folder = Path(result.checkpoint_path)
+    meta = json.loads((folder / "meta.json").read_text())
+    trained = "bfloat16" if weights == "checkpoint" else "float32"
+    assert meta["weights"] == save and meta["dtype"] == "bfloat16"
+    assert meta["precision"] == {"base": "bfloat16", "weights": trained, "autocast": None}
+    assert safetensors_dtypes(folder) == {"BF16"}
+    if save == "adapter":
+        assert not (folder / "config.json").exists()
+        model, _, _ = load_checkpoint(folder, dtype=torch.bfloat16)
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    else:
+        assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        assert model.dtype == torch.bfloat16 and not any("lora" in n for n, _ in model.named_parameters())
+    start = AutoModelForCausalLM.from_pretrained(tiny_bf16)
+    tok = llama_tokenizer(chat=True)
+    batch = DPOCollator(tok.pad_token_id, shared_prefix=False)(encode_pairs(tok, toy_pairs(2), max_length=64,
+                                                                             max_prompt_length=32)[0])
+    with torch.no_grad():  # the run changed the policy, even with bf16 weights (learning_rate 1e-2)
+        assert not torch.equal(_seq_logps(model.float(), batch), _seq_logps(start.float(), batch))
+
+
+def test_an_fp32_base_gives_fp32_checkpoints_whatever_the_setting(tiny: Path, tmp_path: Path) -> None:
+    result = train_dpo(DPOConfig(model=str(tiny), batch_size=4, max_steps=1, weights="checkpoint"), toy_pairs(4),
+                       tmp_path / "ckpt")
+    folder = Path(result.checkpoint_path)
+    assert json.loads((folder / "meta.json").read_text())["dtype"] == "float32"
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "float32"
+    assert safetensors_dtypes(folder) == {"F32"}
 
 
 def test_ipo_and_robust_losses_equal_their_closed_forms() -> None:

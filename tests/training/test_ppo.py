@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tiny import llama_config, llama_tokenizer, save_tiny_llama
+from tests.tiny import llama_config, llama_tokenizer, safetensors_dtypes, save_tiny_llama, save_tiny_llama_bf16
 from training.lib.ppo import rule_reward, train_ppo
 from training.lib.ppo_config import PPOConfig
 from training.lib.ppo_core import (
@@ -220,3 +220,63 @@ def test_command_line_runs_on_a_jsonl_of_prompts(tmp_path: Path, capsys: pytest.
     assert code == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 1.0
     assert json.loads((tmp_path / "out" / "meta.json").read_text())["lineage"] == {"run": 1}
+
+
+@pytest.mark.parametrize(("weights", "lora_r"), [("auto", 0), ("checkpoint", 0), ("checkpoint", 4)])
+def test_a_bf16_base_gives_a_bf16_policy_that_reloads(tmp_path: Path, weights: str, lora_r: int) -> None:
+    """On the CPU "auto" trains fp32 weights, "checkpoint" bf16 ones (and a bf16 reward model); both save bf16."""
+    from transformers import AutoModelForCausalLM, LlamaModel
+
+    from rewardmodel.lib.model import RewardModel, save_reward_model
+
+    policy = save_tiny_llama_bf16(tmp_path / "policy", chat=True)
+    tok = llama_tokenizer(chat=True)
+    torch.manual_seed(1)
+    reward_model = RewardModel(LlamaModel(llama_config(tok)).to(torch.bfloat16), tok, pooling="last")
+    save_reward_model(reward_model, tmp_path / "rm", {})
+    config = _toy_config(policy, reward=str(tmp_path / "rm"), steps=1, ppo_epochs=1, batch_size=4,
+                         mini_batch_size=4, max_new_tokens=4, weights=weights, lora_r=lora_r)
+    result = train_ppo(config, PROMPTS[:4], tmp_path / "out")
+    assert all(math.isfinite(v) for v in result.history[0].values())
+    out = Path(result.out_dir)
+    meta = json.loads((out / "meta.json").read_text())
+    trained = "bfloat16" if weights == "checkpoint" else "float32"
+    assert meta["dtype"] == "bfloat16" and meta["weights"] == ("merged" if lora_r else "full")
+    assert meta["precision"] == {"base": "bfloat16", "weights": trained, "autocast": None}
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert safetensors_dtypes(out) == {"BF16"}
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert loaded.dtype == torch.bfloat16 and not any("lora" in n for n, _ in loaded.named_parameters())
+    start = AutoModelForCausalLM.from_pretrained(policy)
+    assert any(not torch.equal(a, b) for a, b in zip(loaded.parameters(), start.parameters(), strict=True))
+
+
+def test_an_fp32_base_gives_an_fp32_policy(tmp_path: Path) -> None:
+    policy = save_tiny_llama(tmp_path / "policy", chat=True)
+    config = _toy_config(policy, steps=1, ppo_epochs=1, batch_size=4, mini_batch_size=4, max_new_tokens=4,
+                         weights="checkpoint")
+    out = Path(train_ppo(config, PROMPTS[:4], tmp_path / "out").out_dir)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
+    assert json.loads((out / "meta.json").read_text())["dtype"] == "float32"
+    assert safetensors_dtypes(out) == {"F32"}
+
+
+def test_gradient_checkpointing_recomputes_layers_and_changes_no_number(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers.modeling_utils as modeling_utils  # gradient_checkpointing_enable binds its `checkpoint`
+
+    policy = save_tiny_llama(tmp_path / "policy", chat=True)
+    runs = {}
+    real = modeling_utils.checkpoint
+    calls: list[int] = []
+    monkeypatch.setattr(modeling_utils, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for checkpointing in (False, True):
+        calls.clear()
+        config = _toy_config(policy, reward="rule:length", steps=2, ppo_epochs=2, batch_size=4, mini_batch_size=2,
+                             max_new_tokens=4, gradient_checkpointing=checkpointing)
+        history = train_ppo(config, PROMPTS[:8], tmp_path / f"out-{checkpointing}").history
+        runs[checkpointing] = [{k: v for k, v in e.items() if "per_s" not in k and k != "elapsed_s"} for e in history]
+        assert bool(calls) == checkpointing
+    assert len(runs[True]) == len(runs[False]) == 2
+    for with_checkpointing, without in zip(runs[True], runs[False], strict=True):
+        assert with_checkpointing == pytest.approx(without, rel=1e-5, abs=1e-6)

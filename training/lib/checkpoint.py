@@ -1,6 +1,7 @@
 """Policy weights in and out: loading a policy to train, and checkpoints that appear atomically.
 
-`load_policy` loads a causal LM (an alias, local folder or hub id) in fp32
+`load_policy` loads a causal LM (an alias, local folder or hub id) in the
+dtype the run trains in (fp32 unless asked; see `rewardmodel.lib.precision`)
 with dropout off, optionally wrapped in fresh LoRA adapters.
 
 A checkpoint is a folder that `AutoModelForCausalLM.from_pretrained` and
@@ -8,12 +9,14 @@ A checkpoint is a folder that `AutoModelForCausalLM.from_pretrained` and
 adapter folder over a recorded base), plus ``meta.json``:
 
     {"format": "training.lib.checkpoint/1", "weights": "full" | "merged" | "adapter",
-     "base_model": ..., "base_model_path": ..., "code_version": ..., "created_at": ...,
+     "dtype": "bfloat16" | "float32" | ..., "base_model": ..., "base_model_path": ...,
+     "code_version": ..., "created_at": ...,
      ...whatever the caller adds (kind, config, lineage, metrics)}
 
-`save_checkpoint` writes everything into a hidden temporary sibling folder,
-flushes it to disk, lets the caller verify it by loading it back, and only
-then renames it onto `out_dir`: a reader sees no folder or a complete,
+`save_checkpoint` writes the weights in the dtype it is given (the base
+model's own, so a bf16 original gives a bf16 checkpoint whose config.json says
+so) into a hidden temporary sibling folder, flushes it to disk, lets the caller
+verify it by loading it back, and only then renames it onto `out_dir`: a reader sees no folder or a complete,
 verified one, never a half-written one. On any failure the temporary folder
 is removed and the error propagates.
 
@@ -36,12 +39,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rewardmodel.lib.backbones import resolve_model
 from rewardmodel.lib.model import code_version
+from rewardmodel.lib.precision import dtype_name
 from training.lib.logprobs import ScoredTokens, sequence_sums, token_logprobs
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "META_FILE",
     "ensure_free",
+    "floating_dtype",
     "load_checkpoint",
     "load_policy",
     "probe_verifier",
@@ -58,18 +63,20 @@ def load_policy(
     *,
     lora: Mapping[str, Any] | None = None,
     gradient_checkpointing: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Any, Any, str]:
     """(model, tokenizer, resolved local path) of a policy to train.
 
-    fp32 weights (mixed precision, if any, is the caller's autocast), sdpa
-    attention, every dropout off (it makes πθ noisy against a deterministic
+    Weights in `dtype` (fp32: mixed precision, if any, is the caller's
+    autocast; see `rewardmodel.lib.precision`), sdpa attention, every dropout off (it makes πθ noisy against a deterministic
     reference; TRL does the same). `lora`: keyword arguments of peft's
     `LoraConfig` (r, lora_alpha, lora_dropout, target_modules, ...); the
-    adapters are added after dropout is turned off, so their own dropout stays.
+    adapters are added after dropout is turned off, so their own dropout stays;
+    over a bf16 base they are fp32 (peft's default).
     """
     path = _resolve(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -101,16 +108,20 @@ def save_checkpoint(
     meta: Mapping[str, Any],
     *,
     merge_lora: bool = True,
-    verify: Callable[[Path], None] | None = None,
+    dtype: torch.dtype | None = None,
+    verify: Callable[[Path, Any], None] | None = None,
 ) -> Path:
     """Save `model` (+ tokenizer + meta.json) to `out_dir` atomically; returns `out_dir`.
 
     A peft model is merged into its base first (``weights = "merged"``; the
     in-memory model is merged too) unless ``merge_lora=False``, which saves
     only the adapter (``weights = "adapter"``; `meta` must then name the base
-    in ``base_model_path`` or ``base_model``). `verify(tmp_dir)` runs on the
-    finished temporary folder and must raise if it is not right.
-    Raises FileExistsError if `out_dir` exists and is not empty.
+    in ``base_model_path`` or ``base_model``). `dtype` (the base model's own,
+    see `precision.stored_dtype`): the floating parameters are cast to it in
+    memory before saving (None: saved as they are); meta.json's ``dtype`` names
+    it. `verify(tmp_dir, saved_model)` runs on the finished temporary folder
+    with the model as written (merged, cast) and must raise if the folder does
+    not reproduce it. Raises FileExistsError if `out_dir` exists and is not empty.
     """
     out = ensure_free(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -123,9 +134,12 @@ def save_checkpoint(
             weights = "adapter"
             if not (meta.get("base_model_path") or meta.get("base_model")):
                 raise ValueError("an adapter checkpoint needs base_model_path or base_model in meta")
+    if dtype is not None:
+        _cast_parameters(model, dtype)
     full_meta = {
         "format": CHECKPOINT_FORMAT,
         "weights": weights,
+        "dtype": dtype_name(dtype or floating_dtype(model)),
         "code_version": code_version(),
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **meta,
@@ -137,7 +151,7 @@ def save_checkpoint(
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str), encoding="utf-8")
         _fsync_tree(tmp)
         if verify is not None:
-            verify(tmp)
+            verify(tmp, model)
         if out.exists():
             out.rmdir()  # an empty placeholder (checked above); rename cannot replace a folder otherwise
         os.rename(tmp, out)
@@ -146,6 +160,22 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def floating_dtype(model: Any) -> torch.dtype:
+    """The dtype of a model's first floating parameter (its weights' dtype; LoRA adapters come later)."""
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def _cast_parameters(model: Any, dtype: torch.dtype) -> None:
+    """Cast every floating parameter to `dtype` in place.
+
+    Parameters only: buffers keep their dtype, as `from_pretrained` makes them
+    (a bf16 copy of Llama's fp32 rotary frequencies would change every logit).
+    """
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -176,7 +206,11 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """(model in eval mode, tokenizer, meta) of a checkpoint folder, merged or adapter."""
+    """(model in eval mode, tokenizer, meta) of a checkpoint folder, merged or adapter, in `dtype`.
+
+    An adapter's weights load in `dtype` too (over a base in `dtype`), so a
+    bf16 adapter checkpoint loaded in bf16 computes as it did when saved.
+    """
     folder = Path(path)
     meta = read_meta(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -185,7 +219,7 @@ def load_checkpoint(
 
         base_path = meta.get("base_model_path") or _resolve(meta["base_model"])
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, attn_implementation="sdpa")
-        model = PeftModel.from_pretrained(base, folder)
+        model = PeftModel.from_pretrained(base, folder, autocast_adapter_dtype=False)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
     return model.to(device).eval(), tokenizer, meta
@@ -195,18 +229,24 @@ def _resolve(name: str) -> str:
     return name if os.path.isdir(name) else resolve_model(name)
 
 
-def probe_verifier(probe: ScoredTokens, expected: torch.Tensor, *, atol: float = 1e-3) -> Callable[[Path], None]:
-    """A `verify` for `save_checkpoint`: the reloaded model must give `expected` sequence log-probs [S].
+def probe_verifier(probe: ScoredTokens, *, atol: float = 1e-3) -> Callable[[Path, Any], None]:
+    """A `verify` for `save_checkpoint`: the reloaded folder must give the saved model's sequence log-probs of `probe`.
 
-    Loads on the CPU in fp32; `expected` should come from the saved model in
-    fp32 without autocast (any device). Raises AssertionError on a mismatch.
+    Both run without autocast on the saved model's device and in its dtype
+    (the same kernels on the same weights). Raises AssertionError on a mismatch.
     """
-    expected = expected.detach().float().cpu()
 
-    def verify(folder: Path) -> None:
-        model, _, _ = load_checkpoint(folder)
+    def verify(folder: Path, saved: Any) -> None:
+        device = next(saved.parameters()).device
+        batch = probe.to(device)
+        was_training = saved.training
+        saved.eval()
+        reloaded, _, _ = load_checkpoint(folder, device=device, dtype=floating_dtype(saved))
         with torch.no_grad():
-            got = sequence_sums(token_logprobs(model, probe.to("cpu")), probe.seq_index.cpu(), probe.num_seqs)
+            expected = sequence_sums(token_logprobs(saved, batch), batch.seq_index, batch.num_seqs).float().cpu()
+            got = sequence_sums(token_logprobs(reloaded, batch), batch.seq_index, batch.num_seqs).float().cpu()
+        saved.train(was_training)
+        del reloaded
         worst = float((got - expected).abs().max())
         if not worst <= atol * max(1.0, float(expected.abs().max()) / 100):
             raise AssertionError(f"checkpoint {folder} does not reproduce the trained model: max |Δ logp| = {worst}")

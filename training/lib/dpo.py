@@ -14,7 +14,10 @@ Where the time goes, and what this loop does about it:
   for both (shared prefix, on architectures known to honour 4D masks) and
   batches of similar lengths (bucketing), so little is padding;
 * only response tokens reach the LM head (see `logprobs`);
-* fp32 on a CPU (no bf16 units there), bf16 autocast on a GPU, fp32 weights.
+* fp32 on a CPU (no bf16 units there); on a GPU with bf16 the base's own
+  dtype (bf16 weights and AdamW state), or fp32 master weights with bf16
+  autocast when ``weights="fp32"`` asks for them (`rewardmodel.lib.precision`);
+* the checkpoint is saved in the base model's own dtype, whatever it trained in.
 
 Logged after every optimizer step: loss, implicit rewards of chosen and
 rejected (β · log-ratio), their margin, accuracy (chosen reward > rejected),
@@ -41,6 +44,8 @@ from typing import Any
 import torch
 
 from rewardmodel.lib.data import PreferencePair, bucketed_batches, parse_pair
+from rewardmodel.lib.model import resolve_backbone
+from rewardmodel.lib.precision import dtype_name, resolve_weights_dtype, stored_dtype
 from rewardmodel.lib.runtime import forward_context
 from training.lib.checkpoint import ensure_free, load_policy, probe_verifier, save_checkpoint
 from training.lib.dpo_config import DPOConfig
@@ -68,7 +73,7 @@ def resolve_device(config: DPOConfig) -> torch.device:
 
 
 def resolve_autocast(config: DPOConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast dtype, or None for plain fp32. Weights and optimizer state stay fp32."""
+    """bf16 autocast dtype over fp32 weights, or None for plain fp32 (`train_dpo` drops it over bf16 weights)."""
     if device.type != "cuda":
         if config.dtype == "bf16":
             raise ValueError("dtype='bf16' on a CPU is refused: no bf16 units, orders of magnitude slower than fp32")
@@ -239,7 +244,12 @@ def train_dpo(
     device = resolve_device(config)
     amp = resolve_autocast(config, device)
     all_pairs = [p if isinstance(p, PreferencePair) else parse_pair(p) for p in pairs]
-    model, tokenizer, model_path = load_policy(config.model, device, lora=_lora_options(config),
+    model_path = resolve_backbone(config.model)
+    base_dtype = stored_dtype(model_path)
+    train_dtype = resolve_weights_dtype(config.weights, device, base_dtype)
+    if train_dtype != torch.float32:
+        amp = None  # the weights already compute in bf16
+    model, tokenizer, model_path = load_policy(model_path, device, lora=_lora_options(config), dtype=train_dtype,
                                                gradient_checkpointing=config.gradient_checkpointing)
     examples, report = encode_pairs(tokenizer, all_pairs, max_length=config.max_length,
                                     max_prompt_length=config.max_prompt_length)
@@ -293,8 +303,11 @@ def train_dpo(
         "config": config.to_dict(),
         "lineage": dict(lineage or {}),
         "metrics": metrics,
+        "precision": {"base": dtype_name(base_dtype), "weights": dtype_name(train_dtype),
+                      "autocast": dtype_name(amp) if amp is not None else None},
     }
-    path = _publish(model, tokenizer, examples[0], pad_id, device, out_dir, meta, merge_lora=config.lora_merge)
+    path = _publish(model, tokenizer, examples[0], pad_id, out_dir, meta, merge_lora=config.lora_merge,
+                    dtype=base_dtype)
     return DPOResult(config=config, checkpoint_path=str(path), metrics=metrics, history=history)
 
 
@@ -344,15 +357,14 @@ def _run_metrics(history: list[dict[str, float]], meter: _Meter, *, shared: bool
     }
 
 
-def _publish(model: Any, tokenizer: Any, probe_example: DPOExample, pad_id: int, device: torch.device,
-             out_dir: str | Path, meta: dict[str, Any], *, merge_lora: bool) -> Path:
-    """Save the trained policy as a checkpoint that must reproduce its log-probs of `probe_example` when reloaded."""
+def _publish(model: Any, tokenizer: Any, probe_example: DPOExample, pad_id: int, out_dir: str | Path,
+             meta: dict[str, Any], *, merge_lora: bool, dtype: torch.dtype) -> Path:
+    """Save the trained policy in `dtype` as a checkpoint that, reloaded, must reproduce the saved
+    model's log-probs of `probe_example`."""
     model.eval()
-    probe = DPOCollator(pad_id, shared_prefix=False)([probe_example]).tokens.to(device)
-    with torch.no_grad():
-        expected = sequence_sums(token_logprobs(model, probe), probe.seq_index, probe.num_seqs)
-    return save_checkpoint(model, tokenizer, out_dir, meta, merge_lora=merge_lora,
-                           verify=probe_verifier(probe.to("cpu"), expected))
+    probe = DPOCollator(pad_id, shared_prefix=False)([probe_example]).tokens
+    return save_checkpoint(model, tokenizer, out_dir, meta, merge_lora=merge_lora, dtype=dtype,
+                           verify=probe_verifier(probe))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ _HELP = {
     "lora_target_modules": "comma-separated module names, or all-linear",
     "dtype": "auto | fp32 | bf16 (bf16 only on a GPU)",
     "shared_prefix": "auto | on | off",
+    "weights": "auto (bf16 base: bf16 on a bf16 GPU, fp32 elsewhere) | fp32 | checkpoint (the base's dtype anywhere)",
 }
 
 

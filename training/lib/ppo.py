@@ -8,7 +8,9 @@ clipped policy + value loss (the maths lives in ``ppo_core``). The value head
 is one linear layer on the policy's last hidden state (a shared backbone: the
 values come out of the same forward pass as the log-probabilities). The
 reference is a frozen copy of the starting policy, or, with LoRA, the same
-weights with the adapters switched off.
+weights with the adapters switched off. Weights train in the dtype the
+config's ``weights`` picks (``rewardmodel.lib.precision``); the saved policy is
+in the base model's own dtype.
 
 Pure module: never imports Django or Celery. The configuration lives in
 ``training.lib.ppo_config`` (importable without torch); it is re-exported here.
@@ -30,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rewardmodel.lib.backbones import resolve_model
 from rewardmodel.lib.model import load_reward_model
+from rewardmodel.lib.precision import dtype_name, resolve_weights_dtype, stored_dtype
 from rewardmodel.lib.runtime import forward_context
 from rewardmodel.lib.score import score
 from training.lib.checkpoint import META_FILE, ensure_free, save_checkpoint
@@ -80,7 +83,8 @@ def _reward_from_config(config: PPOConfig, device: Any) -> RewardFn:
         return rule_reward(config.reward)
     if not config.reward:
         raise ValueError("config.reward is empty and no reward_fn was passed")
-    reward_model = load_reward_model(config.reward, device=device)
+    dtype = resolve_weights_dtype(config.weights, device, stored_dtype(config.reward))
+    reward_model = load_reward_model(config.reward, device=device, dtype=dtype)
     return lambda prompts, completions: score(reward_model, prompts, completions, config.reward_batch_size)
 
 
@@ -150,6 +154,8 @@ def train_ppo(
         "lineage": dict(lineage or {}),
         "metrics": metrics,
         "history": history,
+        "precision": {"base": dtype_name(parts.base_dtype), "weights": dtype_name(parts.weights_dtype),
+                      "autocast": dtype_name(parts.autocast_dtype) if parts.autocast_dtype is not None else None},
     }
     meta_path = _save_policy(parts, out, meta)
     return PPOResult(config=config, out_dir=str(out), meta_path=str(meta_path), metrics=metrics, history=history)
@@ -224,6 +230,8 @@ class _Parts:
     autocast_dtype: Any
     eos_ids: list[int]
     model_path: str
+    base_dtype: Any
+    weights_dtype: Any
 
     def autocast(self) -> Any:
         """Autocast (if any) plus the attention kernels every forward pass of ours uses."""
@@ -261,16 +269,26 @@ def _load_parts(config: PPOConfig) -> _Parts:
     device = torch.device(auto if config.device == "auto" else config.device)
     if device.type != "cuda" and config.dtype == "bf16":
         raise ValueError("dtype='bf16' is refused off CUDA: CPUs here have no bf16 units (~100x slower than fp32)")
-    use_bf16 = device.type == "cuda" and config.dtype != "fp32" and torch.cuda.is_bf16_supported()
     path = resolve_model(config.model)
+    base_dtype = stored_dtype(path)
+    weights = resolve_weights_dtype(config.weights, device, base_dtype)
+    # Autocast only over fp32 weights (fp32 master weights); bf16 weights compute in bf16 already.
+    use_bf16 = (device.type == "cuda" and config.dtype != "fp32" and torch.cuda.is_bf16_supported()
+                and weights == torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # masked out everywhere, so any id works
     if not tokenizer.chat_template:
         raise ValueError(f"{path}: the tokenizer has no chat template")
-    # Weights and optimizer state stay fp32; bf16 enters only through autocast.
-    policy: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    # AdamW keeps its state in the weights' dtype; over fp32 weights bf16 enters only through autocast.
+    policy: Any = AutoModelForCausalLM.from_pretrained(path, dtype=weights)
     policy.to(device).eval()  # dropout off for good: it would make the PPO ratio noisy; gradients still flow
+    if config.gradient_checkpointing:
+        # transformers recomputes layers only in train mode: `_ppo_update` switches to it, with dropout at 0.
+        for module in policy.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.lora_r > 0:
         from peft import LoraConfig, get_peft_model  # LoRA runs only: peft takes seconds to import
 
@@ -280,11 +298,11 @@ def _load_parts(config: PPOConfig) -> _Parts:
     else:
         reference = copy.deepcopy(policy).requires_grad_(False)
     hidden = policy.config.get_text_config().hidden_size
-    value_head = torch.nn.Linear(hidden, 1).to(device)
+    value_head = torch.nn.Linear(hidden, 1).to(device)  # fp32 whatever the weights: 1 x hidden parameters
     torch.nn.init.zeros_(value_head.weight)  # V starts at 0: early advantages are the plain returns
     torch.nn.init.zeros_(value_head.bias)
     return _Parts(tokenizer, policy, value_head, reference, device, torch.bfloat16 if use_bf16 else None,
-                  eos_token_ids(tokenizer, policy), path)
+                  eos_token_ids(tokenizer, policy), path, base_dtype, weights)
 
 
 def _encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -307,7 +325,8 @@ def _forward(model: Any, value_head: Any, ids: Any, mask: Any, prompt_width: int
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     values = None
     if value_head is not None:
-        values = value_head(out.hidden_states[-1][:, prompt_width - 1 : -1]).squeeze(-1).float()
+        hidden = out.hidden_states[-1][:, prompt_width - 1 : -1]
+        values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
     return logprobs, values, logits
 
 
@@ -382,6 +401,8 @@ def _ppo_update(parts: _Parts, config: PPOConfig, optimizer: Any, batch: _Rollou
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sums: dict[str, float] = {}
     count = 0
+    if config.gradient_checkpointing:
+        parts.policy.train()  # dropout is 0 (see `_load_parts`); sampling and scoring stay in eval mode
     for _ in range(config.ppo_epochs):
         order = torch.randperm(len(batch.texts), device=parts.device)
         for rows in order.split(config.mini_batch_size):
@@ -405,29 +426,29 @@ def _ppo_update(parts: _Parts, config: PPOConfig, optimizer: Any, batch: _Rollou
             for key, tensor in stats.items():
                 sums[key] = sums.get(key, 0.0) + float(tensor.detach())
             count += 1
+    parts.policy.eval()
     return {key: total / count for key, total in sums.items()}
 
 
 def _save_policy(parts: _Parts, out: Path, meta: dict[str, Any]) -> Path:
-    """Publish the policy (LoRA merged) atomically through ``checkpoint.save_checkpoint``; returns meta.json's path.
+    """Publish the policy (LoRA merged, in the base model's dtype) atomically through ``checkpoint.save_checkpoint``;
+    returns meta.json's path.
 
     The folder is checked before it is renamed into place: it must load back
-    with exactly the trained weights.
+    with exactly the weights as saved.
     """
-    def trained() -> Any:  # after a LoRA merge the peft wrapper's base model holds the merged weights
-        return parts.policy.get_base_model() if parts.reference is None else parts.policy
-
-    save_checkpoint(parts.policy, parts.tokenizer, out, meta, verify=lambda folder: _verify_saved(folder, trained()))
+    save_checkpoint(parts.policy, parts.tokenizer, out, meta, dtype=parts.base_dtype, verify=_verify_saved)
     return out / META_FILE
 
 
 def _verify_saved(folder: Path, model: Any) -> None:
-    """Raise unless ``folder`` loads (model and tokenizer) with exactly the weights of ``model``."""
+    """Raise unless ``folder`` loads (model and tokenizer) with exactly the weights of ``model``, in their dtype."""
     AutoTokenizer.from_pretrained(folder)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
     live = model.state_dict()
+    dtype = next(t.dtype for t in live.values() if t.is_floating_point())
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).state_dict()
     if set(loaded) != set(live):
         raise RuntimeError(f"saved policy in {folder} has different tensors: {sorted(set(loaded) ^ set(live))[:5]}")
     for name, tensor in live.items():
-        if not torch.equal(loaded[name], tensor.detach().float().cpu()):
+        if loaded[name].dtype != tensor.dtype or not torch.equal(loaded[name], tensor.detach().cpu()):
             raise RuntimeError(f"saved policy in {folder} differs from the trained one at {name}")
