@@ -124,12 +124,13 @@ def save_tiny_bert_bf16(folder: Path, *, seed: int = 0) -> Path:
 
 
 def safetensors_dtypes(folder: Path) -> set[str]:
-    """The dtypes ("BF16", "F32", ...) of every tensor in a folder's safetensors files, read from their headers."""
+    """The dtypes ("BF16", "F32", ...) of every tensor in a safetensors file, or a folder's, read from their headers."""
     import json
     import struct
 
     found: set[str] = set()
-    for file in Path(folder).glob("*.safetensors"):
+    files = [Path(folder)] if Path(folder).is_file() else Path(folder).glob("*.safetensors")
+    for file in files:
         with file.open("rb") as handle:
             (size,) = struct.unpack("<Q", handle.read(8))
             header = json.loads(handle.read(size))

@@ -5,8 +5,11 @@ pass; sequences of a batch are packed several to a row (block-diagonal
 attention) so padding stays small without sorting batches by length, and on
 causal backbones a pair's prompt is encoded once for both responses.
 Architectures that cannot take packed rows get length-bucketed batches
-instead. AdamW with linear warmup/decay; fp32 weights, with TF32 matmuls on a GPU
-(`dtype="fp32"` keeps them strict) and bf16 autocast only when `dtype="bf16"` asks for it.
+instead. AdamW with linear warmup/decay. The backbone's weights are its checkpoint's
+own dtype (bf16) on a GPU with bf16, fp32 elsewhere or where `weights="fp32"`
+asks (`rewardmodel.lib.precision`); over fp32 weights, TF32 matmuls on a GPU
+(`dtype="fp32"` keeps them strict) and bf16 autocast only when `dtype="bf16"`
+asks for it. The model is saved in the backbone checkpoint's own dtype.
 On a CUDA GPU each whole step (forward, backward, clipping, AdamW) is replayed
 from a CUDA graph, one per batch shape, over batches packed into a fixed
 layout (`rewardmodel.lib.graphs`, `cuda_graphs` in the config).
@@ -261,6 +264,8 @@ def _setup(config: RewardConfig, pairs: Iterable[PreferencePair | Mapping[str, A
     train_raw, eval_raw = split_by_prompt(all_pairs, config.eval_fraction, config.seed)
 
     model = build_reward_model(config, device=device)
+    if model.backbone.dtype != torch.float32:
+        autocast_dtype = None  # low-precision weights compute in their own dtype
     model.flat_tokens = model.flat_tokens and resolve_flat_tokens(config, device)
     with torch.no_grad():
         model.tie_param.fill_(TIE_PARAM_INIT.get(config.loss, 0.0))
