@@ -129,7 +129,7 @@ class RewardConfig(ConfigBase):
     flat_tokens: Literal["auto", "on", "off"] = "auto"
     device: str = "auto"
     dtype: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
-    weights: Weights = "auto"
+    weights: Weights = "fp32"  # bf16 weights round away small updates; "auto" opts in
     compile: Literal["auto", "on", "off"] = "auto"
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
     gradient_checkpointing: bool = False

@@ -71,7 +71,7 @@ class DPOConfig(ConfigBase):
     seed: int = 0
     device: str = "auto"
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    weights: Weights = "auto"
+    weights: Weights = "fp32"  # bf16 weights round away small updates; "auto" opts in
     max_steps: int | None = None
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0

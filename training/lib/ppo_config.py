@@ -67,7 +67,7 @@ class PPOConfig(ConfigBase):
     seed: int = 0
     device: str = "auto"
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    weights: Weights = "auto"
+    weights: Weights = "fp32"  # bf16 weights round away small updates; "auto" opts in
     gradient_checkpointing: bool = False
     lora_r: int = 0
     lora_alpha: int = 16
