@@ -141,12 +141,6 @@ def generation_settings(run_config: dict) -> dict[str, Any]:
     return values
 
 
-def sampling(run_config: dict) -> dict[str, Any]:
-    """Just the sampling settings (what a generator takes)."""
-    values = generation_settings(run_config)
-    return {key: values[key] for key in SAMPLING_KEYS}
-
-
 def validate(kind: str, run_config: dict) -> None:
     """Raise ValueError naming what is wrong with ``run_config`` for a run of ``kind``."""
     if kind == Kind.REWARD_MODEL:

@@ -57,7 +57,7 @@ def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
     checkpoints = list(Checkpoint.objects.filter(project=run.project, pk__in=ids))
     checkpoints.sort(key=lambda c: ids.index(c.pk))
     prompts = battle_prompts(run.project, count=settings["prompts"], seed=settings["seed"])
-    sampling = configs.sampling(settings_of(run.config))
+    sampling = {key: settings[key] for key in configs.SAMPLING_KEYS}
     total = len(prompts) * len(checkpoints)
     by_checkpoint: dict[int, dict[int, Completion]] = {}
     for index, checkpoint in enumerate(checkpoints):
