@@ -213,6 +213,9 @@ WORKER_DEVICE = (_env_set("WORKER_DEVICE") or "auto").lower()
 if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", WORKER_DEVICE):
     refuse("WORKER_DEVICE", os.environ["WORKER_DEVICE"],
            "use auto, cpu, cuda, cuda:N (a GPU's index) or mps, or leave it empty for the default")
+# How many processes (one per GPU) a training run on this worker uses: above 1, reward-model, DPO and
+# PPO runs execute under torchrun (a run's own ``world_size`` setting overrides it).
+WORKER_WORLD_SIZE = env_int("WORKER_WORLD_SIZE", 1, minimum=1)
 WORKER_DTYPE = env_choice("WORKER_DTYPE", "AUTO", ("AUTO", "FLOAT32", "BFLOAT16", "FLOAT16")).lower()
 
 # Celery: an embedded file-system broker by default, so the demo needs no service.

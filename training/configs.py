@@ -39,12 +39,16 @@ APP_DEFAULTS: dict[str, dict[str, Any]] = {
     # ``prompts``: how many of the project's prompts PPO rolls out on (None: all of them).
     Kind.PPO: {"steps": 20, "batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 48, "prompts": None},
 }
+# ``world_size``: how many processes (one per GPU) run the job under torchrun; None takes the
+# worker's ``WORKER_WORLD_SIZE`` (1 unless set). The library configs never see it: the launcher does.
+for _kind in (Kind.REWARD_MODEL, Kind.DPO, Kind.PPO):
+    APP_DEFAULTS[_kind]["world_size"] = None
 
 # Settings a run takes from its inputs, never from its config.
 _FROM_INPUTS = {"model", "reward"}
 _CLASSES = {Kind.REWARD_MODEL: RewardConfig, Kind.DPO: DPOConfig, Kind.PPO: PPOConfig}
 # App-level settings a kind has beside its library dataclass's fields.
-_APP_ONLY = {Kind.PPO: {"prompts"}}
+_APP_ONLY = {Kind.REWARD_MODEL: {"world_size"}, Kind.DPO: {"world_size"}, Kind.PPO: {"prompts", "world_size"}}
 
 
 def _library_defaults(cls) -> dict[str, Any]:
@@ -100,19 +104,33 @@ def _build(cls, values: dict, **inputs):
         raise ValueError(str(error)) from None
 
 
+def _library_values(kind: str, run_config: dict) -> dict[str, Any]:
+    values = _checked(kind, run_config)
+    for name in _APP_ONLY[kind]:
+        values.pop(name)
+    return values
+
+
 def reward_config(run_config: dict) -> RewardConfig:
-    return _build(RewardConfig, _checked(Kind.REWARD_MODEL, run_config))
+    return _build(RewardConfig, _library_values(Kind.REWARD_MODEL, run_config))
 
 
 def dpo_config(run_config: dict, *, model: str) -> DPOConfig:
-    return _build(DPOConfig, _checked(Kind.DPO, run_config), model=model)
+    return _build(DPOConfig, _library_values(Kind.DPO, run_config), model=model)
 
 
 def ppo_config(run_config: dict, *, model: str, reward: str) -> PPOConfig:
-    values = _checked(Kind.PPO, run_config)
-    for name in _APP_ONLY[Kind.PPO]:
-        values.pop(name)
-    return _build(PPOConfig, values, model=model, reward=reward)
+    return _build(PPOConfig, _library_values(Kind.PPO, run_config), model=model, reward=reward)
+
+
+def world_size(kind: str, run_config: dict) -> int:
+    """How many processes run the job: the run's ``world_size``, else the worker's ``WORKER_WORLD_SIZE``."""
+    value = _checked(kind, run_config).get("world_size")
+    if value is None:
+        return settings.WORKER_WORLD_SIZE
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 64:
+        raise ValueError(f"world_size must be a whole number from 1 to 64 (one process per GPU), or null, not {value!r}")
+    return value
 
 
 def _prompt_count(value) -> int | None:
@@ -145,11 +163,14 @@ def validate(kind: str, run_config: dict) -> None:
     """Raise ValueError naming what is wrong with ``run_config`` for a run of ``kind``."""
     if kind == Kind.REWARD_MODEL:
         reward_config(run_config)
+        world_size(kind, run_config)
     elif kind == Kind.DPO:
         dpo_config(run_config, model="unset")
+        world_size(kind, run_config)
     elif kind == Kind.PPO:
         ppo_config(run_config, model="unset", reward="unset")
         ppo_prompt_limit(run_config)
+        world_size(kind, run_config)
     elif kind == Kind.GENERATION:
         generation_settings(run_config)
     else:
