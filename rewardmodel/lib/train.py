@@ -10,6 +10,9 @@ own dtype (bf16) on a GPU with bf16, fp32 elsewhere or where `weights="fp32"`
 asks (`rewardmodel.lib.precision`); over fp32 weights, TF32 matmuls on a GPU
 (`dtype="fp32"` keeps them strict) and bf16 autocast only when `dtype="bf16"`
 asks for it. The model is saved in the backbone checkpoint's own dtype.
+Under torchrun (`training.lib.distributed`) every rank trains on its share
+of each batch, gradients and logged sums are summed over the ranks, and rank
+0 alone evaluates and saves, after a barrier.
 On a CUDA GPU each whole step (forward, backward, clipping, AdamW) is replayed
 from a CUDA graph, one per batch shape, over batches packed into a fixed
 layout (`rewardmodel.lib.graphs`, `cuda_graphs` in the config).
@@ -45,6 +48,7 @@ from rewardmodel.lib.evaluate import predict_pair_rewards, preference_metrics
 from rewardmodel.lib.graphs import GraphedSteps
 from rewardmodel.lib.losses import TIE_PARAM_INIT, pair_loss
 from rewardmodel.lib.model import RewardModel, build_reward_model, save_reward_model, split_pair_rewards
+from rewardmodel.lib.ranks import SOLO, Team, current_team
 from rewardmodel.lib.runtime import (
     forward_context,
     matmul_precision,
@@ -179,10 +183,15 @@ def train_reward_model(
         torch.set_num_threads(config.num_threads)
     _set_seed(config.seed)
     device = resolve_device(config)
+    team = current_team()
     with matmul_precision(config, device):
-        run, graphed = _setup(config, pairs, device)
+        run, graphed = _setup(config, pairs, device, team)
         setup_s = time.perf_counter() - started
         history, totals, train_s = _loop(run, graphed, progress)
+        totals = team.sum_values(totals, device)
+        team.barrier()  # every rank has finished its last step: rank 0 alone evaluates and saves
+        if not team.main:
+            return RewardResult(config=config, out_dir=str(out_dir), meta_path="", metrics={}, history=history)
         metrics = _summary(run, graphed, history, totals, train_s=train_s, setup_s=setup_s)
         meta = {
             "config": config.to_dict(),
@@ -200,6 +209,7 @@ class _Run:
 
     `train_all`: every encoded training pair; `train_set`: those the loss learns from (ties dropped
     unless the loss models them); `batches`: index lists into `train_set`, all epochs in order;
+    `shares`: this rank's part of each batch (the whole batch alone, see `training.lib.distributed`);
     `boot`: bootstrap weights [len(train_set), ensemble_size], or None for one head; `forward`: the
     model or its compiled self. (The CUDA-graphed steps hold `whole_step`, so they live beside the
     run, not in it: no reference cycle keeps the model's memory after the run.)
@@ -222,9 +232,20 @@ class _Run:
     total_steps: int
     shared: bool
     pack: bool
+    team: Team = SOLO
+    shares: list[list[int]] = field(default_factory=list)
 
-    def lay_out(self, idx: list[int]) -> tuple[list[int], Any]:
-        return idx, self.collate([self.train_set[j] for j in idx]).to(self.device)
+    def lay_out(self, idx: list[int]) -> Any:
+        """The batch of these training pairs on the device; None for none (a rank's empty share)."""
+        return self.collate([self.train_set[j] for j in idx]).to(self.device) if idx else None
+
+    def share_scale(self, idx: list[int], share: list[int]) -> float:
+        """This rank's part of the batch's loss: its pairs (or bootstrap weight) over the whole batch's."""
+        if self.team.solo:
+            return 1.0
+        if self.boot is None:
+            return len(share) / len(idx)
+        return float(self.boot[share].sum() / self.boot[idx].sum().clamp_min(1e-8))
 
     def forward_loss(self, batch: Any, weights: torch.Tensor | None, *,
                      cache_casts: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,7 +278,7 @@ class _Run:
 
 
 def _setup(config: RewardConfig, pairs: Iterable[PreferencePair | Mapping[str, Any]],
-           device: torch.device) -> tuple[_Run, GraphedSteps | None]:
+           device: torch.device, team: Team = SOLO) -> tuple[_Run, GraphedSteps | None]:
     """Split, encode and batch the pairs; build the model, the optimizer and, where they apply, the step graphs."""
     autocast_dtype = resolve_autocast_dtype(config, device)
     all_pairs = [p if isinstance(p, PreferencePair) else parse_pair(p) for p in pairs]
@@ -287,13 +308,16 @@ def _setup(config: RewardConfig, pairs: Iterable[PreferencePair | Mapping[str, A
         generator = torch.Generator().manual_seed(config.seed)
         boot = torch.poisson(torch.ones(len(train_set), config.ensemble_size), generator=generator)
     total_steps = math.ceil(len(batches) / config.grad_accum)
-    use_graphs = resolve_cuda_graphs(config, device, packed=pack, pooling=model.pooling)
+    if not team.solo and config.cuda_graphs == "on":
+        raise ValueError("cuda_graphs='on' needs one process: a step of several ranks sums gradients between them")
+    use_graphs = team.solo and resolve_cuda_graphs(config, device, packed=pack, pooling=model.pooling)
     if use_graphs:
         # Fixed shapes: rows of one width, a few row counts, no data-sized flat-token layout.
         model.flat_tokens = False
         layout = StaticLayout.plan([collate.units([train_set[j] for j in idx]) for idx in batches])
         collate = PairCollator(model.pad_id, shared_prefix=shared, pack=pack, causal=model.causal,
                                mask_device=device, layout=layout)
+    team.broadcast(p for p in model.parameters() if p.requires_grad)
     optimizer = _optimizer(model, config, device, graphs=use_graphs)
     lr_factor = _linear_schedule(int(config.warmup_ratio * total_steps), total_steps)
     _set_lr(optimizer, config.learning_rate * lr_factor(0))
@@ -304,7 +328,7 @@ def _setup(config: RewardConfig, pairs: Iterable[PreferencePair | Mapping[str, A
 
     model.train()
     run = _Run(config, device, autocast_dtype, model, forward, optimizer, lr_factor, collate, train_all, train_set,
-               eval_raw, eval_set, batches, boot, total_steps, shared, pack)
+               eval_raw, eval_set, batches, boot, total_steps, shared, pack, team, [team.share(b) for b in batches])
     return run, GraphedSteps(run.whole_step) if use_graphs else None
 
 
@@ -322,9 +346,15 @@ def _loop(run: _Run, graphed: GraphedSteps | None,
     epoch_batches = math.ceil(len(run.train_set) / config.batch_size)
     on_gpu = run.device.type == "cuda"
     loop_start = time.perf_counter()
-    for i, (idx, batch) in enumerate(_prefetched(run.batches, run.lay_out, ahead=on_gpu)):
-        weights = None if run.boot is None else run.boot[idx].to(run.device)
-        if graphed is not None:
+    team = run.team
+    if not team.main:
+        progress = None  # rank 0 reports for all
+    for i, (idx, share, batch) in enumerate(zip(run.batches, run.shares,
+                                               _prefetched(run.shares, run.lay_out, ahead=on_gpu), strict=True)):
+        weights = None if run.boot is None else run.boot[share].to(run.device)
+        if batch is None:  # a short batch left this rank nothing: it adds no gradient
+            loss, correct = torch.zeros((), device=run.device), 0.0
+        elif graphed is not None:
             inputs = {name: getattr(batch, name) for name in GRAPH_INPUTS}
             if weights is not None:
                 inputs["weights"] = weights
@@ -332,26 +362,35 @@ def _loop(run: _Run, graphed: GraphedSteps | None,
             out = graphed(inputs) if len(idx) == config.batch_size else graphed.eager(inputs)
             loss, correct, grad_norm = out["loss"], out["correct"], out["grad_norm"]
         else:
+            scale = run.share_scale(idx, share)
             loss, correct = run.forward_loss(batch, weights)
-            (loss / config.grad_accum).backward()
+            (loss * scale / config.grad_accum).backward()
+            loss = loss * scale
         window["loss"] = window["loss"] + loss.detach() * len(idx)
         window["correct"] = window["correct"] + correct
-        window["pairs"] += len(idx)
-        totals["pairs"] += len(idx)
-        totals["tokens"] += batch.real_tokens
-        totals["computed"] += batch.computed_tokens
-        totals["padded"] += batch.padded_tokens
+        window["pairs"] += len(share)
+        if batch is not None:
+            totals["pairs"] += len(share)
+            totals["tokens"] += batch.real_tokens
+            totals["computed"] += batch.computed_tokens
+            totals["padded"] += batch.padded_tokens
         if (i + 1) % config.grad_accum and i + 1 != len(run.batches):
             continue
         if graphed is None:
+            team.sum_gradients(p for p in model.parameters() if p.requires_grad)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         steps_done += 1
         lr = config.learning_rate * run.lr_factor(steps_done)  # for the next step, as a LambdaLR reports it
         _set_lr(optimizer, lr)
-        finished = {**window, "grad_norm": grad_norm, "lr": lr, "epoch": (i + 1) / epoch_batches,
-                    "pairs_seen": totals["pairs"], "tokens_seen": totals["tokens"]}
+        seen = {"pairs_seen": totals["pairs"], "tokens_seen": totals["tokens"]}
+        if not team.solo:  # the ranks' figures summed (a sync each step, as the gradient sum is)
+            summed = team.sum_values({"loss": float(window["loss"]), "correct": float(window["correct"]),
+                                      "pairs": window["pairs"], **seen}, run.device)
+            seen = {k: summed.pop(k) for k in seen}
+            window = summed
+        finished = {**window, "grad_norm": grad_norm, "lr": lr, "epoch": (i + 1) / epoch_batches, **seen}
         window = {"loss": 0.0, "correct": 0.0, "pairs": 0}
         if unreported is not None:
             _report(unreported, history, run.total_steps, loop_start, progress)

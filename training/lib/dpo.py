@@ -21,7 +21,10 @@ Where the time goes, and what this loop does about it:
 
 Logged after every optimizer step: loss, implicit rewards of chosen and
 rejected (β · log-ratio), their margin, accuracy (chosen reward > rejected),
-a KL estimate, learning rate, gradient norm, throughput. ``kl`` is the mean
+a KL estimate, learning rate, gradient norm, throughput. Under torchrun
+(`training.lib.distributed`) every rank takes its share of each micro-batch,
+gradients and logged sums are summed over the ranks, and rank 0 alone reports
+progress and publishes the checkpoint, after a barrier. ``kl`` is the mean
 per response token of the k3 estimator exp(ρ) − ρ − 1, ρ = log π_ref − log πθ,
 on the dataset's responses (not samples of πθ): it tracks drift from the
 reference, it is not an unbiased KL(πθ‖π_ref).
@@ -46,6 +49,7 @@ import torch
 from rewardmodel.lib.data import PreferencePair, bucketed_batches, parse_pair
 from rewardmodel.lib.model import resolve_backbone
 from rewardmodel.lib.precision import dtype_name, resolve_weights_dtype, stored_dtype
+from rewardmodel.lib.ranks import Team, current_team
 from rewardmodel.lib.runtime import forward_context
 from training.lib.checkpoint import ensure_free, load_policy, probe_verifier, save_checkpoint
 from training.lib.dpo_config import DPOConfig
@@ -142,23 +146,34 @@ def batch_loss(
     return losses.mean(), sums
 
 
-class _Meter:
-    """Sums over the current optimizer step (`window`) and over the run (`totals`)."""
+_SUMS = ("loss", "rewards_chosen", "rewards_rejected", "margin", "accuracy", "logps_chosen", "logps_rejected",
+         "kl_sum", "kl_tokens", "pairs")
 
-    def __init__(self) -> None:
-        self.window: dict[str, float] = {}
-        self.totals = {"pairs": 0, "tokens": 0, "computed": 0, "padded": 0}
+
+class _Meter:
+    """Sums over the current optimizer step (`window`) and over the run (`totals`), over every rank.
+
+    Each rank adds its own micro-batches; `step` sums the ranks' figures before logging them.
+    """
+
+    def __init__(self, team: Team, device: torch.device) -> None:
+        self.team, self.device = team, device
+        self.window = dict.fromkeys(_SUMS, 0.0)
+        self._local = {"pairs": 0, "tokens": 0, "computed": 0, "padded": 0}
+        self.totals = dict(self._local)
 
     def add(self, sums: Mapping[str, float], batch: DPOBatch) -> None:
         for key, value in {**sums, "pairs": float(batch.num_pairs)}.items():
-            self.window[key] = self.window.get(key, 0.0) + value
+            self.window[key] += value
         for key, value in (("pairs", batch.num_pairs), ("tokens", batch.real_tokens),
                            ("computed", batch.computed_tokens), ("padded", batch.padded_tokens)):
-            self.totals[key] += value
+            self._local[key] += value
 
     def step(self, step: int, elapsed: float, *, lr: float, grad_norm: float) -> dict[str, float]:
         """The step's log entry (per-pair means, per-token KL, throughput so far); resets the window."""
-        window, self.window = self.window, {}
+        window = self.team.sum_values(self.window, self.device)
+        self.window = dict.fromkeys(_SUMS, 0.0)
+        self.totals = self.team.sum_values(self._local, self.device)
         n = window.pop("pairs")
         kl_sum, kl_tokens = window.pop("kl_sum"), window.pop("kl_tokens")
         return {"step": float(step), **{k: v / n for k, v in window.items()}, "kl": kl_sum / max(1.0, kl_tokens),
@@ -236,6 +251,7 @@ def train_dpo(
     pair is left.
     """
     started = time.perf_counter()
+    team = current_team()
     ensure_free(out_dir)
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
@@ -259,26 +275,30 @@ def train_dpo(
     pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
     collate = DPOCollator(pad_id, shared_prefix=shared)
     batches = _plan(examples, config, shared)
+    shares = [team.share(idx) for idx in batches]  # this rank's part of each micro-batch (all of it alone)
     total_steps = math.ceil(len(batches) / config.grad_accum)
 
     ref_start = time.perf_counter()
-    reference, frozen = _prepare_reference(config, model, examples, batches, collate, device, amp)
+    reference, frozen = _prepare_reference(config, model, examples, shares, collate, device, amp)
     ref_seconds = time.perf_counter() - ref_start
     params = [p for p in model.parameters() if p.requires_grad]
+    team.broadcast(params)
     optimizer = _optimizer(params, config, device)
     scheduler = _schedule(optimizer, int(config.warmup_ratio * total_steps), total_steps)
 
     model.train()
     history: list[dict[str, float]] = []
-    meter = _Meter()
+    meter = _Meter(team, device)
     setup_seconds = time.perf_counter() - started - ref_seconds
     loop_start = time.perf_counter()
-    for i, idx in enumerate(batches):
-        chunk = [examples[j] for j in idx]
-        batch = collate(chunk, None if reference is None else [reference[j] for j in idx]).to(device)
-        meter.add(_backward(model, frozen, batch, config, device, amp), batch)
+    for i, (idx, share) in enumerate(zip(batches, shares, strict=True)):
+        if share:  # a short batch may leave a rank nothing: it adds no gradient
+            chunk = [examples[j] for j in share]
+            batch = collate(chunk, None if reference is None else [reference[j] for j in share]).to(device)
+            meter.add(_backward(model, frozen, batch, config, device, amp, share=len(share) / len(idx)), batch)
         if (i + 1) % config.grad_accum and i + 1 != len(batches):
             continue
+        team.sum_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -286,7 +306,7 @@ def train_dpo(
         entry = meter.step(len(history) + 1, time.perf_counter() - loop_start, lr=scheduler.get_last_lr()[0],
                            grad_norm=float(grad_norm))
         history.append(entry)
-        if progress is not None:
+        if progress is not None and team.main:
             progress(len(history), total_steps, entry)
     train_seconds = time.perf_counter() - loop_start
 
@@ -296,6 +316,9 @@ def train_dpo(
                        train_seconds=train_seconds),
     }
     del optimizer, scheduler, frozen  # Adam state (2x the weights) is freed before verification loads a copy
+    team.barrier()  # every rank has finished its last step
+    if not team.main:
+        return DPOResult(config=config, checkpoint_path="", metrics=metrics, history=history)
     meta = {
         "kind": "dpo",
         "base_model": config.model,
@@ -312,8 +335,9 @@ def train_dpo(
 
 
 def _backward(model: Any, frozen: Any | None, batch: DPOBatch, config: DPOConfig, device: torch.device,
-              amp: torch.dtype | None) -> dict[str, float]:
-    """Forward and backward of one micro-batch (its loss scaled by 1 / grad_accum); returns its sums for logging.
+              amp: torch.dtype | None, *, share: float = 1.0) -> dict[str, float]:
+    """Forward and backward of one micro-batch (its loss scaled by 1 / grad_accum, and by this rank's
+    `share` of the global micro-batch); returns its sums for logging.
 
     Reference log-probs come with the batch when precomputed, else from `frozen` or the adapters switched off.
     """
@@ -325,7 +349,7 @@ def _backward(model: Any, frozen: Any | None, batch: DPOBatch, config: DPOConfig
             with torch.no_grad(), reference_of(model, frozen) as ref_model:
                 ref_logps = token_logprobs(ref_model, batch.tokens)
     loss, sums = batch_loss(policy_logps, ref_logps, batch, config)
-    (loss / config.grad_accum).backward()
+    (loss * share / config.grad_accum).backward()
     return sums
 
 
