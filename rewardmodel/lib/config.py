@@ -23,6 +23,9 @@ Pooling = Literal["auto", "last", "mean", "cls"]
 #: Values of every run config's `weights` setting (resolved in `rewardmodel.lib.precision`).
 WEIGHTS_SETTINGS: tuple[str, ...] = ("auto", "fp32", "checkpoint")
 Weights = Literal["auto", "fp32", "checkpoint"]
+#: Values of every run config's `mode` setting (resolved in `training.lib.modes`).
+MODE_SETTINGS: tuple[str, ...] = ("auto", "full", "lora", "qlora")
+Mode = Literal["auto", "full", "lora", "qlora"]
 
 #: Losses that learn from tie pairs; the others skip ties during training.
 TIE_LOSSES: frozenset[str] = frozenset({"davidson", "rao_kupper"})
@@ -94,6 +97,14 @@ class RewardConfig(ConfigBase):
         a CUDA GPU with bf16, fp32 elsewhere; "fp32" = fp32 weights and AdamW state
         (fp32 master weights), bf16 only through `dtype`'s autocast; "checkpoint" =
         the stored dtype on any device, the CPU too. The heads stay fp32.
+    mode: what trains (see `training.lib.modes`, which also states the automatic rule):
+        "full" = every weight; "lora" = LoRA adapters on the backbone's linear layers
+        (rank `lora_r`, scale `lora_alpha / lora_r`, no dropout) with the heads fully
+        trained; "qlora" = the same over a 4-bit NF4 backbone (CUDA and bitsandbytes
+        only; refused elsewhere before anything loads); "auto" = "full" off CUDA, and on
+        a GPU the first of full, LoRA, QLoRA that `training.lib.memory` says fits its free
+        memory. The adapters are merged into the backbone at save (a QLoRA backbone is
+        reloaded in its checkpoint's dtype first), so the saved folder is the usual one.
     compile: "auto" = off (see `runtime.resolve_compile`); "on" compiles the model.
     cuda_graphs: on a CUDA GPU, replay each training step (forward, backward,
         clipping, AdamW) from a CUDA graph captured once per batch shape, so the
@@ -130,6 +141,9 @@ class RewardConfig(ConfigBase):
     device: str = "auto"
     dtype: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     weights: Weights = "fp32"  # bf16 weights round away small updates; "auto" opts in
+    mode: Mode = "auto"
+    lora_r: int = 16
+    lora_alpha: int = 32
     compile: Literal["auto", "on", "off"] = "auto"
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
     gradient_checkpointing: bool = False
@@ -150,6 +164,8 @@ class RewardConfig(ConfigBase):
             f"unknown pooling {self.pooling!r}": self.pooling in ("auto", "last", "mean", "cls"),
             f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "tf32", "bf16"),
             f"weights must be one of {WEIGHTS_SETTINGS}, not {self.weights!r}": self.weights in WEIGHTS_SETTINGS,
+            f"mode must be one of {MODE_SETTINGS}, not {self.mode!r}": self.mode in MODE_SETTINGS,
+            "lora_r and lora_alpha must be >= 1": self.lora_r >= 1 and self.lora_alpha >= 1,
             f"flat_tokens must be auto, on or off, not {self.flat_tokens!r}": self.flat_tokens in ("auto", "on", "off"),
             f"cuda_graphs must be auto, on or off, not {self.cuda_graphs!r}": self.cuda_graphs in ("auto", "on", "off"),
         }

@@ -101,6 +101,7 @@ class RewardModel(nn.Module):
         # Learned tie parameter of Davidson / Rao–Kupper; unused (and untrained) for plain BT.
         self.tie_param = nn.Parameter(torch.zeros(()))
         self.meta: dict[str, Any] = {}  # lineage of a loaded model (meta.json)
+        self.mode = "full"  # what trains: "full", "lora" or "qlora" (set by `build_reward_model`)
         # The dtype `save_reward_model` writes the backbone in: its checkpoint's own (set by the loaders).
         self.saved_dtype: torch.dtype = next(p.dtype for p in backbone.parameters() if p.is_floating_point())
         # With [CLS] pooling only one position of the final layer is used; for
@@ -364,23 +365,70 @@ def build_reward_model(config: RewardConfig, *, device: torch.device | None = No
     """Load the backbone and tokenizer named by `config` and attach fresh heads (seeded by the caller).
 
     The backbone's weights are in the dtype `config.weights` picks for `device`
-    (the CPU when None); the model saves in the backbone's stored dtype.
+    (the CPU when None); the model saves in the backbone's stored dtype. In the
+    "lora" and "qlora" modes (`config.mode`, resolved by `training.lib.modes`;
+    `model.mode` records the outcome) the backbone is frozen and wrapped in peft
+    LoRA adapters on all its linear layers (fp32, no dropout), over a 4-bit NF4
+    backbone for "qlora"; the heads train fully either way. Raises ValueError for
+    "qlora" off CUDA or without bitsandbytes, before loading anything.
     """
     from transformers import AutoModel, AutoTokenizer
 
+    from training.lib.modes import quantized_load_options, resolve_run_mode
+
+    place = device or torch.device("cpu")
+    mode = resolve_run_mode(config, kind="reward_model", device=place).mode
     path = resolve_backbone(config.backbone)
     tokenizer = AutoTokenizer.from_pretrained(path)
     base_dtype = stored_dtype(path)
-    dtype = resolve_weights_dtype(config.weights, device or torch.device("cpu"), base_dtype)
-    backbone = AutoModel.from_pretrained(path, attn_implementation="sdpa", dtype=dtype)
+    dtype = resolve_weights_dtype(config.weights, place, base_dtype)
+    loading = quantized_load_options(place) if mode == "qlora" else {"dtype": dtype}
+    backbone = AutoModel.from_pretrained(path, attn_implementation="sdpa", **loading)
     model = RewardModel(
         backbone, tokenizer, pooling=config.pooling, ensemble_size=config.ensemble_size, max_length=config.max_length
     )
     model.saved_dtype = base_dtype
+    model.mode = mode
     disable_dropout(model)  # as TRL does by default: noise in r_c - r_r only slows BT training
-    if config.gradient_checkpointing:
-        backbone.gradient_checkpointing_enable()
+    if mode == "full":
+        if config.gradient_checkpointing:
+            backbone.gradient_checkpointing_enable()
+    else:
+        model.backbone = _with_adapters(backbone, config, quantized=mode == "qlora")
     return model.to(device) if device is not None else model
+
+
+def _with_adapters(backbone: nn.Module, config: RewardConfig, *, quantized: bool) -> nn.Module:
+    """The backbone frozen under fresh LoRA adapters on all its linear layers (a peft model)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    checkpointing = {"use_reentrant": False}
+    if quantized:  # freezes the 4-bit weights, keeps norms and embeddings in fp32
+        backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=config.gradient_checkpointing,
+                                                   gradient_checkpointing_kwargs=checkpointing)
+    elif config.gradient_checkpointing:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules="all-linear")
+    return get_peft_model(backbone, lora)
+
+
+def merge_adapters(model: RewardModel) -> None:
+    """Fold a LoRA backbone's adapters into its weights in place (a no-op for a plain backbone).
+
+    A 4-bit (QLoRA) backbone is replaced by its base reloaded on the CPU in `model.saved_dtype`
+    with the adapters merged there (`training.lib.modes.merged_over_full_precision_base`).
+    """
+    from training.lib.modes import is_quantized, merged_over_full_precision_base
+
+    backbone = model.backbone
+    if not (hasattr(backbone, "peft_config") and hasattr(backbone, "merge_and_unload")):
+        return
+    if is_quantized(backbone):
+        merged = merged_over_full_precision_base(backbone, model.saved_dtype)
+    else:
+        merged = backbone.merge_and_unload()
+    merged.config._attn_implementation = backbone.config._attn_implementation
+    model.backbone = merged
 
 
 def disable_dropout(module: nn.Module) -> None:
@@ -407,10 +455,13 @@ def code_version() -> str:
 def save_reward_model(model: RewardModel, out_dir: str | Path, meta: dict[str, Any]) -> Path:
     """Write backbone (in `model.saved_dtype`), tokenizer, heads and meta.json into `out_dir`; returns the meta path.
 
-    The backbone's floating parameters are cast to `model.saved_dtype` in memory first.
+    LoRA adapters are merged into the backbone first (`merge_adapters`), so the folder is the
+    same as a full run's; meta.json's ``mode`` says how it trained. The backbone's floating
+    parameters are cast to `model.saved_dtype` in memory first.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    merge_adapters(model)
     for param in model.backbone.parameters():  # parameters only: buffers stay as `from_pretrained` makes them
         if param.is_floating_point() and param.dtype != model.saved_dtype:
             param.data = param.data.to(model.saved_dtype)
@@ -426,6 +477,7 @@ def save_reward_model(model: RewardModel, out_dir: str | Path, meta: dict[str, A
         "max_length": model.max_length,
         "text_format": model.formatter.kind,
         "dtype": dtype_name(model.saved_dtype),
+        "mode": model.mode,
         "code_version": code_version(),
         **meta,
     }

@@ -41,6 +41,7 @@ from rewardmodel.lib.backbones import resolve_model
 from rewardmodel.lib.model import code_version
 from rewardmodel.lib.precision import dtype_name
 from training.lib.logprobs import ScoredTokens, sequence_sums, token_logprobs
+from training.lib.modes import is_quantized, merged_over_full_precision_base, quantized_load_options
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -64,6 +65,7 @@ def load_policy(
     lora: Mapping[str, Any] | None = None,
     gradient_checkpointing: bool = False,
     dtype: torch.dtype = torch.float32,
+    quantize: bool = False,
 ) -> tuple[Any, Any, str]:
     """(model, tokenizer, resolved local path) of a policy to train.
 
@@ -73,20 +75,35 @@ def load_policy(
     `LoraConfig` (r, lora_alpha, lora_dropout, target_modules, ...); the
     adapters are added after dropout is turned off, so their own dropout stays;
     over a bf16 base they are fp32 (peft's default).
+
+    `quantize` (QLoRA; needs `lora`): the base loads in 4-bit NF4 on the CUDA `device`
+    (`training.lib.modes.quantized_load_options`; `dtype` is then unused) and goes through peft's
+    `prepare_model_for_kbit_training`. Raises ValueError off CUDA or without bitsandbytes,
+    before loading anything.
     """
+    if quantize and lora is None:
+        raise ValueError("a 4-bit base trains only through adapters: quantize needs lora")
+    loading = quantized_load_options(device) if quantize else {"dtype": dtype}
     path = _resolve(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **loading)
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointing = {"use_reentrant": False}
+    if quantize:
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the 4-bit base, keeps norms and embeddings in fp32, and turns on checkpointing if asked.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     if lora is not None:
         from peft import LoraConfig, get_peft_model  # LoRA runs only: peft takes seconds to import
 
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
-    return model.to(device), tokenizer, path
+    return (model if quantize else model.to(device)), tokenizer, path
 
 
 def ensure_free(out_dir: str | Path) -> Path:
@@ -114,26 +131,38 @@ def save_checkpoint(
     """Save `model` (+ tokenizer + meta.json) to `out_dir` atomically; returns `out_dir`.
 
     A peft model is merged into its base first (``weights = "merged"``; the
-    in-memory model is merged too) unless ``merge_lora=False``, which saves
+    in-memory model is merged too; a QLoRA model's adapters are merged into its
+    base reloaded on the CPU in `dtype` instead, see
+    `training.lib.modes.merged_over_full_precision_base`, and that model is what
+    is saved and verified) unless ``merge_lora=False``, which saves
     only the adapter (``weights = "adapter"``; `meta` must then name the base
     in ``base_model_path`` or ``base_model``). `dtype` (the base model's own,
     see `precision.stored_dtype`): the floating parameters are cast to it in
     memory before saving (None: saved as they are); meta.json's ``dtype`` names
     it. `verify(tmp_dir, saved_model)` runs on the finished temporary folder
     with the model as written (merged, cast) and must raise if the folder does
-    not reproduce it. Raises FileExistsError if `out_dir` exists and is not empty.
+    not reproduce it (skipped for an adapter trained over a 4-bit base, which
+    loads over the base in its own dtype; meta.json then says
+    ``"adapter_trained_over": "nf4"``). Raises FileExistsError if `out_dir` exists and is not empty.
     """
     out = ensure_free(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     weights = "full"
     if _is_peft(model):
-        if merge_lora:
+        if merge_lora and is_quantized(model):
+            model = merged_over_full_precision_base(model, dtype or floating_dtype(model.get_base_model()))
+            weights = "merged"
+        elif merge_lora:
             model, weights = model.merge_and_unload(), "merged"
         else:
             weights = "adapter"
             if not (meta.get("base_model_path") or meta.get("base_model")):
                 raise ValueError("an adapter checkpoint needs base_model_path or base_model in meta")
+            if is_quantized(model):
+                # Loaders put the adapter over the base in its own dtype, which the 4-bit base the
+                # adapter trained over only approximates: no exact round trip to verify.
+                meta, verify = {**meta, "adapter_trained_over": "nf4"}, None
     if dtype is not None:
         _cast_parameters(model, dtype)
     full_meta = {

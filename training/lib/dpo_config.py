@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rewardmodel.lib.config import WEIGHTS_SETTINGS, ConfigBase, Weights
+from rewardmodel.lib.config import MODE_SETTINGS, WEIGHTS_SETTINGS, ConfigBase, Mode, Weights
 
 __all__ = ["LOSS_NAMES", "DPOConfig", "LossName"]
 
@@ -29,8 +29,16 @@ class DPOConfig(ConfigBase):
         is the number of optimizer steps instead.
     max_length / max_prompt_length: tokens per prompt+response / per prompt
         (see `dpo_data` for the truncation rule; pairs are never dropped).
-    lora: train LoRA adapters (r, alpha, dropout, target modules) instead of
-        all weights; lora_merge saves merged weights, else the adapter alone.
+    mode: "full" = every weight trains; "lora" = LoRA adapters (lora_r, lora_alpha,
+        lora_dropout, lora_target_modules) instead; "qlora" = adapters over a 4-bit NF4
+        base (CUDA and bitsandbytes only; refused elsewhere before anything loads);
+        "auto" = "full" off CUDA, and on a GPU the first of full, LoRA, QLoRA that
+        `training.lib.memory` says fits its free memory (`training.lib.modes`).
+        The checkpoint's meta.json records the mode the run resolved to.
+    lora: the older spelling of mode="lora": True turns "auto" into "lora" (and
+        contradicts "full"); the "lora" and "qlora" modes set it. lora_merge saves
+        merged weights (a QLoRA run's merged into its base reloaded in the base's
+        own dtype), else the adapter alone.
     precompute_ref: reference log-probs once before training (else per step).
     shared_prefix: "auto" = on for architectures in SHARED_PREFIX_TYPES.
     device: "auto" = cuda if available. dtype: "auto" = bf16 autocast on a
@@ -61,6 +69,7 @@ class DPOConfig(ConfigBase):
     grad_accum: int = 1
     max_length: int = 1024
     max_prompt_length: int = 512
+    mode: Mode = "auto"
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -95,5 +104,11 @@ class DPOConfig(ConfigBase):
             f"weights must be one of {WEIGHTS_SETTINGS}, not {self.weights!r}": self.weights in WEIGHTS_SETTINGS,
             f"unknown shared_prefix {self.shared_prefix!r}": self.shared_prefix in ("auto", "on", "off"),
             "warmup_ratio must be in [0, 1]": 0.0 <= self.warmup_ratio <= 1.0,
+            f"mode must be one of {MODE_SETTINGS}, not {self.mode!r}": self.mode in MODE_SETTINGS,
+            "lora=True contradicts mode='full'": not (self.lora and self.mode == "full"),
         }
         self._require(checks)
+        # `lora` and `mode` say the same thing twice; keep them in step (the config stays frozen to callers).
+        if self.lora and self.mode == "auto":
+            object.__setattr__(self, "mode", "lora")
+        object.__setattr__(self, "lora", self.mode in ("lora", "qlora"))

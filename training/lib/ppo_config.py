@@ -8,9 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rewardmodel.lib.config import WEIGHTS_SETTINGS, ConfigBase, Weights
+from rewardmodel.lib.config import MODE_SETTINGS, WEIGHTS_SETTINGS, ConfigBase, Mode, Weights
 
-__all__ = ["PPOConfig"]
+__all__ = ["DEFAULT_LORA_R", "PPOConfig"]
+
+#: The adapters' rank when ``mode`` asks for adapters and ``lora_r`` is 0.
+DEFAULT_LORA_R = 16
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,16 @@ class PPOConfig(ConfigBase):
     step, updated in minibatches of ``mini_batch_size`` for ``ppo_epochs``
     passes. ``adaptive_kl`` turns on the proportional controller that steers
     the per-response KL towards ``kl_target`` nats over ``kl_horizon``
-    rollouts. ``lora_r > 0`` trains LoRA adapters on all linear layers instead
-    of every weight (the saved policy has them merged). ``dtype="auto"`` means
+    rollouts. ``mode``: ``"full"`` trains every weight; ``"lora"`` trains LoRA
+    adapters of rank ``lora_r`` on all linear layers instead (the saved policy
+    has them merged); ``"qlora"`` the same over a 4-bit NF4 base (CUDA and
+    bitsandbytes only, refused elsewhere before anything loads; merged into the
+    base reloaded in its own dtype at save); ``"auto"`` = ``"full"`` off CUDA,
+    and on a GPU the first of full, LoRA, QLoRA that ``training.lib.memory``
+    says fits its free memory (``training.lib.modes``). ``lora_r > 0`` is the
+    older spelling of ``mode="lora"``: it turns ``"auto"`` into ``"lora"``
+    (and contradicts ``"full"``); the adapter modes with ``lora_r=0`` take rank
+    16. ``dtype="auto"`` means
     bf16 autocast on CUDA and plain fp32 elsewhere, where the weights are fp32.
     ``weights``: the dtype the policy (and its reference, and a reward-model
     folder's backbone) load and train in; the saved policy is in the base
@@ -69,6 +80,7 @@ class PPOConfig(ConfigBase):
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     weights: Weights = "fp32"  # bf16 weights round away small updates; "auto" opts in
     gradient_checkpointing: bool = False
+    mode: Mode = "auto"
     lora_r: int = 0
     lora_alpha: int = 16
     reward_batch_size: int = 32
@@ -87,5 +99,12 @@ class PPOConfig(ConfigBase):
             "lora_r must be >= 0": self.lora_r >= 0,
             f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "bf16"),
             f"weights must be one of {WEIGHTS_SETTINGS}, not {self.weights!r}": self.weights in WEIGHTS_SETTINGS,
+            f"mode must be one of {MODE_SETTINGS}, not {self.mode!r}": self.mode in MODE_SETTINGS,
+            "lora_r > 0 contradicts mode='full'": not (self.lora_r > 0 and self.mode == "full"),
         }
         self._require(checks)
+        # `lora_r` and `mode` say the same thing twice; keep them in step (the config stays frozen to callers).
+        if self.lora_r > 0 and self.mode == "auto":
+            object.__setattr__(self, "mode", "lora")
+        if self.mode in ("lora", "qlora") and self.lora_r == 0:
+            object.__setattr__(self, "lora_r", DEFAULT_LORA_R)
