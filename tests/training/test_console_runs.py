@@ -82,12 +82,13 @@ def test_the_form_starts_a_reward_model_run_with_defaults_shown(client, project,
     client.force_login(manager)
     form = client.get(reverse("console-run-new", args=[project.slug])).content.decode()
     assert 'value="all-minilm-l6-v2"' in form and 'name="epochs"' in form and 'value="1.0"' in form
+    assert '<option value="auto" selected>' in form and '<option value="qlora">' in form  # mode, left empty: auto
     response = _start(client, project, {**RM, "extra": '{"seed": 3}'})
     run = TrainingRun.objects.get(project=project)
     assert response.status_code == 302 and response["Location"] == _detail(project, run)
     assert run.kind == Kind.REWARD_MODEL and run.state == State.QUEUED
     assert run.config == {"backbone": "tiny-bert", "epochs": 2.0, "batch_size": 8, "max_length": 128,
-                          "learning_rate": 0.0001, "loss": "bt", "eval_fraction": 0.2, "seed": 3}
+                          "learning_rate": 0.0001, "loss": "bt", "eval_fraction": 0.2, "mode": "auto", "seed": 3}
     assert run.reason == "started from the console by manager"
 
 
@@ -122,16 +123,18 @@ def test_dpo_and_ppo_start_from_the_form_with_their_inputs(client, project, mana
     form = client.get(reverse("console-run-new", args=[project.slug]) + "?kind=dpo").content.decode()
     assert f'<option value="{base.pk}" selected>' in form and f'<option value="{snapshot.pk}" selected>' in form
     _start(client, project, {"kind": "dpo", "checkpoint": base.pk, "snapshot": snapshot.pk, "beta": "0.2",
-                             "loss": "ipo", "learning_rate": "1e-6", "epochs": "1", "batch_size": "4"})
+                             "loss": "ipo", "learning_rate": "1e-6", "epochs": "1", "batch_size": "4",
+                             "mode": "lora"})
     _start(client, project, {"kind": "ppo", "checkpoint": base.pk, "reward_model": rm.pk, "kl_coef": "0.1",
                              "learning_rate": "1e-5", "steps": "20", "batch_size": "8"})
     dpo = TrainingRun.objects.get(kind=Kind.DPO)
     assert (dpo.checkpoint_in, dpo.snapshot, dpo.state) == (base, snapshot, State.QUEUED)
-    assert dpo.config == {"beta": 0.2, "loss": "ipo", "learning_rate": 1e-6, "epochs": 1.0, "batch_size": 4}
+    assert dpo.config == {"beta": 0.2, "loss": "ipo", "learning_rate": 1e-6, "epochs": 1.0, "batch_size": 4,
+                          "mode": "lora"}
     assert dpo.reason == "started from the console by manager"
     ppo = TrainingRun.objects.get(kind=Kind.PPO)
     assert (ppo.checkpoint_in, ppo.reward_model_in) == (base, rm)
-    assert ppo.config["kl_coef"] == 0.1 and ppo.config["steps"] == 20
+    assert ppo.config["kl_coef"] == 0.1 and ppo.config["steps"] == 20 and ppo.config["mode"] == "auto"
 
 
 def test_the_form_starts_a_generation_battle(client, project, manager, lineup):

@@ -24,6 +24,16 @@ def _number(**attrs) -> forms.NumberInput:
     return forms.NumberInput(attrs={"step": "any", **attrs})
 
 
+def _mode() -> forms.ChoiceField:
+    """What trains (`training.lib.modes`); left empty, "auto"."""
+    return forms.ChoiceField(
+        required=False,
+        choices=[("auto", "auto: by model size and free GPU memory"), ("full", "every weight"),
+                 ("lora", "LoRA adapters"), ("qlora", "QLoRA: adapters over a 4-bit base (CUDA GPU)")],
+        help_text="Auto: full fine-tuning on a CPU; on a GPU the first of full, LoRA, QLoRA that fits its memory.",
+    )
+
+
 class RunFilterForm(forms.Form):
     kind = forms.ChoiceField(choices=ANY + TrainingRun.Kind.choices, required=False)
     state = forms.ChoiceField(choices=ANY + TrainingRun.State.choices, required=False)
@@ -56,6 +66,9 @@ class StartForm(forms.Form):
         """The settings a manager starts with before changing anything."""
         return {name: self.fields[name].initial for name in self.fields_in_config}
 
+    def clean_mode(self) -> str:
+        return self.cleaned_data["mode"] or "auto"
+
     def clean_extra(self) -> dict:
         text = self.cleaned_data["extra"].strip()
         if not text:
@@ -81,7 +94,8 @@ class StartForm(forms.Form):
 
 class RewardModelStartForm(StartForm):
     kind = TrainingRun.Kind.REWARD_MODEL
-    fields_in_config = ("backbone", "epochs", "batch_size", "max_length", "learning_rate", "loss", "eval_fraction")
+    fields_in_config = ("backbone", "epochs", "batch_size", "max_length", "learning_rate", "loss", "eval_fraction",
+                        "mode")
     backbone = forms.CharField(max_length=300, help_text="An alias (all-minilm-l6-v2, smollm2), a local folder or a hub id.")
     epochs = forms.FloatField(min_value=0.01, max_value=100, widget=_number())
     batch_size = forms.IntegerField(min_value=1, max_value=1024)
@@ -94,6 +108,7 @@ class RewardModelStartForm(StartForm):
     eval_fraction = forms.FloatField(
         min_value=0.0, max_value=0.5, widget=_number(), help_text="Share of prompts held out."
     )
+    mode = _mode()
 
 
 def _checkpoints(project):
@@ -102,7 +117,7 @@ def _checkpoints(project):
 
 class DPOStartForm(StartForm):
     kind = TrainingRun.Kind.DPO
-    fields_in_config = ("beta", "loss", "learning_rate", "epochs", "batch_size")
+    fields_in_config = ("beta", "loss", "learning_rate", "epochs", "batch_size", "mode")
     checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), help_text="The policy to improve.")
     snapshot = forms.ModelChoiceField(queryset=Snapshot.objects.none(), required=False,
                                       empty_label="a fresh snapshot of the votes, frozen now",
@@ -113,6 +128,7 @@ class DPOStartForm(StartForm):
     learning_rate = forms.FloatField(min_value=1e-9, max_value=1e-2, widget=_number())
     epochs = forms.FloatField(min_value=0.01, max_value=100, widget=_number())
     batch_size = forms.IntegerField(min_value=1, max_value=512)
+    mode = _mode()
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, project=project, **kwargs)
@@ -126,7 +142,7 @@ class DPOStartForm(StartForm):
 
 class PPOStartForm(StartForm):
     kind = TrainingRun.Kind.PPO
-    fields_in_config = ("kl_coef", "learning_rate", "steps", "batch_size")
+    fields_in_config = ("kl_coef", "learning_rate", "steps", "batch_size", "mode")
     checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), help_text="The policy to improve.")
     reward_model = forms.ModelChoiceField(queryset=RewardModel.objects.none(), help_text="The reward to maximise.")
     kl_coef = forms.FloatField(min_value=0.0, max_value=10, widget=_number(),
@@ -134,6 +150,7 @@ class PPOStartForm(StartForm):
     learning_rate = forms.FloatField(min_value=1e-9, max_value=1e-2, widget=_number())
     steps = forms.IntegerField(min_value=1, max_value=100_000)
     batch_size = forms.IntegerField(min_value=1, max_value=1024, help_text="Rollouts per step.")
+    mode = _mode()
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, project=project, **kwargs)
