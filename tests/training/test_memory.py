@@ -1,6 +1,9 @@
 """The memory accounting behind the README's table and the automatic choice of mode."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -64,3 +67,11 @@ def test_largest_fitting_and_bad_names(capsys):
     assert main(["--gpu-gb", "80"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("| mode | DPO | PPO | reward model |") and "| qlora |" in out
+
+
+def test_the_readme_table_is_what_the_module_prints(capsys):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"<!-- memory-table: [^\n]*--gpu-gb (\d+)[^\n]*-->\n(.*?)\n<!-- /memory-table -->", readme, re.S)
+    assert found, "README.md has no memory table between its markers"
+    assert main(["--gpu-gb", found.group(1)]) == 0
+    assert found.group(2).strip() == capsys.readouterr().out.strip()
