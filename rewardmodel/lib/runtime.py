@@ -151,6 +151,8 @@ def resolve_cuda_graphs(config: RewardConfig, device: torch.device, *, packed: b
         f"'last' or 'cls' pooling, not {pooling!r}": pooling in ("last", "cls"),
         "grad_accum=1": config.grad_accum == 1,
         "compile off": config.compile != "on",
+        # bitsandbytes' 4-bit kernels are untested under graph capture here (no GPU in the tests).
+        "a backbone that is not 4-bit (mode other than 'qlora')": config.mode != "qlora",
     }
     missing = [need for need, ok in blockers.items() if not ok]
     if missing and config.cuda_graphs == "on":
