@@ -19,8 +19,13 @@ Every run config (`RewardConfig`, `DPOConfig`, `PPOConfig`) has ``mode``:
     fine-tuning is costed in the precision the run's ``weights`` picks (fp32 master weights by
     default, so a 7-8B policy falls to LoRA on an 80 GB GPU). QLoRA is a candidate only where
     bitsandbytes is installed. When none fits, the most frugal candidate (QLoRA, else LoRA): a
-    smaller batch may still fit it. A model whose config.json the accounting cannot read (not a
-    decoder-only LM, e.g. BERT) trains in full.
+    smaller batch may still fit it. A model whose config.json lacks the sizes the accounting reads
+    (hidden size, layers, heads, intermediate size, vocabulary) trains in full. The accounting is
+    a decoder-only LM's; an encoder backbone (BERT) is costed as if it were one, which is close
+    for a reward model (no vocabulary logits either way).
+
+  Each process measures its own GPU: under torchrun with "auto", ranks whose free memory differs
+  near a threshold could choose differently, so multi-GPU runs should name their mode.
 
 A QLoRA run's checkpoint is saved in the base model's own dtype: its adapters are merged into the
 base reloaded on the CPU in that dtype (`merged_over_full_precision_base`), never into the 4-bit
