@@ -14,7 +14,7 @@ from rewardmodel.lib.config import RewardConfig
 from rewardmodel.lib.model import build_reward_model, load_reward_model, save_reward_model
 from rewardmodel.lib.score import score
 from rewardmodel.lib.train import train_reward_model
-from tests.tiny import counting_pairs, save_tiny_llama
+from tests.tiny import counting_pairs, save_tiny_bert, save_tiny_llama
 
 PROMPTS = ["q1 q2", "hello world", "the cat"]
 RESPONSES = ["good good the", "bad cat", "good"]
@@ -43,9 +43,12 @@ def test_lora_trains_the_adapters_and_the_heads_only(llama: Path) -> None:
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
-def test_a_lora_model_saves_merged_and_reloads_scoring_the_same(llama: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+def test_a_lora_model_saves_merged_and_reloads_scoring_the_same(llama: Path, tmp_path: Path, kind: str) -> None:
+    """Llama: last-token pooling over flat tokens; BERT: [CLS] through the final-layer shortcut and the pooler."""
+    backbone = llama if kind == "llama" else save_tiny_bert(tmp_path / "bert")
     torch.manual_seed(0)
-    model = build_reward_model(RewardConfig(backbone=str(llama), mode="lora", lora_r=4, device="cpu"))
+    model = build_reward_model(RewardConfig(backbone=str(backbone), mode="lora", lora_r=4, device="cpu"))
     with torch.no_grad():  # fresh adapters are a no-op (B = 0): give them something to merge
         for name, param in model.backbone.named_parameters():
             if "lora_B" in name:
