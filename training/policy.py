@@ -6,6 +6,7 @@ a half-written folder.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from annotate.models import Checkpoint, Project, Prompt, Snapshot
 from annotate.snapshots import snapshot_path
 from rewardmodel.models import RewardModel
 from training import configs
+from training.launch import run_ranks
 from training.models import TrainingRun
 from training.runs import RunReporter, json_safe, run_create
 
@@ -57,9 +59,21 @@ def dpo_job(run: TrainingRun, reporter: RunReporter) -> None:
     from training.lib.dpo import train_dpo
 
     config = configs.dpo_config(run.config, model=run.checkpoint_in.model_path)
-    pairs = read_pairs(snapshot_path(run.snapshot))
+    world_size = configs.world_size(run.kind, run.config)
+    data = snapshot_path(run.snapshot)
+    pairs = read_pairs(data)
     reporter.log(f"DPO on {len(pairs)} pairs of snapshot {run.snapshot.pk}, from {run.checkpoint_in.name}")
-    result = train_dpo(config, pairs, _out_dir(run), progress=reporter.progress, lineage=_lineage(run))
+    out = _out_dir(run)
+    if world_size > 1:
+        try:
+            result = run_ranks(run, reporter, kind="dpo", config=config, data=data, out=out, world_size=world_size,
+                               lineage=_lineage(run))
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)  # a folder no row will ever point at
+            raise
+        _publish(run, result["out"], config, result["metrics"])
+        return
+    result = train_dpo(config, pairs, out, progress=reporter.progress, lineage=_lineage(run))
     _publish(run, result.checkpoint_path, config, result.metrics)
 
 

@@ -19,6 +19,7 @@ from annotate.snapshots import snapshot_freeze, snapshot_path
 from rewardmodel.models import RewardModel
 from rewardmodel.services import latest_reward_model, reward_model_publish
 from training import configs
+from training.launch import run_ranks
 from training.models import TrainingRun
 from training.runs import RunReporter, json_safe, run_create
 
@@ -42,19 +43,26 @@ def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
     tmp, final = folder / f".tmp-run-{run.pk}", folder / f"run-{run.pk}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    result = train_reward_model(config, pairs, tmp, progress=reporter.progress, snapshot_sha256=snapshot.sha256)
+    world_size = configs.world_size(run.kind, run.config)
+    if world_size > 1:
+        outcome = run_ranks(run, reporter, kind="reward_model", config=config, data=snapshot_path(snapshot), out=tmp,
+                            world_size=world_size, snapshot_sha256=snapshot.sha256)
+        metrics = outcome["metrics"]
+    else:
+        metrics = train_reward_model(config, pairs, tmp, progress=reporter.progress,
+                                     snapshot_sha256=snapshot.sha256).metrics
     load_reward_model(tmp)  # verify before publishing: a row never points at a folder that does not load
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     meta = json.loads((final / "meta.json").read_text())
-    reporter.log(f"held-out accuracy {result.metrics.get('eval_accuracy', float('nan')):.3f}")
+    reporter.log(f"held-out accuracy {metrics.get('eval_accuracy', float('nan')):.3f}")
     run.reward_model_out = reward_model_publish(
         project=run.project,
         snapshot=snapshot,
         backbone=config.backbone,
         artifact_uri=final.as_uri(),
         config=asdict(config),
-        metrics=json_safe(result.metrics),
+        metrics=json_safe(metrics),
         pairs=len(pairs),
         code_version=str(meta.get("code_version", "")),
     )

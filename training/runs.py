@@ -74,12 +74,25 @@ class RunReporter:
         self._echo = echo
         self._lines: list[str] = run.log_tail.splitlines()
         self._last_flush = 0.0
+        self._last_heartbeat = self._last_cancel_check = time.monotonic()
         self._min_interval_s = min_interval_s
 
     def log(self, line: str) -> None:
         self._lines = (self._lines + [line.rstrip()])[-LOG_TAIL_LINES:]
         self.run.log_tail = "\n".join(self._lines)
         TrainingRun.objects.filter(pk=self.run.pk).update(log_tail=self.run.log_tail, heartbeat_at=timezone.now())
+
+    def alive(self) -> None:
+        """For a job waiting on other processes: keep the heartbeat fresh (every 30 s) and notice a cancel
+        (every 2 s) even between steps; raises RunCancelled once one was requested."""
+        now = time.monotonic()
+        if now - self._last_heartbeat >= 30.0:
+            self._last_heartbeat = now
+            TrainingRun.objects.filter(pk=self.run.pk).update(heartbeat_at=timezone.now())
+        if now - self._last_cancel_check >= 2.0:
+            self._last_cancel_check = now
+            if TrainingRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
+                raise RunCancelled(f"run {self.run.pk} was cancelled at step {self.run.step}")
 
     def progress(self, step: int, total: int, metrics: dict | None = None) -> None:
         """Record step ``step`` of ``total``; raises RunCancelled when a cancel was requested."""

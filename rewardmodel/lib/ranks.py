@@ -66,6 +66,14 @@ class Team:
         torch.distributed.all_reduce(tensor)
         return dict(zip(keys, tensor.tolist(), strict=True))
 
+    def most(self, value: int, device: torch.device) -> int:
+        """The largest of the ranks' values (every rank gets it)."""
+        if self.solo:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return int(tensor.item())
+
     def broadcast(self, tensors: Iterable[torch.Tensor]) -> None:
         """Rank 0's values of ``tensors`` on every rank: the trained weights start equal whatever each
         rank's random state did (frozen weights, loaded from the same files, are equal already)."""

@@ -33,7 +33,13 @@ def database_url() -> str:
 
 
 @pytest.fixture
-def worker(celery_broker, tmp_path):
+def worker_env() -> dict[str, str]:
+    """Extra environment for the worker process (a test module may override this fixture)."""
+    return {}
+
+
+@pytest.fixture
+def worker(celery_broker, tmp_path, worker_env):
     """A worker process on this test's database and broker, training on a tiny random backbone."""
     from config.celery import app
 
@@ -46,6 +52,7 @@ def worker(celery_broker, tmp_path):
         "ARTIFACTS_DIR": str(tmp_path / "artifacts"),
         "REWARD_BACKBONE": str(backbone),
         "PYTHONUNBUFFERED": "1",
+        **worker_env,
     }
     log = open(tmp_path / "worker.log", "w")
     process = subprocess.Popen(

@@ -29,6 +29,7 @@ never imports Django or Celery.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -166,6 +167,22 @@ def _progress_printer(team: Team):
     return progress
 
 
+def agreed_mode(config: Any, kind: str, team: Team) -> Any:
+    """`config` with one mode for every rank: "auto" resolves on each rank's own GPU, and the ranks
+    take the leanest choice any of them made (full < LoRA < QLoRA), so all train the same way."""
+    if team.solo or config.mode != "auto":
+        return config
+    import torch
+
+    from training.lib.modes import resolve_run_mode
+
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if config.device == "auto" else config.device)
+    order = ("full", "lora", "qlora")
+    mine = resolve_run_mode(config, kind=kind, device=device).mode
+    return dataclasses.replace(config, mode=order[team.most(order.index(mine), device)])
+
+
 def _run(spec: Mapping[str, Any], team: Team) -> dict[str, Any] | None:
     """Train as the spec says; rank 0 returns what the caller records, the others None."""
     from rewardmodel.lib.data import read_pairs
@@ -176,13 +193,15 @@ def _run(spec: Mapping[str, Any], team: Team) -> dict[str, Any] | None:
         from rewardmodel.lib.config import RewardConfig
         from rewardmodel.lib.train import train_reward_model
 
-        result = train_reward_model(RewardConfig.from_dict(config), pairs, spec["out"], progress,
+        reward_config = agreed_mode(RewardConfig.from_dict(config), kind, team)
+        result = train_reward_model(reward_config, pairs, spec["out"], progress,
                                     snapshot_sha256=spec.get("snapshot_sha256"))
         return {"out": result.out_dir, "metrics": result.metrics} if team.main else None
     if kind == "dpo":
         from training.lib.dpo import DPOConfig, train_dpo
 
-        result = train_dpo(DPOConfig.from_dict(config), pairs, spec["out"], progress, lineage=spec.get("lineage"))
+        dpo_config = agreed_mode(DPOConfig.from_dict(config), kind, team)
+        result = train_dpo(dpo_config, pairs, spec["out"], progress, lineage=spec.get("lineage"))
         return {"out": result.checkpoint_path, "metrics": result.metrics} if team.main else None
     raise ValueError(f"no distributed job for kind {kind!r} (reward_model or dpo)")
 

@@ -56,6 +56,7 @@ from training.lib.dpo_config import DPOConfig
 from training.lib.dpo_data import DPOBatch, DPOCollator, DPOExample, encode_pairs, supports_shared_prefix
 from training.lib.dpo_losses import dpo_loss
 from training.lib.logprobs import reference_of, sequence_sums, token_logprobs
+from training.lib.modes import resolve_run_mode
 
 __all__ = ["DPOConfig", "DPOResult", "ProgressFn", "precompute_reference", "train_dpo"]
 
@@ -258,6 +259,7 @@ def train_dpo(
     random.seed(config.seed)
     torch.manual_seed(config.seed)  # before LoRA init
     device = resolve_device(config)
+    config = resolve_run_mode(config, kind="dpo", device=device)  # "auto" -> full/lora/qlora; refuses qlora off CUDA
     amp = resolve_autocast(config, device)
     all_pairs = [p if isinstance(p, PreferencePair) else parse_pair(p) for p in pairs]
     model_path = resolve_backbone(config.model)
@@ -266,7 +268,8 @@ def train_dpo(
     if train_dtype != torch.float32:
         amp = None  # the weights already compute in bf16
     model, tokenizer, model_path = load_policy(model_path, device, lora=_lora_options(config), dtype=train_dtype,
-                                               gradient_checkpointing=config.gradient_checkpointing)
+                                               gradient_checkpointing=config.gradient_checkpointing,
+                                               quantize=config.mode == "qlora")
     examples, report = encode_pairs(tokenizer, all_pairs, max_length=config.max_length,
                                     max_prompt_length=config.max_prompt_length)
     if not examples:

@@ -37,6 +37,7 @@ from rewardmodel.lib.runtime import forward_context
 from rewardmodel.lib.score import score
 from training.lib.checkpoint import META_FILE, ensure_free, save_checkpoint
 from training.lib.generation import eos_token_ids, render_prompt
+from training.lib.modes import quantized_load_options, resolve_run_mode
 from training.lib.ppo_config import PPOConfig
 from training.lib.ppo_core import (
     adaptive_kl_coef,
@@ -267,6 +268,7 @@ class _Rollouts:
 def _load_parts(config: PPOConfig) -> _Parts:
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if config.device == "auto" else config.device)
+    config = resolve_run_mode(config, kind="ppo", device=device)  # "auto" -> full/lora/qlora; refuses qlora off CUDA
     if device.type != "cuda" and config.dtype == "bf16":
         raise ValueError("dtype='bf16' is refused off CUDA: CPUs here have no bf16 units (~100x slower than fp32)")
     path = resolve_model(config.model)
@@ -281,7 +283,8 @@ def _load_parts(config: PPOConfig) -> _Parts:
     if not tokenizer.chat_template:
         raise ValueError(f"{path}: the tokenizer has no chat template")
     # AdamW keeps its state in the weights' dtype; over fp32 weights bf16 enters only through autocast.
-    policy: Any = AutoModelForCausalLM.from_pretrained(path, dtype=weights)
+    loading = quantized_load_options(device) if config.mode == "qlora" else {"dtype": weights}
+    policy: Any = AutoModelForCausalLM.from_pretrained(path, **loading)
     policy.to(device).eval()  # dropout off for good: it would make the PPO ratio noisy; gradients still flow
     if config.gradient_checkpointing:
         # transformers recomputes layers only in train mode: `_ppo_update` switches to it, with dropout at 0.
@@ -290,8 +293,11 @@ def _load_parts(config: PPOConfig) -> _Parts:
                 module.p = 0.0
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.lora_r > 0:
-        from peft import LoraConfig, get_peft_model  # LoRA runs only: peft takes seconds to import
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # LoRA runs only: slow import
 
+        if config.mode == "qlora":  # freezes the 4-bit base, keeps norms and embeddings in fp32
+            policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=config.gradient_checkpointing,
+                                                     gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                           target_modules="all-linear", task_type="CAUSAL_LM")
         policy, reference = get_peft_model(policy, lora), None
