@@ -170,7 +170,11 @@ def validate(kind: str, run_config: dict) -> None:
     elif kind == Kind.PPO:
         ppo_config(run_config, model="unset", reward="unset")
         ppo_prompt_limit(run_config)
-        world_size(kind, run_config)
+        ranks = world_size(kind, run_config)
+        values = _checked(kind, run_config)
+        if ranks > 1 and (values["batch_size"] % ranks or values["mini_batch_size"] % ranks):
+            raise ValueError(f"batch_size and mini_batch_size must be multiples of world_size ({ranks}): each "
+                             "process takes an equal share of the rollouts and of every minibatch")
     elif kind == Kind.GENERATION:
         generation_settings(run_config)
     else:

@@ -6,6 +6,7 @@ a half-written folder.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -54,6 +55,19 @@ def _publish(run: TrainingRun, path: str, config, metrics: dict) -> Checkpoint:
     return checkpoint
 
 
+def _ranked(run: TrainingRun, reporter: RunReporter, kind: str, config, data: Path,
+            world_size: int) -> tuple[str, object, dict]:
+    """(checkpoint folder, config, metrics) of a policy job run on ``world_size`` processes under torchrun."""
+    out = _out_dir(run)
+    try:
+        result = run_ranks(run, reporter, kind=kind, config=config, data=data, out=out, world_size=world_size,
+                           lineage=_lineage(run))
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a folder no row will ever point at
+        raise
+    return result["out"], config, result["metrics"]
+
+
 def dpo_job(run: TrainingRun, reporter: RunReporter) -> None:
     from rewardmodel.lib.data import read_pairs
     from training.lib.dpo import train_dpo
@@ -65,13 +79,7 @@ def dpo_job(run: TrainingRun, reporter: RunReporter) -> None:
     reporter.log(f"DPO on {len(pairs)} pairs of snapshot {run.snapshot.pk}, from {run.checkpoint_in.name}")
     out = _out_dir(run)
     if world_size > 1:
-        try:
-            result = run_ranks(run, reporter, kind="dpo", config=config, data=data, out=out, world_size=world_size,
-                               lineage=_lineage(run))
-        except BaseException:
-            shutil.rmtree(out, ignore_errors=True)  # a folder no row will ever point at
-            raise
-        _publish(run, result["out"], config, result["metrics"])
+        _publish(run, *_ranked(run, reporter, "dpo", config, data, world_size))
         return
     result = train_dpo(config, pairs, out, progress=reporter.progress, lineage=_lineage(run))
     _publish(run, result.checkpoint_path, config, result.metrics)
@@ -86,6 +94,13 @@ def ppo_job(run: TrainingRun, reporter: RunReporter) -> None:
     limit = configs.ppo_prompt_limit(run.config)
     prompts = list(prompts[:limit] if limit else prompts)
     reporter.log(f"PPO on {len(prompts)} prompts against reward model v{run.reward_model_in.version}")
+    world_size = configs.world_size(run.kind, run.config)
+    if world_size > 1:
+        data = Path(settings.ARTIFACTS_DIR) / "jobs" / f"run-{run.pk}" / "prompts.json"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        data.write_text(json.dumps(prompts))
+        _publish(run, *_ranked(run, reporter, "ppo", config, data, world_size))
+        return
     result = train_ppo(config, prompts, _out_dir(run), progress=reporter.progress, lineage=_lineage(run))
     _publish(run, result.out_dir, config, result.metrics)
 

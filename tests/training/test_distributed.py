@@ -150,3 +150,31 @@ def test_a_failing_rank_is_named_with_its_error() -> None:
               "[0]:", "  rank      : 1 (local_rank: 1)", "  exitcode  : 1 (pid: 4242)"]
     message = describe_failure(1, output, 2)
     assert message.startswith("rank 1 of 2 exited with code 1: [rank1]: ValueError: no trainable pairs")
+
+
+def test_two_rank_ppo_learns_the_toy_reward_and_counts_every_rollout(tmp_path: Path) -> None:
+    from tests.training.test_ppo import PROMPTS, _toy_config
+
+    policy = save_tiny_llama(tmp_path / "policy", chat=True)
+    data = tmp_path / "prompts.json"
+    data.write_text(json.dumps(PROMPTS))
+    result, steps, _ = _launch("ppo", _toy_config(policy), data, tmp_path / "out", tmp_path / "job")
+    assert [s["step"] for s in steps] == list(range(1, 21))
+    assert [s["episodes"] for s in steps] == [16.0 * k for k in range(1, 21)]  # 8 rollouts per rank per step
+    # The same bar as the one-process run (tests/training/test_ppo.py): the reward rises, the KL stays bounded.
+    start = sum(s["reward_mean"] for s in steps[:3]) / 3
+    end = sum(s["reward_mean"] for s in steps[-5:]) / 5
+    assert start < 0.4 and end > 0.45 and end > start + 0.35
+    assert max(s["kl"] for s in steps) < 15.0
+    assert result["out"] == str(tmp_path / "out") and (tmp_path / "out" / "meta.json").exists()
+
+
+def test_ppo_on_several_ranks_needs_batches_that_split_evenly(tmp_path: Path) -> None:
+    from tests.training.test_ppo import PROMPTS, _toy_config
+
+    policy = save_tiny_llama(tmp_path / "policy", chat=True)
+    data = tmp_path / "prompts.json"
+    data.write_text(json.dumps(PROMPTS))
+    with pytest.raises(JobFailed, match="multiples of the number of processes"):
+        _launch("ppo", _toy_config(policy, batch_size=6, mini_batch_size=3, steps=1), data, tmp_path / "out",
+                tmp_path / "job")

@@ -62,6 +62,9 @@ def test_world_size_comes_from_the_run_else_the_worker(settings) -> None:
     for bad in (0, 2.5, "2", True, 65):
         with pytest.raises(ValueError, match="world_size"):
             configs.validate("dpo", {"world_size": bad})
+    with pytest.raises(ValueError, match="multiples of world_size"):
+        configs.validate("ppo", {"world_size": 4, "batch_size": 8, "mini_batch_size": 2})
+    configs.validate("ppo", {"world_size": 2, "batch_size": 8, "mini_batch_size": 4})
 
 
 def test_a_two_process_dpo_run_reports_every_step_and_publishes_one_checkpoint(project, dpo_inputs):

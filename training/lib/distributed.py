@@ -23,7 +23,7 @@ folder, verified reload, rename) only once every rank finished its last step. If
 torchrun stops the others and exits non-zero; nothing is published.
 
 Run as a module, this is the worker torchrun starts: it reads a spec (kind, config, data, out,
-lineage, result), joins the process group (NCCL on CUDA, gloo on the CPU), trains, and on rank 0
+lineage, result; data: pairs as JSONL, or for PPO prompts as a JSON list), joins the process group (NCCL on CUDA, gloo on the CPU), trains, and on rank 0
 prints one ``PROGRESS {json}`` line per optimizer step and writes the result as JSON. Pure module:
 never imports Django or Celery.
 """
@@ -188,6 +188,13 @@ def _run(spec: Mapping[str, Any], team: Team) -> dict[str, Any] | None:
     from rewardmodel.lib.data import read_pairs
 
     kind, config, progress = spec["kind"], dict(spec["config"]), _progress_printer(team)
+    if kind == "ppo":  # data: a JSON list of prompts (chat message lists)
+        from training.lib.ppo import PPOConfig, train_ppo
+
+        ppo_config = agreed_mode(PPOConfig.from_dict(config), kind, team)
+        prompts = json.loads(Path(spec["data"]).read_text())
+        outcome = train_ppo(ppo_config, prompts, spec["out"], progress, lineage=spec.get("lineage"))
+        return {"out": outcome.out_dir, "metrics": outcome.metrics} if team.main else None
     pairs = read_pairs(spec["data"])
     if kind == "reward_model":
         from rewardmodel.lib.config import RewardConfig
@@ -203,7 +210,7 @@ def _run(spec: Mapping[str, Any], team: Team) -> dict[str, Any] | None:
         dpo_config = agreed_mode(DPOConfig.from_dict(config), kind, team)
         result = train_dpo(dpo_config, pairs, spec["out"], progress, lineage=spec.get("lineage"))
         return {"out": result.checkpoint_path, "metrics": result.metrics} if team.main else None
-    raise ValueError(f"no distributed job for kind {kind!r} (reward_model or dpo)")
+    raise ValueError(f"no distributed job for kind {kind!r} (reward_model, dpo or ppo)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,13 @@ weights with the adapters switched off. Weights train in the dtype the
 config's ``weights`` picks (``rewardmodel.lib.precision``); the saved policy is
 in the base model's own dtype.
 
+Under torchrun (`training.lib.distributed`) each of the N ranks rolls out its
+share of each step's prompts (its own sampling stream), advantages are whitened
+and the KL measured over all ranks' rollouts, each minibatch is the ranks'
+shares of one global minibatch with gradients averaged over them (as DDP does),
+and rank 0 alone reports and publishes, after a barrier. ``batch_size`` and
+``mini_batch_size`` must then be multiples of N.
+
 Pure module: never imports Django or Celery. The configuration lives in
 ``training.lib.ppo_config`` (importable without torch); it is re-exported here.
 """
@@ -33,6 +40,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rewardmodel.lib.backbones import resolve_model
 from rewardmodel.lib.model import load_reward_model
 from rewardmodel.lib.precision import dtype_name, resolve_weights_dtype, stored_dtype
+from rewardmodel.lib.ranks import SOLO, Team, current_team
 from rewardmodel.lib.runtime import forward_context
 from rewardmodel.lib.score import score
 from training.lib.checkpoint import META_FILE, ensure_free, save_checkpoint
@@ -111,6 +119,10 @@ def train_ppo(
     out = ensure_free(out_dir)  # fail before the run, not after it
     if not prompts:
         raise ValueError("no prompts")
+    team = current_team()
+    if config.batch_size % team.size or config.mini_batch_size % team.size:
+        raise ValueError(f"batch_size ({config.batch_size}) and mini_batch_size ({config.mini_batch_size}) must be "
+                         f"multiples of the number of processes ({team.size}) for a PPO run on several processes")
     started = time.perf_counter()
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
@@ -120,6 +132,12 @@ def train_ppo(
     reward = reward_fn or _reward_from_config(config, parts.device)
     encoded = [_encode_prompt(parts.tokenizer, p) for p in prompts]
     params = [p for p in parts.policy.parameters() if p.requires_grad] + list(parts.value_head.parameters())
+    team.broadcast(params)
+    if not team.solo:
+        torch.manual_seed(config.seed * 1_000_003 + team.rank)  # each rank samples its own rollouts
+    # Each rank's part of a step: its share of the rollouts and of every minibatch.
+    local = dataclasses.replace(config, batch_size=config.batch_size // team.size,
+                                mini_batch_size=config.mini_batch_size // team.size)
     # eps=1e-5 as in the PPO reference implementations: Adam's default 1e-8 lets tiny second moments blow up steps.
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, eps=1e-5, weight_decay=0.0,
                                   fused=parts.device.type in ("cpu", "cuda"))
@@ -128,24 +146,28 @@ def train_ppo(
     history: list[dict[str, float]] = []
     loop_start = time.perf_counter()
     for step in range(1, config.steps + 1):
-        picked = order[(step - 1) * config.batch_size : step * config.batch_size]
-        batch = _collect(parts, config, [encoded[i] for i in picked])
+        picked = team.share(order[(step - 1) * config.batch_size : step * config.batch_size])
+        batch = _collect(parts, local, [encoded[i] for i in picked])
         raw = reward([list(prompts[i]) for i in picked], batch.texts)
         if len(raw) != len(picked):
             raise ValueError(f"the reward gave {len(raw)} scores for {len(picked)} completions")
         scores = torch.tensor(raw, dtype=torch.float32)
-        advantages, returns, kl = _advantages(batch, scores.to(parts.device), kl_coef, config)
-        update = _ppo_update(parts, config, optimizer, batch, advantages, returns)
-        observed_kl = float(kl.sum(dim=1).mean())
+        advantages, returns, kl = _advantages(batch, scores.to(parts.device), kl_coef, config, team)
+        update = _ppo_update(parts, local, optimizer, batch, advantages, returns, team)
+        observed_kl = team.sum_values({"kl": float(kl.sum(dim=1).sum())}, parts.device)["kl"] / config.batch_size
         entry = _step_metrics(step, batch, scores, observed_kl, kl_coef, update, time.perf_counter() - loop_start)
+        entry = _over_ranks(entry, scores, team, parts.device)
         history.append(entry)
         if config.adaptive_kl:
             kl_coef = adaptive_kl_coef(kl_coef, observed_kl, config.kl_target, config.kl_horizon, config.batch_size)
-        if progress is not None:
+        if progress is not None and team.main:
             progress(step, config.steps, entry)
     train_s = time.perf_counter() - loop_start
 
     metrics = _summary(history, train_s, time.perf_counter() - started - train_s, kl_coef)
+    team.barrier()  # every rank has finished its last step: rank 0 alone publishes
+    if not team.main:
+        return PPOResult(config=config, out_dir="", meta_path="", metrics=metrics, history=history)
     meta = {
         "kind": "ppo",
         "config": config.to_dict(),
@@ -194,6 +216,25 @@ def _step_metrics(
         "elapsed_s": elapsed,
         "episodes_per_s": step * len(scores) / max(elapsed, 1e-9),
     }
+
+
+def _over_ranks(entry: dict[str, float], scores: Any, team: Team, device: Any) -> dict[str, float]:
+    """A step's log over every rank: means of the per-rank figures (equal shares), episodes summed, and the
+    reward's mean and spread over all rollouts."""
+    if team.solo:
+        return entry
+    n = float(len(scores))
+    summed = team.sum_values({**entry, "_n": n, "_sum": float(scores.sum()),
+                              "_sq": float((scores.double() ** 2).sum())}, device)
+    total = summed.pop("_n")
+    mean = summed.pop("_sum") / total
+    spread = max(0.0, summed.pop("_sq") / total - mean * mean) * total / max(1.0, total - 1)
+    out = {key: value / team.size for key, value in summed.items()}
+    out.update({"reward_mean": mean, "reward_std": spread ** 0.5,
+                "objective": mean - entry["kl_coef"] * entry["kl"], "episodes": summed["episodes"],
+                "episodes_per_s": summed["episodes_per_s"], "kl": entry["kl"], "kl_coef": entry["kl_coef"],
+                "step": entry["step"]})
+    return out
 
 
 def _summary(history: list[dict[str, float]], train_s: float, setup_s: float, kl_coef: float) -> dict[str, float]:
@@ -392,18 +433,30 @@ def _collect(parts: _Parts, config: PPOConfig, prompt_ids: list[list[int]]) -> _
                                entropy=entropy, texts=texts)
 
 
-def _advantages(batch: _Rollouts, scores: Any, kl_coef: float, config: PPOConfig) -> tuple[Any, Any, Any]:
-    """(advantages, returns, per-token KL), each [B, R]; advantages whitened if configured."""
+def _advantages(batch: _Rollouts, scores: Any, kl_coef: float, config: PPOConfig,
+                team: Team = SOLO) -> tuple[Any, Any, Any]:
+    """(advantages, returns, per-token KL), each [B, R]; advantages whitened (over every rank's rollouts) if
+    configured."""
     rewards, kl = kl_penalized_rewards(scores, batch.logprobs, batch.ref_logprobs, batch.response_mask, kl_coef)
     advantages, returns = gae(rewards, batch.values, batch.response_mask, config.gamma, config.lam)
-    if config.whiten_advantages:
+    if config.whiten_advantages and team.solo:
         advantages = masked_whiten(advantages, batch.response_mask)
+    elif config.whiten_advantages:
+        mask = batch.response_mask
+        sums = team.sum_values({"n": float(mask.sum()), "sum": float((advantages * mask).sum()),
+                                "sq": float((advantages.double() ** 2 * mask).sum())}, advantages.device)
+        mean = sums["sum"] / max(sums["n"], 1.0)
+        var = max(0.0, sums["sq"] / max(sums["n"], 1.0) - mean * mean)
+        advantages = (advantages - mean) * (var + 1e-8) ** -0.5 * mask
     return advantages, returns, kl
 
 
 def _ppo_update(parts: _Parts, config: PPOConfig, optimizer: Any, batch: _Rollouts, advantages: Any,
-                returns: Any) -> dict[str, float]:
-    """``ppo_epochs`` shuffled passes of minibatch steps; returns the mean of each loss statistic."""
+                returns: Any, team: Team = SOLO) -> dict[str, float]:
+    """``ppo_epochs`` shuffled passes of minibatch steps; returns the mean of each loss statistic.
+
+    On several ranks each minibatch step averages the ranks' gradients (each rank's loss is its own
+    minibatch's mean), as DDP does."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sums: dict[str, float] = {}
     count = 0
@@ -423,7 +476,8 @@ def _ppo_update(parts: _Parts, config: PPOConfig, optimizer: Any, batch: _Rollou
                                        config.clip_range_value)
             loss = policy.loss + config.vf_coef * value.loss
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss / team.size).backward()
+            team.sum_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             stats = {"policy_loss": policy.loss, "value_loss": value.loss, "clip_fraction": policy.clip_fraction,
