@@ -5,7 +5,9 @@
 
 Every `RewardConfig` field is an option (`--learning-rate`, `--loss davidson`,
 `--use-margin` / `--no-use-margin`, ...). Training shows a tqdm progress bar
-and prints the final metrics as JSON.
+and prints the final metrics as JSON. On several GPUs, start it with torchrun
+(`torchrun --standalone --nproc-per-node 4 -m rewardmodel.lib train ...`): each
+process trains its share of every batch, rank 0 shows the bar and saves.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm import tqdm
 from rewardmodel.lib.config import RewardConfig
 from rewardmodel.lib.data import read_pairs
 from rewardmodel.lib.model import load_reward_model
+from rewardmodel.lib.ranks import join, leave
 from rewardmodel.lib.runtime import add_config_options
 from rewardmodel.lib.score import score
 from rewardmodel.lib.train import train_reward_model
@@ -40,7 +43,8 @@ def _train(args: argparse.Namespace) -> int:
     names = {f.name for f in dataclasses.fields(RewardConfig)}
     config = RewardConfig(**{k: v for k, v in vars(args).items() if k in names})
     pairs = read_pairs(args.data)
-    bar = tqdm(total=None, unit="step", desc="reward model", dynamic_ncols=True)
+    team = join(config.device)  # one rank alone unless torchrun started this process
+    bar = tqdm(total=None, unit="step", desc="reward model", dynamic_ncols=True, disable=not team.main)
 
     def progress(step: int, total: int, metrics: dict[str, float]) -> None:
         bar.total = total
@@ -52,7 +56,9 @@ def _train(args: argparse.Namespace) -> int:
         result = train_reward_model(config, pairs, args.out, progress, snapshot_sha256=file_sha256(args.data))
     finally:
         bar.close()
-    print(json.dumps(result.metrics, indent=2, sort_keys=True))
+        leave()
+    if team.main:
+        print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0
 
 

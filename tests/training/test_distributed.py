@@ -178,3 +178,18 @@ def test_ppo_on_several_ranks_needs_batches_that_split_evenly(tmp_path: Path) ->
     with pytest.raises(JobFailed, match="multiples of the number of processes"):
         _launch("ppo", _toy_config(policy, batch_size=6, mini_batch_size=3, steps=1), data, tmp_path / "out",
                 tmp_path / "job")
+
+
+def test_the_dpo_command_line_runs_under_torchrun(tiny: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data = _write_pairs(toy_pairs(12), tmp_path / "pairs.jsonl")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+               "training.lib.dpo", "--data", str(data), "--model", str(tiny), "--out", str(tmp_path / "out"),
+               "--max-steps", "2", "--batch-size", "4", "--device", "cpu", "--num-threads", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout[done.stdout.index("{"):])  # printed once, by rank 0
+    assert report["checkpoint"] == str(tmp_path / "out") and report["metrics"]["optimizer_steps"] == 2
+    assert done.stdout.count('"checkpoint"') == 1

@@ -6,7 +6,9 @@ Every `DPOConfig` field is an option (``--max-steps``, ``--lora-r``, ...;
 booleans as ``--lora`` / ``--no-lora``, ``--lora-target-modules`` as a
 comma-separated list). ``--lineage`` takes a JSON object recorded in the
 checkpoint's meta.json. A tqdm bar shows the steps; the result's metrics are
-printed as JSON at the end.
+printed as JSON at the end. On several GPUs, start it with torchrun
+(``torchrun --standalone --nproc-per-node 4 -m training.lib.dpo ...``): each
+process trains its share of every batch, rank 0 shows the bar and publishes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from rewardmodel.lib.data import read_pairs
+from rewardmodel.lib.ranks import join, leave
 from rewardmodel.lib.runtime import add_config_options
 from training.lib.dpo import DPOConfig, train_dpo
 
@@ -60,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not isinstance(lineage, dict):
         raise SystemExit("--lineage must be a JSON object")
     pairs = read_pairs(args.data)
-    bar = tqdm(total=None, unit="step", desc="dpo", dynamic_ncols=True)
+    team = join(config.device)  # one rank alone unless torchrun started this process
+    bar = tqdm(total=None, unit="step", desc="dpo", dynamic_ncols=True, disable=not team.main)
 
     def progress(step: int, total: int, metrics: dict[str, float]) -> None:
         bar.total = total
@@ -72,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train_dpo(config, pairs, args.out, progress, lineage={"data": args.data, **lineage})
     finally:
         bar.close()
+        leave()
+    if not team.main:
+        return 0
     json.dump({"checkpoint": result.checkpoint_path, "metrics": result.metrics}, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

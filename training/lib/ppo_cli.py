@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from rewardmodel.lib.ranks import join, leave
 from rewardmodel.lib.runtime import add_config_options
 from training.lib.generation import read_prompts
 from training.lib.ppo import train_ppo
@@ -43,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = PPOConfig(model=args.model, reward=args.reward_model,
                        **{k: v for k, v in vars(args).items() if k in names})
     prompts = read_prompts(args.prompts)
-    bar = tqdm(total=config.steps, unit="step", desc="ppo", dynamic_ncols=True)
+    team = join(config.device)  # one rank alone unless torchrun started this process (torchrun ... -m training.lib.ppo_cli)
+    bar = tqdm(total=config.steps, unit="step", desc="ppo", dynamic_ncols=True, disable=not team.main)
 
     def progress(step: int, total: int, metrics: dict[str, float]) -> None:
         bar.update(step - bar.n)
@@ -54,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train_ppo(config, prompts, args.out, progress, lineage=json.loads(args.lineage))
     finally:
         bar.close()
-    print(json.dumps(result.metrics, indent=2, sort_keys=True))
+        leave()
+    if team.main:
+        print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0
 
 
