@@ -92,6 +92,16 @@ def test_the_form_starts_a_reward_model_run_with_defaults_shown(client, project,
     assert run.reason == "started from the console by manager"
 
 
+def test_the_form_chooses_how_many_gpus_a_run_uses(client, project, manager):
+    client.force_login(manager)
+    form = client.get(reverse("console-run-new", args=[project.slug])).content.decode()
+    assert 'name="world_size"' in form
+    assert _start(client, project, {**RM, "world_size": "4"}).status_code == 302
+    assert TrainingRun.objects.get(project=project).config["world_size"] == 4
+    page = _start(client, project, {**RM, "world_size": "0"}).content.decode()
+    assert "Ensure this value is greater than or equal to 1." in page
+
+
 @pytest.mark.parametrize("change,message", [
     ({"epochs": "0"}, "Ensure this value is greater than or equal to 0.01."),
     ({"batch_size": "many"}, "Enter a whole number."),

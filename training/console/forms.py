@@ -34,6 +34,14 @@ def _mode() -> forms.ChoiceField:
     )
 
 
+def _world_size() -> forms.IntegerField:
+    """How many processes (GPUs) run the job under torchrun; left empty, the worker's WORKER_WORLD_SIZE."""
+    return forms.IntegerField(
+        required=False, min_value=1, max_value=64, label="GPUs",
+        help_text="Processes under torchrun, one per GPU of the worker; empty: the worker's WORKER_WORLD_SIZE.",
+    )
+
+
 class RunFilterForm(forms.Form):
     kind = forms.ChoiceField(choices=ANY + TrainingRun.Kind.choices, required=False)
     state = forms.ChoiceField(choices=ANY + TrainingRun.State.choices, required=False)
@@ -86,7 +94,10 @@ class StartForm(forms.Form):
 
     def config(self) -> dict:
         data = self.cleaned_data
-        return {**{name: data[name] for name in self.fields_in_config}, **data["extra"]}
+        chosen = {name: data[name] for name in self.fields_in_config}
+        if chosen.get("world_size") is None:
+            chosen.pop("world_size", None)  # left empty: the worker decides when the run starts
+        return {**chosen, **data["extra"]}
 
     def start_kwargs(self) -> dict:
         return {"kind": self.kind, "config": self.config(), "reason": self.cleaned_data["reason"]}
@@ -95,7 +106,7 @@ class StartForm(forms.Form):
 class RewardModelStartForm(StartForm):
     kind = TrainingRun.Kind.REWARD_MODEL
     fields_in_config = ("backbone", "epochs", "batch_size", "max_length", "learning_rate", "loss", "eval_fraction",
-                        "mode")
+                        "mode", "world_size")
     backbone = forms.CharField(max_length=300, help_text="An alias (all-minilm-l6-v2, smollm2), a local folder or a hub id.")
     epochs = forms.FloatField(min_value=0.01, max_value=100, widget=_number())
     batch_size = forms.IntegerField(min_value=1, max_value=1024)
@@ -109,6 +120,7 @@ class RewardModelStartForm(StartForm):
         min_value=0.0, max_value=0.5, widget=_number(), help_text="Share of prompts held out."
     )
     mode = _mode()
+    world_size = _world_size()
 
 
 def _checkpoints(project):
@@ -117,7 +129,7 @@ def _checkpoints(project):
 
 class DPOStartForm(StartForm):
     kind = TrainingRun.Kind.DPO
-    fields_in_config = ("beta", "loss", "learning_rate", "epochs", "batch_size", "mode")
+    fields_in_config = ("beta", "loss", "learning_rate", "epochs", "batch_size", "mode", "world_size")
     checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), help_text="The policy to improve.")
     snapshot = forms.ModelChoiceField(queryset=Snapshot.objects.none(), required=False,
                                       empty_label="a fresh snapshot of the votes, frozen now",
@@ -129,6 +141,7 @@ class DPOStartForm(StartForm):
     epochs = forms.FloatField(min_value=0.01, max_value=100, widget=_number())
     batch_size = forms.IntegerField(min_value=1, max_value=512)
     mode = _mode()
+    world_size = _world_size()
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, project=project, **kwargs)
@@ -142,7 +155,7 @@ class DPOStartForm(StartForm):
 
 class PPOStartForm(StartForm):
     kind = TrainingRun.Kind.PPO
-    fields_in_config = ("kl_coef", "learning_rate", "steps", "batch_size", "mode")
+    fields_in_config = ("kl_coef", "learning_rate", "steps", "batch_size", "mode", "world_size")
     checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), help_text="The policy to improve.")
     reward_model = forms.ModelChoiceField(queryset=RewardModel.objects.none(), help_text="The reward to maximise.")
     kl_coef = forms.FloatField(min_value=0.0, max_value=10, widget=_number(),
@@ -151,6 +164,7 @@ class PPOStartForm(StartForm):
     steps = forms.IntegerField(min_value=1, max_value=100_000)
     batch_size = forms.IntegerField(min_value=1, max_value=1024, help_text="Rollouts per step.")
     mode = _mode()
+    world_size = _world_size()
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, project=project, **kwargs)
