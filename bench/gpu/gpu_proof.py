@@ -126,7 +126,7 @@ def demo_prompts(count: int) -> list:
 def run_stages(ctx: Context, args: argparse.Namespace) -> list[str]:
     """Every stage in order; returns the failures ("stage: error")."""
     from proof_big import big_model
-    from proof_generate import battle, engines
+    from proof_generate import battle, cpu_path, engines, static_cache
     from proof_train import dpo_stage, dpo_vs_trl, reward_model
 
     from bench.dpo_vs_trl import make_pairs
@@ -177,10 +177,11 @@ def run_stages(ctx: Context, args: argparse.Namespace) -> list[str]:
     stage("DPO LoRA", "loop", lambda: dpo_stage(ctx, pairs, lora=True))
     stage("DPO vs TRL", "trl", lambda: dpo_vs_trl(ctx))
     if "incumbent" in state:
-        stage("generation engines", "generation", lambda: engines(ctx, prompts, state["incumbent"], extras=False))
+        stage("generation engines", "generation", lambda: engines(ctx, prompts, state["incumbent"]))
     stage("largest model with LoRA", "big", lambda: big_model(ctx, args.big_shape))
     if "incumbent" in state:
-        stage("generation extras", "generation", lambda: engines(ctx, prompts, state["incumbent"], extras=True))
+        stage("generation on the CPU", "generation", lambda: cpu_path(ctx, prompts, state["incumbent"]))
+        stage("generation, static KV cache", "generation", lambda: static_cache(ctx, prompts))
     return failures
 
 

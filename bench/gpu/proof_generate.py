@@ -81,43 +81,52 @@ def battle(ctx: Context, prompts: Sequence, candidate: str) -> tuple[Row, dict[s
     return ctx.add(row), runs["incumbent"]
 
 
-def engines(ctx: Context, prompts: Sequence, incumbent: dict[str, Any], *, extras: bool) -> None:
-    """Tokens/s per engine on the battle's prompts. `incumbent`: the battle's own run of the base
-    model (ours at the battle's batch size), reused. `extras`: the optional rows (static KV cache,
-    the CPU path) run only when the caller has time for them."""
-    s = ctx.sizes
+def _add(ctx: Context, name: str, seconds: float, tokens: int, note: str = "") -> float:
+    rate = tokens / seconds
     n2 = 2 * compute_params(shape_of(ctx.policy))
+    ctx.add(Row("generation", name, seconds, tokens, rate, mfu(rate, n2, ctx.peak_flops), None, note))
+    return rate
 
-    def add(name: str, seconds: float, tokens: int, note: str = "") -> None:
-        rate = tokens / seconds
-        ctx.add(Row("generation", name, seconds, tokens, rate, mfu(rate, n2, ctx.peak_flops), None, note))
 
-    if not extras:
-        add(f"ours (generate_local), batch {s.gen_batch}, length-sorted", incumbent["seconds"], incumbent["tokens"],
-            f"{len(prompts)} prompts; the battle's incumbent run, {incumbent['where']}")
-        seconds, tokens = _plain(ctx, ctx.policy, prompts, batch=s.gen_batch, new_tokens=s.new_tokens)
-        add(f"transformers model.generate, batch {s.gen_batch}, prompt order", seconds, tokens,
-            f"{len(prompts)} prompts")
-        seconds, tokens = _plain(ctx, ctx.policy, prompts[:s.plain_b1_prompts], batch=1, new_tokens=s.new_tokens)
-        add("transformers model.generate, one prompt at a time", seconds, tokens,
-            f"first {s.plain_b1_prompts} prompts")
-        seconds, tokens, where = _ours(ctx, ctx.policy, prompts, batch=len(prompts), new_tokens=s.new_tokens)
-        add(f"ours (generate_local), batch {len(prompts)} (all at once)", seconds, tokens, f"{len(prompts)} prompts")
+def engines(ctx: Context, prompts: Sequence, incumbent: dict[str, Any]) -> None:
+    """Tokens/s per engine on the battle's prompts. `incumbent`: the battle's own run of the base
+    model (ours at the battle's batch size), reused."""
+    s = ctx.sizes
+    _add(ctx, f"ours (generate_local), batch {s.gen_batch}, length-sorted", incumbent["seconds"],
+         incumbent["tokens"], f"{len(prompts)} prompts; the battle's incumbent run, {incumbent['where']}")
+    seconds, tokens = _plain(ctx, ctx.policy, prompts, batch=s.gen_batch, new_tokens=s.new_tokens)
+    _add(ctx, f"transformers model.generate, batch {s.gen_batch}, prompt order", seconds, tokens,
+         f"{len(prompts)} prompts")
+    seconds, tokens = _plain(ctx, ctx.policy, prompts[:s.plain_b1_prompts], batch=1, new_tokens=s.new_tokens)
+    _add(ctx, "transformers model.generate, one prompt at a time", seconds, tokens,
+         f"first {s.plain_b1_prompts} prompts")
+    seconds, tokens, _ = _ours(ctx, ctx.policy, prompts, batch=len(prompts), new_tokens=s.new_tokens)
+    _add(ctx, f"ours (generate_local), batch {len(prompts)} (all at once)", seconds, tokens, f"{len(prompts)} prompts")
+
+
+def cpu_path(ctx: Context, prompts: Sequence, incumbent: dict[str, Any]) -> None:
+    """On a GPU machine: the path every battle took before issue 15 (fp32 on the CPU), on its cores."""
+    s = ctx.sizes
+    if not ctx.cuda or ctx.left() < 45:
+        if ctx.cuda:
+            ctx.note("generation", f"CPU row skipped: {ctx.left():.0f} s left")
         return
-    if ctx.cuda and ctx.left() > 120:
-        seconds, tokens, where = _ours(ctx, ctx.policy, prompts, batch=s.gen_batch, new_tokens=s.new_tokens,
-                                       kv_cache="static")
-        add(f"ours, static KV cache (compiled decode step), batch {s.gen_batch}", seconds, tokens,
-            f"{len(prompts)} prompts; compile time included")
-    elif ctx.cuda:
-        ctx.note("generation", f"static KV cache row skipped: {ctx.left():.0f} s left")
-    if ctx.cuda and ctx.left() > 45:
-        # The path every battle took before issue 15 (fp32 on the CPU), on this machine's cores.
-        few = prompts[:s.gen_batch]
-        seconds, tokens, where = _ours(ctx, ctx.policy, few, batch=s.gen_batch, new_tokens=min(64, s.new_tokens),
-                                       device="cpu")
-        add(f"ours on this machine's CPU ({where}), batch {s.gen_batch}", seconds, tokens,
-            f"first {len(few)} prompts, {min(64, s.new_tokens)} new tokens max")
-        gpu = incumbent["tokens"] / incumbent["seconds"]
-        ctx.note("generation", f"battle sampling on the GPU vs the CPU path: **{gpu / (tokens / seconds):.1f}x** "
-                               "tokens/s (goal ≥ 20x)")
+    few, new_tokens = prompts[:s.gen_batch], min(64, s.new_tokens)
+    seconds, tokens, where = _ours(ctx, ctx.policy, few, batch=s.gen_batch, new_tokens=new_tokens, device="cpu")
+    cpu = _add(ctx, f"ours on this machine's CPU ({where}), batch {s.gen_batch}", seconds, tokens,
+               f"first {len(few)} prompts, {new_tokens} new tokens max")
+    gpu = incumbent["tokens"] / incumbent["seconds"]
+    ctx.note("generation", f"battle sampling on the GPU vs the CPU path: **{gpu / cpu:.1f}x** tokens/s (goal ≥ 20x)")
+
+
+def static_cache(ctx: Context, prompts: Sequence) -> None:
+    """On a GPU, when time is left: ours with a static KV cache, whose decode step transformers compiles."""
+    s = ctx.sizes
+    if not ctx.cuda or ctx.left() < 120:
+        if ctx.cuda:
+            ctx.note("generation", f"static KV cache row skipped: {ctx.left():.0f} s left")
+        return
+    seconds, tokens, _ = _ours(ctx, ctx.policy, prompts, batch=s.gen_batch, new_tokens=s.new_tokens,
+                               kv_cache="static")
+    _add(ctx, f"ours, static KV cache (compiled decode step), batch {s.gen_batch}", seconds, tokens,
+         f"{len(prompts)} prompts; compile time included")
