@@ -94,3 +94,11 @@ def test_docker_compose_accepts_the_file_where_docker_is_installed():
     done = subprocess.run(["docker", "compose", "-f", str(ROOT / "compose.yaml"), "config", "--quiet"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_runtime_requirements_hold_no_test_or_lint_tools():
+    runtime = (ROOT / "requirements.txt").read_text().lower()
+    for tool in ("pytest", "playwright", "ruff", "trl==", "datasets==", "moto"):
+        assert tool not in runtime, tool
+    dev = (ROOT / "requirements-dev.txt").read_text()
+    assert "-r requirements.txt" in dev and "pytest==" in dev
