@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from rewardmodel.lib.config import RewardConfig
 from rewardmodel.lib.ranks import Team
 from rewardmodel.lib.train import train_reward_model
 from tests.tiny import counting_pairs, save_tiny_llama
-from tests.training.test_dpo import toy_pairs
+from tests.training.test_dpo import one_thread, toy_pairs  # noqa: F401  (one_thread: an autouse fixture)
 from training.lib.distributed import JobFailed, describe_failure, run_job
 from training.lib.dpo import DPOConfig, train_dpo
 
@@ -29,14 +28,6 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama", chat=True)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _write_pairs(pairs, path: Path) -> Path:
