@@ -208,8 +208,19 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
-# Artifacts (snapshots, reward models, checkpoints) live under this folder; rows hold file:// URIs.
+# Artifacts (snapshots, reward models, checkpoints) live under ARTIFACTS_URL: empty means the local
+# folder ARTIFACTS_DIR (file://), else s3://bucket/prefix on any S3-compatible store (annotate.artifacts).
+# ARTIFACTS_DIR also holds a run's local scratch; ARTIFACTS_CACHE_DIR the verified copies pulled from a store.
 ARTIFACTS_DIR = Path(env_str("ARTIFACTS_DIR", str(VAR_DIR / "artifacts")))
+ARTIFACTS_URL = env_str("ARTIFACTS_URL").rstrip("/")
+if ARTIFACTS_URL and not re.fullmatch(r"file:///.*|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", ARTIFACTS_URL):
+    refuse("ARTIFACTS_URL", ARTIFACTS_URL, "use file:///absolute/folder or s3://bucket/prefix, or leave it empty")
+ARTIFACTS_CACHE_DIR = Path(env_str("ARTIFACTS_CACHE_DIR", str(VAR_DIR / "cache" / "artifacts")))
+# The S3-compatible store: empty endpoint means AWS itself; empty keys leave them to botocore's own chain.
+S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL")
+S3_REGION = env_str("S3_REGION") or env_str("AWS_DEFAULT_REGION")
+AWS_ACCESS_KEY_ID = env_str("AWS_ACCESS_KEY_ID")
+AWS_SECRET_ACCESS_KEY = env_str("AWS_SECRET_ACCESS_KEY")
 # The default reward-model backbone: an alias resolved offline by rewardmodel.lib.backbones, or a hub id.
 REWARD_BACKBONE = env_str("REWARD_BACKBONE", "all-minilm-l6-v2")
 # Imports larger than this are refused before parsing.
