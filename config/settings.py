@@ -238,6 +238,14 @@ if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", WORKER_DEVICE):
 # PPO runs execute under torchrun (a run's own ``world_size`` setting overrides it).
 WORKER_WORLD_SIZE = env_int("WORKER_WORLD_SIZE", 1, minimum=1)
 WORKER_DTYPE = env_choice("WORKER_DTYPE", "AUTO", ("AUTO", "FLOAT32", "BFLOAT16", "FLOAT16")).lower()
+# Where this worker's reward-model, DPO, PPO and local-checkpoint generation runs execute: "local" (in the
+# worker, or under torchrun on its GPUs) or "ray" (submitted to the Ray cluster whose dashboard is at
+# RAY_ADDRESS through the Ray Jobs API; the worker follows the job: progress, log, cancel, publish).
+RUN_BACKEND = env_choice("RUN_BACKEND", "LOCAL", ("LOCAL", "RAY")).lower()
+RAY_ADDRESS = env_str("RAY_ADDRESS", "http://127.0.0.1:8265")
+# What one process of a Ray job reserves (a job of world_size N asks N times as much): 0 GPUs on a CPU cluster.
+RAY_GPUS_PER_PROCESS = env_int("RAY_GPUS_PER_PROCESS", 1, minimum=0)
+RAY_CPUS_PER_PROCESS = env_int("RAY_CPUS_PER_PROCESS", 1, minimum=1)
 
 # Celery: an embedded file-system broker by default, so the demo needs no service.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")

@@ -16,6 +16,7 @@ from annotate.models import Checkpoint, Comparison, Completion, Project, Prompt
 from training import configs
 from training.lib.endpoint import EndpointConfig, generate_endpoint
 from training.models import TrainingRun
+from training.ray_jobs import generate_on_ray, on_ray
 from training.runs import RunReporter, run_create
 
 KIND = TrainingRun.Kind.GENERATION
@@ -65,8 +66,12 @@ def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
         todo = [p for p in prompts if p.pk not in existing]
         reporter.log(f"{checkpoint.name}: {len(todo)} prompts to sample, {len(existing)} already sampled")
         offset = index * len(prompts) + len(existing)
-        outputs = _generate(checkpoint, todo, sampling, lambda done, _, offset=offset: reporter.progress(offset + done, total),
-                            reporter.log) if todo else []
+        progress = lambda done, _, offset=offset: reporter.progress(offset + done, total)  # noqa: E731
+        if todo and checkpoint.uri and not checkpoint.endpoint_url and on_ray(run):  # the weights are sampled on the Ray cluster
+            outputs = generate_on_ray(run, reporter, checkpoint=checkpoint, prompts=todo, sampling=sampling,
+                                      progress=progress)
+        else:
+            outputs = _generate(checkpoint, todo, sampling, progress, reporter.log) if todo else []
         with transaction.atomic():
             for prompt, output in zip(todo, outputs, strict=True):
                 if output.text.strip():

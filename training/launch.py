@@ -7,6 +7,9 @@ stays the run's control plane. Each optimizer step rank 0 prints reaches ``RunRe
 (steps, metrics, heartbeat), every other line the log tail; a cancel stops every process of the
 job; a rank that dies fails the run with torchrun's account of which rank and how. Only rank 0
 writes the output, after a barrier; the caller publishes the row once the job has exited cleanly.
+
+With ``RUN_BACKEND=ray`` the same spec goes to a Ray cluster instead, at any world size
+(``training.ray_jobs``); ``out_of_process`` is the one question the job functions ask.
 """
 from __future__ import annotations
 
@@ -18,7 +21,14 @@ from typing import Any
 from django.conf import settings
 
 from training.models import TrainingRun
+from training.ray_jobs import on_ray, run_on_ray
 from training.runs import RunReporter, json_safe
+
+
+def out_of_process(run: TrainingRun, world_size: int) -> bool:
+    """Whether a training job leaves the Celery process: for a Ray cluster (``training.ray_jobs.on_ray``),
+    or for torchrun here when it needs more than one process. Then the job function calls ``run_ranks``."""
+    return world_size > 1 or on_ray(run)
 
 
 def run_ranks(run: TrainingRun, reporter: RunReporter, *, kind: str, config: Any, data: str | Path,
@@ -33,6 +43,8 @@ def run_ranks(run: TrainingRun, reporter: RunReporter, *, kind: str, config: Any
 
     workdir = Path(settings.ARTIFACTS_DIR) / "jobs" / f"run-{run.pk}"
     spec = {"kind": kind, "config": json_safe(asdict(config)), "data": str(data), "out": str(out), **extra}
+    if on_ray(run):
+        return run_on_ray(run, reporter, spec, world_size=world_size, part=kind, workdir=workdir, out=Path(out))
     reporter.log(f"starting {world_size} processes with torchrun (one per GPU; gloo on a CPU)")
     try:
         return run_job(spec, world_size, workdir, on_progress=reporter.progress, on_log=reporter.log,

@@ -45,6 +45,9 @@ class TrainingRun(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The job that runs this on a Ray cluster (RUN_BACKEND=ray), so that a worker can follow it again
+    # after the one that submitted it died: "flywheel-run-<id>-<part>-<token>", empty when it ran here.
+    ray_job_id = models.CharField(max_length=128, blank=True, default="")
     # Inputs.
     snapshot = models.ForeignKey(Snapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="runs")
     reward_model_in = models.ForeignKey(

@@ -18,7 +18,7 @@ from annotate.models import Checkpoint, Project, Prompt, Snapshot
 from annotate.snapshots import snapshot_path
 from rewardmodel.models import RewardModel
 from training import configs
-from training.launch import run_ranks
+from training.launch import out_of_process, run_ranks
 from training.models import TrainingRun
 from training.runs import RunReporter, json_safe, run_create
 
@@ -78,7 +78,7 @@ def dpo_job(run: TrainingRun, reporter: RunReporter) -> None:
     pairs = read_pairs(data)
     reporter.log(f"DPO on {len(pairs)} pairs of snapshot {run.snapshot.pk}, from {run.checkpoint_in.name}")
     out = _out_dir(run)
-    if world_size > 1:
+    if out_of_process(run, world_size):
         _publish(run, *_ranked(run, reporter, "dpo", config, data, world_size))
         return
     result = train_dpo(config, pairs, out, progress=reporter.progress, lineage=_lineage(run))
@@ -95,7 +95,7 @@ def ppo_job(run: TrainingRun, reporter: RunReporter) -> None:
     prompts = list(prompts[:limit] if limit else prompts)
     reporter.log(f"PPO on {len(prompts)} prompts against reward model v{run.reward_model_in.version}")
     world_size = configs.world_size(run.kind, run.config)
-    if world_size > 1:
+    if out_of_process(run, world_size):
         data = Path(settings.ARTIFACTS_DIR) / "jobs" / f"run-{run.pk}" / "prompts.json"
         data.parent.mkdir(parents=True, exist_ok=True)
         data.write_text(json.dumps(prompts))

@@ -19,7 +19,7 @@ from annotate.snapshots import snapshot_freeze, snapshot_path
 from rewardmodel.models import RewardModel
 from rewardmodel.services import latest_reward_model, reward_model_publish
 from training import configs
-from training.launch import run_ranks
+from training.launch import out_of_process, run_ranks
 from training.models import TrainingRun
 from training.runs import RunReporter, json_safe, run_create
 
@@ -44,7 +44,7 @@ def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     world_size = configs.world_size(run.kind, run.config)
-    if world_size > 1:
+    if out_of_process(run, world_size):
         outcome = run_ranks(run, reporter, kind="reward_model", config=config, data=snapshot_path(snapshot), out=tmp,
                             world_size=world_size, snapshot_sha256=snapshot.sha256)
         metrics = outcome["metrics"]

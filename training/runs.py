@@ -16,6 +16,8 @@ from datetime import timedelta
 
 from celery import signature
 from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Concat
 from django.utils import timezone
 
 from annotate.models import Project
@@ -25,6 +27,9 @@ from training.models import RunStep, TrainingRun
 LOG_TAIL_LINES = 200
 # A running run that has not reported for this long is considered lost with its worker.
 STALE_AFTER = timedelta(minutes=15)
+# A run that follows a job on a Ray cluster heartbeats every few seconds (training.ray_jobs); this long
+# without one and its watcher is gone, so another worker may take the run over and follow the same job.
+REATTACH_AFTER = timedelta(seconds=60)
 EXECUTE_RUN = "training.tasks.execute_run"
 
 
@@ -126,8 +131,33 @@ def _claim(run_id: int) -> TrainingRun | None:
         TrainingRun.objects.filter(pk=run_id, state=TrainingRun.State.QUEUED, cancel_requested=True).update(
             state=TrainingRun.State.CANCELLED, finished_at=now
         )
-        return None
+        return _take_over(run_id)
     return TrainingRun.objects.select_related("project").get(pk=run_id)
+
+
+def _take_over(run_id: int) -> TrainingRun | None:
+    """A running run with a job on a Ray cluster, once its watcher stopped heartbeating; None for any other.
+
+    The task is delivered again when the worker following the job died (acks_late), or a starting worker
+    re-enqueues it (``runs_reattach``). The previous watcher may have died a moment ago, so this waits
+    until its heartbeat is ``REATTACH_AFTER`` old, then takes the run with an UPDATE conditional on that
+    very heartbeat: of two deliveries one wins, and a watcher still alive keeps its run.
+    """
+    deadline = time.monotonic() + 2 * REATTACH_AFTER.total_seconds()
+    while True:
+        beat = (TrainingRun.objects.filter(pk=run_id, state=TrainingRun.State.RUNNING).exclude(ray_job_id="")
+                .values_list("heartbeat_at", flat=True).first())
+        if beat is None:
+            return None
+        now = timezone.now()
+        if beat < now - REATTACH_AFTER:
+            taken = TrainingRun.objects.filter(pk=run_id, state=TrainingRun.State.RUNNING, heartbeat_at=beat).update(
+                heartbeat_at=now, worker=socket.gethostname()
+            )
+            return TrainingRun.objects.select_related("project").get(pk=run_id) if taken else None
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(min(5.0, max(0.5, (beat + REATTACH_AFTER - now).total_seconds())))
 
 
 def _finish(run: TrainingRun, state: str, *, error: str = "") -> None:
@@ -180,10 +210,32 @@ def run_cancel(*, run: TrainingRun) -> TrainingRun:
 
 
 def runs_reap_stale(*, now=None) -> int:
-    """Mark running runs whose worker stopped reporting as failed; return how many."""
+    """Mark running runs whose worker stopped reporting as failed; return how many.
+
+    A run with a Ray job that no worker took over in that time is failed too; its job may still be
+    running on the cluster (nothing here talks to Ray), and the error names it.
+    """
     now = now or timezone.now()
-    return TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, heartbeat_at__lt=now - STALE_AFTER).update(
+    stale = TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, heartbeat_at__lt=now - STALE_AFTER)
+    on_ray = stale.exclude(ray_job_id="").update(
+        state=TrainingRun.State.FAILED,
+        finished_at=now,
+        error=Concat(Value(f"no worker followed this run's Ray job for more than {STALE_AFTER}; stop it on the "
+                           "cluster if it still runs: ray job stop "), F("ray_job_id")),
+    )
+    return on_ray + stale.filter(ray_job_id="").update(
         state=TrainingRun.State.FAILED,
         finished_at=now,
         error=f"the worker stopped reporting for more than {STALE_AFTER}; it probably crashed",
     )
+
+
+def runs_reattach(*, now=None) -> list[int]:
+    """Re-enqueue running runs with a Ray job whose watcher stopped heartbeating (a starting worker asks:
+    it may replace one that died mid-run); the task takes each over at most once (``_take_over``)."""
+    now = now or timezone.now()
+    ids = list(TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, heartbeat_at__lt=now - REATTACH_AFTER)
+               .exclude(ray_job_id="").values_list("pk", flat=True))
+    for run_id in ids:
+        run_enqueue(run_id)
+    return ids

@@ -23,7 +23,7 @@ folder, verified reload, rename) only once every rank finished its last step. If
 torchrun stops the others and exits non-zero; nothing is published.
 
 Run as a module, this is the worker torchrun starts: it reads a spec (kind, config, data, out,
-lineage, result; data: pairs as JSONL, or for PPO prompts as a JSON list), joins the process group (NCCL on CUDA, gloo on the CPU), trains, and on rank 0
+lineage, result; data: pairs as JSONL, or for PPO and generation prompts as a JSON list), joins the process group (NCCL on CUDA, gloo on the CPU), trains, and on rank 0
 prints one ``PROGRESS {json}`` line per optimizer step and writes the result as JSON. Pure module:
 never imports Django or Celery.
 """
@@ -195,6 +195,8 @@ def _run(spec: Mapping[str, Any], team: Team) -> dict[str, Any] | None:
         prompts = json.loads(Path(spec["data"]).read_text())
         outcome = train_ppo(ppo_config, prompts, spec["out"], progress, lineage=spec.get("lineage"))
         return {"out": outcome.out_dir, "metrics": outcome.metrics} if team.main else None
+    if kind == "generation":  # one process; data: a JSON list of prompts; out: a JSONL, one completion a prompt
+        return _generate(spec, config, progress) if team.main else None
     pairs = read_pairs(spec["data"])
     if kind == "reward_model":
         from rewardmodel.lib.config import RewardConfig
@@ -210,7 +212,20 @@ def _run(spec: Mapping[str, Any], team: Team) -> dict[str, Any] | None:
         dpo_config = agreed_mode(DPOConfig.from_dict(config), kind, team)
         result = train_dpo(dpo_config, pairs, spec["out"], progress, lineage=spec.get("lineage"))
         return {"out": result.checkpoint_path, "metrics": result.metrics} if team.main else None
-    raise ValueError(f"no distributed job for kind {kind!r} (reward_model, dpo or ppo)")
+    raise ValueError(f"no distributed job for kind {kind!r} (reward_model, dpo, ppo or generation)")
+
+
+def _generate(spec: Mapping[str, Any], config: dict[str, Any], progress) -> dict[str, Any]:
+    """Sample a local checkpoint on the spec's prompts into its JSONL (written whole, then renamed), in order."""
+    from training.lib.generation import GenerationConfig, generate_local
+
+    prompts = json.loads(Path(spec["data"]).read_text())
+    outputs = generate_local(GenerationConfig(**config), prompts, lambda done, total: progress(done, total, {}))
+    out = Path(spec["out"])
+    temp = out.with_name(f".{out.name}.tmp")
+    temp.write_text("".join(json.dumps(dataclasses.asdict(o), ensure_ascii=False) + "\n" for o in outputs))
+    os.replace(temp, out)
+    return {"out": str(out), "completions": len(outputs)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

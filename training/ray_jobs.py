@@ -1,0 +1,276 @@
+"""Runs on a Ray cluster: the library entry point submitted as a Ray job, followed from the Celery task.
+
+With ``RUN_BACKEND=ray`` a worker does not train or sample in its own process: ``run_on_ray`` submits
+``python -m training.lib.distributed SPEC`` (under torchrun for more than one process: "within one Ray
+job, multi-GPU uses the same launcher as a GPU worker") to the cluster at ``RAY_ADDRESS`` through the
+Ray Jobs API, with this repository as the job's ``working_dir`` and ``entrypoint_num_gpus`` /
+``entrypoint_num_cpus`` for its processes. The Celery task stays the control plane: it polls the job,
+forwards each new ``PROGRESS`` line of the job's log to ``RunReporter.progress`` and every other new
+line to the log tail, keeps the run's heartbeat fresh, calls ``stop_job`` on a cancel, and fails the
+run with Ray's message and the log's last error line when the job fails or is stopped by someone else.
+
+The spec, the data and the output are files under ``ARTIFACTS_DIR/jobs``, which the job reads and
+writes at the same paths: a head on this host, or a cluster that mounts the same storage.
+
+One run, one job per part (the training, or each checkpoint a generation run samples), never two:
+the job's id is recorded on the row by a conditional UPDATE before it is submitted, and Ray refuses a
+second job with an id it knows. A worker that died while following a job leaves the id behind; when
+the task is delivered again, or a starting worker re-enqueues the run (``training.runs``), the job
+function runs again and ``run_on_ray`` finds the id and follows the same job to its end.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from training.lib.distributed import PROGRESS_PREFIX, JobFailed, launch_command
+from training.models import TrainingRun
+from training.runs import RunCancelled, RunReporter
+
+# Left out of the working_dir Ray uploads (Ray also skips what .gitignore names): environments, data,
+# outputs, screenshots. The cluster brings its own Python environment with the same packages.
+EXCLUDES = [".venv", "venv", "var", ".git", "bench/out", "docs/screenshots", "node_modules", "**/__pycache__",
+            ".pytest_cache", ".ruff_cache", "*.safetensors", "*.gguf", "*.bin"]
+POLL_S = 1.0
+HEARTBEAT_S = 5.0  # the watcher's heartbeat; training.runs.REATTACH_AFTER is many of these
+STOP_WAIT_S = 60.0
+UNREACHABLE_S = 120.0  # how long the dashboard may not answer before the run fails (the job is then stopped)
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def on_ray(run: TrainingRun) -> bool:
+    """Whether ``run``'s work goes to the Ray cluster: the worker says so, or the run already has a job there
+    (a worker set to run locally must not start a second copy of a job it re-attaches to)."""
+    return settings.RUN_BACKEND == "ray" or bool(run.ray_job_id)
+
+
+def client():
+    from ray.job_submission import JobSubmissionClient
+
+    # Packaging the working_dir logs every file it leaves out, at INFO and WARNING: not the worker's news.
+    for name in ("ray._private.runtime_env", "ray.dashboard.modules.dashboard_sdk"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return JobSubmissionClient(settings.RAY_ADDRESS)
+
+
+def entrypoint(world_size: int, spec_path: str | Path) -> str:
+    """The job's command: the library entry point, under torchrun for more than one process."""
+    if world_size == 1:
+        return shlex.join(["python", "-m", "training.lib.distributed", str(spec_path)])
+    return shlex.join(launch_command(world_size, spec_path, python="python"))
+
+
+def runtime_env() -> dict[str, Any]:
+    threads = str(settings.RAY_CPUS_PER_PROCESS)
+    return {
+        "working_dir": str(settings.BASE_DIR),
+        "excludes": EXCLUDES,
+        "env_vars": {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                     "TOKENIZERS_PARALLELISM": "false"},
+    }
+
+
+def run_on_ray(run: TrainingRun, reporter: RunReporter, spec: dict[str, Any], *, world_size: int, part: str,
+               workdir: Path, out: Path | None = None,
+               on_progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Run ``spec`` (kind, config, data; its output goes to ``workdir/out``) as the run's Ray job for ``part``,
+    or follow the one already submitted for it, and return the job's result once it succeeded.
+
+    The output is moved to ``out`` when given (and ``result["out"]`` says so). Raises ``RunCancelled``
+    once the job was stopped for a cancel, ``JobFailed`` when it failed; ``workdir`` is removed once the
+    job ended either way (it stays while the job may still run, for the worker that re-attaches).
+    """
+    ray = client()
+    job_id, attached = _job_id(run, reporter, ray, spec, world_size=world_size, part=part, workdir=workdir)
+    try:
+        status = _follow(run, reporter, ray, job_id, on_progress or reporter.progress, attached=attached)
+        if status != "SUCCEEDED":
+            raise JobFailed(_failure(ray, job_id, status, world_size))
+        result_path = workdir / "result.json"
+        if not result_path.exists():
+            raise JobFailed(f"Ray job {job_id} succeeded but its result is gone ({result_path}); a worker that "
+                            "died after taking it may have left the run unpublished: start the run again")
+        result = json.loads(result_path.read_text())
+        if out is not None:
+            if out.is_dir():
+                shutil.rmtree(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            (workdir / "out").replace(out)
+            result["out"] = str(out)
+        return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def generate_on_ray(run: TrainingRun, reporter: RunReporter, *, checkpoint, prompts: list, sampling: dict[str, Any],
+                    progress: Callable[[int, int], None]) -> list:
+    """Sample ``checkpoint``'s weights on ``prompts`` (Prompt rows) in a one-process Ray job; the completions
+    in prompt order, as ``generate_local`` returns them. Device and dtype are "auto": the cluster's node decides."""
+    from dataclasses import asdict
+
+    from training.lib.generation import GeneratedText, GenerationConfig
+
+    config = GenerationConfig(model=checkpoint.model_path, **sampling)
+    part = f"generation-c{checkpoint.pk}"
+    jobs = Path(settings.ARTIFACTS_DIR) / "jobs" / f"run-{run.pk}"
+    workdir, out = jobs / part, jobs / f"{part}.jsonl"
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "prompts.json").write_text(json.dumps([p.messages for p in prompts]))
+    reporter.log(f"{checkpoint.name}: sampling {len(prompts)} prompts on the Ray cluster")
+    spec = {"kind": "generation", "config": asdict(config), "data": str(workdir / "prompts.json")}
+    run_on_ray(run, reporter, spec, world_size=1, part=part, workdir=workdir, out=out,
+               on_progress=lambda step, total, _: progress(step, total))
+    try:
+        return [GeneratedText(**json.loads(line)) for line in out.read_text().splitlines() if line.strip()]
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def _job_id(run: TrainingRun, reporter: RunReporter, ray, spec: dict[str, Any], *, world_size: int, part: str,
+            workdir: Path) -> tuple[str, bool]:
+    """(id, whether a worker submitted it before) of the run's job for ``part``: the one on the row when a worker submitted it before, else a new
+    one, recorded first (a conditional UPDATE, so one worker wins) and then submitted."""
+    prefix = f"flywheel-run-{run.pk}-{part}-"
+    current = TrainingRun.objects.values_list("ray_job_id", flat=True).get(pk=run.pk)
+    if current.startswith(prefix):
+        if _known(ray, current):
+            reporter.log(f"following Ray job {current} again (its previous watcher stopped)")
+            return current, True
+        reporter.log(f"Ray job {current} was recorded but never reached the cluster: submitting it now")
+        _submit(ray, current, spec, world_size=world_size, workdir=workdir, run=run)
+        return current, False
+    job_id = prefix + uuid.uuid4().hex[:8]
+    if not TrainingRun.objects.filter(pk=run.pk, ray_job_id=current).update(ray_job_id=job_id):
+        raise JobFailed(f"another worker took run {run.pk}'s Ray job over; this one stops following it")
+    run.ray_job_id = job_id
+    _submit(ray, job_id, spec, world_size=world_size, workdir=workdir, run=run)
+    reporter.log(f"submitted Ray job {job_id} to {settings.RAY_ADDRESS} ({world_size} process"
+                 f"{'es' if world_size > 1 else ''}, {world_size * settings.RAY_GPUS_PER_PROCESS} GPUs)")
+    return job_id, False
+
+
+def _submit(ray, job_id: str, spec: dict[str, Any], *, world_size: int, workdir: Path, run: TrainingRun) -> None:
+    shutil.rmtree(workdir / "out", ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = {**spec, "out": str(workdir / "out"), "result": str(workdir / "result.json")}
+    (workdir / "result.json").unlink(missing_ok=True)
+    (workdir / "spec.json").write_text(json.dumps(spec))
+    ray.submit_job(
+        entrypoint=entrypoint(world_size, workdir / "spec.json"),
+        submission_id=job_id,
+        runtime_env=runtime_env(),
+        entrypoint_num_gpus=world_size * settings.RAY_GPUS_PER_PROCESS,
+        entrypoint_num_cpus=world_size * settings.RAY_CPUS_PER_PROCESS,
+        metadata={"flywheel_run": str(run.pk), "project": run.project.slug, "kind": str(spec["kind"])},
+    )
+
+
+def _known(ray, job_id: str) -> bool:
+    try:
+        ray.get_job_info(job_id)
+    except RuntimeError as error:
+        if "does not exist" in str(error):
+            return False
+        raise
+    return True
+
+
+def _follow(run: TrainingRun, reporter: RunReporter, ray, job_id: str,
+            on_progress: Callable[[int, int, dict[str, float]], None], *, attached: bool) -> str:
+    """Poll the job until it ends, forwarding new log lines; return its final status.
+
+    A cancel (``RunCancelled`` from the reporter) stops the job, waits until Ray says it ended, and
+    propagates. Any other error stops the job too: nobody would publish what it made. A watcher that
+    ``attached`` to a job its predecessor followed replays the progress lines (recording a step twice is
+    harmless) but not the log lines its predecessor already put in the tail.
+    """
+    seen = 0
+    skip = _forwarded(reporter.run.log_tail, ray.get_job_logs(job_id).splitlines()) if attached else 0
+    last_beat = time.monotonic()
+    unreachable_since: float | None = None
+    try:
+        while True:
+            try:
+                status = str(ray.get_job_status(job_id).value)
+                lines = ray.get_job_logs(job_id).splitlines()
+                unreachable_since = None
+            except (ConnectionError, OSError) as error:
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > UNREACHABLE_S:
+                    raise JobFailed(f"the Ray dashboard at {settings.RAY_ADDRESS} did not answer for "
+                                    f"{UNREACHABLE_S:.0f} s: {error}") from error
+                reporter.alive()
+                time.sleep(POLL_S)
+                continue
+            for index, line in enumerate(lines[seen:], start=seen):
+                if line.startswith(PROGRESS_PREFIX):
+                    event = json.loads(line[len(PROGRESS_PREFIX):])
+                    on_progress(event["step"], event["total"], event["metrics"])
+                elif index >= skip:
+                    reporter.log(line)
+            seen = len(lines)
+            if status in TERMINAL:
+                return status
+            if time.monotonic() - last_beat >= HEARTBEAT_S:
+                last_beat = time.monotonic()
+                TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+            reporter.alive()
+            time.sleep(POLL_S)
+    except BaseException as error:
+        _stop(ray, job_id, reporter, why="cancelled" if isinstance(error, RunCancelled) else "its watcher failed")
+        raise
+
+
+def _forwarded(tail: str, lines: list[str]) -> int:
+    """How many of the job's log ``lines`` a previous watcher forwarded: up to the last one in the run's tail."""
+    logged = {line.rstrip() for line in tail.splitlines()}
+    for index in range(len(lines) - 1, -1, -1):
+        line = lines[index].rstrip()
+        if line and line in logged and not line.startswith(PROGRESS_PREFIX):
+            return index + 1
+    return 0
+
+
+def _stop(ray, job_id: str, reporter: RunReporter, *, why: str) -> None:
+    """Stop the job and wait (a bounded while) until Ray reports it ended."""
+    try:
+        ray.stop_job(job_id)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:
+            status = str(ray.get_job_status(job_id).value)
+            if status in TERMINAL:
+                reporter.log(f"Ray job {job_id} {status.lower()} ({why})")
+                return
+            time.sleep(POLL_S)
+        reporter.log(f"Ray job {job_id} was asked to stop ({why}) and had not ended after {STOP_WAIT_S:.0f} s")
+    except Exception as error:  # the run's own outcome is the error being raised; this only adds a line
+        reporter.log(f"could not stop Ray job {job_id}: {error}")
+
+
+_ERROR_LINE = re.compile(r"(\[rank\d+\]:\s*)?[A-Za-z_.]*(Error|Exception|Failed|Exit)\b")
+
+
+def _failure(ray, job_id: str, status: str, world_size: int) -> str:
+    """One sentence: what Ray says about the job, and the last error line of its log."""
+    info = ray.get_job_info(job_id)
+    message = (info.message or "").split("last available logs", 1)[0].strip().rstrip(",").strip()
+    lines = ray.get_job_logs(job_id).splitlines()
+    errors = [line.strip() for line in lines if _ERROR_LINE.match(line.strip()) and "ChildFailedError" not in line]
+    how = "was stopped outside the flywheel (ray job stop, or the cluster)" if status == "STOPPED" else "failed"
+    text = f"Ray job {job_id} {how}"
+    if message:
+        text += f": {message}"
+    if errors:
+        text += f"; last error: {errors[-1]}"
+    return text + "; nothing was published"
