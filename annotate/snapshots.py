@@ -1,19 +1,18 @@
 """Frozen dataset snapshots: the ``pairs`` export written once to a file, plus a row describing it.
 
-A snapshot file is never rewritten: it is written under a temporary name, fsynced, renamed
-into place, made read-only, and only then is the row inserted with its sha256, row count
-and the number of votes it was built from. Reward models and policy runs point at the row.
+A snapshot file is never rewritten: it is written under a temporary name, fsynced, then
+published under ``ARTIFACTS_URL`` (renamed into place and made read-only, or uploaded and
+verified: ``annotate.artifacts``), and only then is the row inserted with its sha256, row count
+and the number of votes it was built from. Reward models and policy runs point at the row;
+whoever reads the file gets it through ``snapshot_path``, checked against that sha256.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
-from django.conf import settings
 from django.utils import timezone
 
+from annotate import artifacts
 from annotate.exports import filters_clean, write_export
 from annotate.models import Project, Snapshot
 from annotate.services import InvalidInput
@@ -23,65 +22,46 @@ FORMAT = "pairs"
 
 def snapshot_freeze(*, project: Project, filters: dict | None = None) -> Snapshot:
     """Freeze the project's current ``pairs`` export (optionally filtered, see
-    ``exports.filters_clean``) to ``ARTIFACTS_DIR/snapshots/<slug>/<timestamp>-<rows>.jsonl``.
+    ``exports.filters_clean``) to ``<ARTIFACTS_URL>/snapshots/<slug>/<timestamp>-<rows>.jsonl``.
 
     The file's sha256 and row count are stored on the returned row; ``votes`` counts the
     votes read to build it. Reads take no lock: votes recorded meanwhile may or may not be
     included, and ``votes`` says exactly how many were.
     """
     filters = filters_clean(filters)
-    folder = Path(settings.ARTIFACTS_DIR) / "snapshots" / project.slug
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = timezone.now().strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%S%fZ")  # microseconds: two freezes never share a name
     votes = 0
 
     def count_votes(n: int) -> None:
         nonlocal votes
         votes += n
 
-    partial = folder / f".{stamp}.partial.jsonl"
+    partial = artifacts.staging_path(artifacts.artifact_url("snapshots", project.slug, f"{stamp}.jsonl"))
     count = write_export(project=project, fmt=FORMAT, path=partial, progress=count_votes, filters=filters)
-    path = folder / f"{stamp}-{count}.jsonl"
-    moved = False
+    url = artifacts.artifact_url("snapshots", project.slug, f"{stamp}-{count}.jsonl")
+    published = False
     try:
-        os.replace(partial, path)  # microsecond stamps: two freezes never share a name
-        moved = True
-        path.chmod(0o444)
-        _fsync_dir(folder)
+        sha256 = artifacts.sha256_file(partial)
+        artifacts.file_publish(partial, url)
+        published = True
         return Snapshot.objects.create(
-            project=project,
-            uri=path.as_uri(),
-            format=FORMAT,
-            count=count,
-            votes=votes,
-            sha256=file_sha256(path),
-            filters=filters,
+            project=project, uri=url, format=FORMAT, count=count, votes=votes, sha256=sha256, filters=filters,
         )
     except BaseException:
         # No row, no file: a snapshot exists only when both do.
-        (path if moved else partial).unlink(missing_ok=True)
+        if published:
+            artifacts.artifact_delete(url)
+        else:
+            partial.unlink(missing_ok=True)
         raise
 
 
 def snapshot_path(snapshot: Snapshot) -> Path:
-    """The local file of a snapshot. Raises InvalidInput for a URI that is not ``file://``."""
-    parsed = urlparse(snapshot.uri)
-    if parsed.scheme != "file":
-        raise InvalidInput(f"snapshot {snapshot.pk} is stored at {snapshot.uri!r}, not in a local file")
-    return Path(unquote(parsed.path))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
+    """The snapshot's file on this host: the file itself under a local ARTIFACTS_URL, else a copy pulled
+    from the store into the cache and checked against the row's sha256. Raises InvalidInput for a file
+    that is missing or corrupt."""
     try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        return artifacts.file_fetch(snapshot.uri, sha256=snapshot.sha256)
+    except artifacts.ArtifactError as error:
+        raise InvalidInput(f"snapshot {snapshot.pk}: {error}") from error
+

@@ -5,6 +5,7 @@ import pytest
 
 from annotate import services
 from annotate.models import Membership
+from tests.store import s3_artifacts, s3_client, s3_endpoint  # noqa: F401  (the S3-compatible store's fixtures)
 
 PASSWORD = "correct-horse-42"
 

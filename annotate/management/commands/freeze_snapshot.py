@@ -5,9 +5,10 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
+from annotate.artifacts import is_local, local_path
 from annotate.commands import project_get
 from annotate.services import InvalidInput
-from annotate.snapshots import snapshot_freeze, snapshot_path
+from annotate.snapshots import snapshot_freeze
 
 
 class Command(BaseCommand):
@@ -25,5 +26,5 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         self.stdout.write(
             f"snapshot {snapshot.pk}: {snapshot.count} pairs from {snapshot.votes} votes, "
-            f"sha256 {snapshot.sha256}\n{snapshot_path(snapshot)}"
+            f"sha256 {snapshot.sha256}\n{local_path(snapshot.uri) if is_local(snapshot.uri) else snapshot.uri}"
         )

@@ -1,0 +1,72 @@
+"""An S3-compatible store for the tests: the server .ci/run starts, else moto's server in this process.
+
+``.ci/run`` starts moto's standalone server (``moto_server``) on 127.0.0.1 and names it in
+``S3_TEST_ENDPOINT_URL``; tests that get ``s3_artifacts`` then talk to another process over HTTP,
+as a web host and the GPU hosts talk to the store. Without that variable (``make test``) the same
+server runs in a thread of the test process, so the S3 path is tested on every run, not only in CI.
+Either way each test gets a bucket of its own. A server named but not answering skips the test.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+KEYS = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "region_name": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """The store's endpoint URL for the whole session."""
+    named = os.environ.get("S3_TEST_ENDPOINT_URL", "").strip()
+    if named:
+        parsed = urlparse(named)
+        try:
+            socket.create_connection((parsed.hostname, parsed.port or 80), timeout=2).close()
+        except OSError:
+            pytest.skip(f"the S3-compatible server at {named} is not answering")
+        yield named
+        return
+    server_module = pytest.importorskip("moto.server", reason="moto (requirements-dev.txt) runs the store")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_client(s3_endpoint):
+    boto3 = pytest.importorskip("boto3")
+    return boto3.client("s3", endpoint_url=s3_endpoint, **KEYS)
+
+
+@pytest.fixture
+def s3_artifacts(settings, tmp_path, s3_endpoint, s3_client):
+    """ARTIFACTS_URL on a fresh bucket of the store; this host's cache and scratch under tmp_path."""
+    bucket = f"flywheel-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=bucket)
+    settings.ARTIFACTS_URL = f"s3://{bucket}/artifacts"
+    settings.S3_ENDPOINT_URL = s3_endpoint
+    settings.S3_REGION = KEYS["region_name"]
+    settings.AWS_ACCESS_KEY_ID = KEYS["aws_access_key_id"]
+    settings.AWS_SECRET_ACCESS_KEY = KEYS["aws_secret_access_key"]
+    settings.ARTIFACTS_DIR = tmp_path / "gpu-host" / "scratch"
+    settings.ARTIFACTS_CACHE_DIR = tmp_path / "gpu-host" / "cache"
+    return bucket
+
+
+def keys_in(client, bucket: str, prefix: str = "") -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def another_host(settings, tmp_path: Path, name: str) -> Path:
+    """Act as another host from now on: an empty cache and scratch folder, nothing of the previous host's disk."""
+    settings.ARTIFACTS_DIR = tmp_path / name / "scratch"
+    settings.ARTIFACTS_CACHE_DIR = tmp_path / name / "cache"
+    return tmp_path / name
