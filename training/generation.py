@@ -12,6 +12,7 @@ from django.conf import settings as app_settings
 from django.db import transaction
 
 from annotate import services
+from annotate.artifacts import model_source
 from annotate.models import Checkpoint, Comparison, Completion, Project, Prompt
 from training import configs
 from training.lib.endpoint import EndpointConfig, generate_endpoint
@@ -47,7 +48,7 @@ def _generate(checkpoint: Checkpoint, prompts: list[Prompt], sampling: dict, pro
     device = resolve_device(app_settings.WORKER_DEVICE)
     dtype = resolve_dtype(app_settings.WORKER_DTYPE, device)
     log(f"{checkpoint.name}: sampling on {device} in {dtype}")
-    config = GenerationConfig(model=checkpoint.model_path, **sampling, device=device, dtype=dtype)
+    config = GenerationConfig(model=model_source(checkpoint.uri), **sampling, device=device, dtype=dtype)
     return generate_local(config, messages, progress)
 
 

@@ -1,19 +1,25 @@
 """Policy runs: DPO from a snapshot or PPO against a reward model, each publishing a candidate checkpoint.
 
 The libraries write the checkpoint folder atomically (temporary folder, verified
-load, rename); only then is the Checkpoint row inserted, so a row never points at
-a half-written folder.
+load, rename) into a local staging folder; ``annotate.artifacts.folder_publish`` then
+moves it under ``ARTIFACTS_URL`` (a rename, or an upload verified against its manifest),
+and only then is the Checkpoint row inserted, so a row never points at a half-written
+or half-uploaded folder. Inputs (the parent checkpoint, the reward model, the snapshot)
+are pulled into this host's cache first.
 """
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 
+from annotate.artifacts import artifact_url, folder_publish, model_source, staging_path
 from annotate.models import Checkpoint, Project, Prompt, Snapshot
 from annotate.snapshots import snapshot_path
 from rewardmodel.models import RewardModel
@@ -23,10 +29,18 @@ from training.models import TrainingRun
 from training.runs import RunReporter, json_safe, run_create
 
 
-def _out_dir(run: TrainingRun) -> Path:
-    folder = Path(settings.ARTIFACTS_DIR) / "checkpoints" / run.project.slug
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{run.kind}-run-{run.pk}"
+@contextmanager
+def _staged(run: TrainingRun) -> Iterator[Path]:
+    """The local folder the job writes its checkpoint into; removed afterwards, published or not."""
+    out = staging_path(_out_url(run))
+    try:
+        yield out
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # a folder no row will ever point at
+
+
+def _out_url(run: TrainingRun) -> str:
+    return artifact_url("checkpoints", run.project.slug, f"{run.kind}-run-{run.pk}")
 
 
 def _lineage(run: TrainingRun) -> dict:
@@ -40,13 +54,14 @@ def _lineage(run: TrainingRun) -> dict:
     }
 
 
-def _publish(run: TrainingRun, path: str, config, metrics: dict) -> Checkpoint:
-    parent = run.checkpoint_in
+def _publish(run: TrainingRun, out: Path, config, metrics: dict) -> Checkpoint:
+    """Publish the finished folder ``out``, then insert its row."""
+    url = folder_publish(out, _out_url(run))
     checkpoint = Checkpoint.objects.create(
         project=run.project,
         name=f"{run.kind}-r{run.pk}",
-        parent=parent,
-        uri=Path(path).resolve().as_uri(),
+        parent=run.checkpoint_in,
+        uri=url,
         state=Checkpoint.State.CANDIDATE,
         meta={**_lineage(run), "config": json_safe(asdict(config)), "metrics": json_safe(metrics)},
     )
@@ -55,54 +70,44 @@ def _publish(run: TrainingRun, path: str, config, metrics: dict) -> Checkpoint:
     return checkpoint
 
 
-def _ranked(run: TrainingRun, reporter: RunReporter, kind: str, config, data: Path,
-            world_size: int) -> tuple[str, object, dict]:
-    """(checkpoint folder, config, metrics) of a policy job run on ``world_size`` processes under torchrun."""
-    out = _out_dir(run)
-    try:
-        result = run_ranks(run, reporter, kind=kind, config=config, data=data, out=out, world_size=world_size,
-                           lineage=_lineage(run))
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # a folder no row will ever point at
-        raise
-    return result["out"], config, result["metrics"]
-
-
 def dpo_job(run: TrainingRun, reporter: RunReporter) -> None:
     from rewardmodel.lib.data import read_pairs
     from training.lib.dpo import train_dpo
 
-    config = configs.dpo_config(run.config, model=run.checkpoint_in.model_path)
+    config = configs.dpo_config(run.config, model=model_source(run.checkpoint_in.uri))
     world_size = configs.world_size(run.kind, run.config)
     data = snapshot_path(run.snapshot)
     pairs = read_pairs(data)
     reporter.log(f"DPO on {len(pairs)} pairs of snapshot {run.snapshot.pk}, from {run.checkpoint_in.name}")
-    out = _out_dir(run)
-    if out_of_process(run, world_size):
-        _publish(run, *_ranked(run, reporter, "dpo", config, data, world_size))
-        return
-    result = train_dpo(config, pairs, out, progress=reporter.progress, lineage=_lineage(run))
-    _publish(run, result.checkpoint_path, config, result.metrics)
+    with _staged(run) as out:
+        if out_of_process(run, world_size):
+            metrics = run_ranks(run, reporter, kind="dpo", config=config, data=data, out=out, world_size=world_size,
+                                lineage=_lineage(run))["metrics"]
+        else:
+            metrics = train_dpo(config, pairs, out, progress=reporter.progress, lineage=_lineage(run)).metrics
+        _publish(run, out, config, metrics)
 
 
 def ppo_job(run: TrainingRun, reporter: RunReporter) -> None:
     from training.lib.ppo import train_ppo
 
-    reward_path = run.reward_model_in.artifact_uri.removeprefix("file://")
-    config = configs.ppo_config(run.config, model=run.checkpoint_in.model_path, reward=reward_path)
+    config = configs.ppo_config(run.config, model=model_source(run.checkpoint_in.uri),
+                                reward=model_source(run.reward_model_in.artifact_uri))
     prompts = Prompt.objects.filter(project=run.project).order_by("id").values_list("messages", flat=True)
     limit = configs.ppo_prompt_limit(run.config)
     prompts = list(prompts[:limit] if limit else prompts)
     reporter.log(f"PPO on {len(prompts)} prompts against reward model v{run.reward_model_in.version}")
     world_size = configs.world_size(run.kind, run.config)
-    if out_of_process(run, world_size):
-        data = Path(settings.ARTIFACTS_DIR) / "jobs" / f"run-{run.pk}" / "prompts.json"
-        data.parent.mkdir(parents=True, exist_ok=True)
-        data.write_text(json.dumps(prompts))
-        _publish(run, *_ranked(run, reporter, "ppo", config, data, world_size))
-        return
-    result = train_ppo(config, prompts, _out_dir(run), progress=reporter.progress, lineage=_lineage(run))
-    _publish(run, result.out_dir, config, result.metrics)
+    with _staged(run) as out:
+        if out_of_process(run, world_size):
+            data = Path(settings.ARTIFACTS_DIR) / "jobs" / f"run-{run.pk}" / "prompts.json"
+            data.parent.mkdir(parents=True, exist_ok=True)
+            data.write_text(json.dumps(prompts))
+            metrics = run_ranks(run, reporter, kind="ppo", config=config, data=data, out=out, world_size=world_size,
+                                lineage=_lineage(run))["metrics"]
+        else:
+            metrics = train_ppo(config, prompts, out, progress=reporter.progress, lineage=_lineage(run)).metrics
+        _publish(run, out, config, metrics)
 
 
 def dpo_start(

@@ -10,10 +10,10 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from django.conf import settings
 from django.db import connection, transaction
 
 from annotate import sql
+from annotate.artifacts import artifact_url, folder_publish, staging_path
 from annotate.models import Comparison, Project, Snapshot, Vote
 from annotate.snapshots import snapshot_freeze, snapshot_path
 from rewardmodel.models import RewardModel
@@ -29,8 +29,6 @@ KIND = TrainingRun.Kind.REWARD_MODEL
 def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
     """Freeze (or reuse) a snapshot, train on it, verify the saved model loads, then publish."""
     from rewardmodel.lib.data import read_pairs
-    from rewardmodel.lib.model import load_reward_model
-    from rewardmodel.lib.train import train_reward_model
 
     config = configs.reward_config(run.config)
     if run.snapshot is None:
@@ -39,10 +37,33 @@ def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
     snapshot = run.snapshot
     pairs = read_pairs(snapshot_path(snapshot))
     reporter.log(f"snapshot {snapshot.pk}: {len(pairs)} pairs from {snapshot.votes} votes (sha256 {snapshot.sha256[:12]})")
-    folder = Path(settings.ARTIFACTS_DIR) / "reward_models" / run.project.slug
-    tmp, final = folder / f".tmp-run-{run.pk}", folder / f"run-{run.pk}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
+    url = artifact_url("reward_models", run.project.slug, f"run-{run.pk}")
+    tmp = staging_path(url)  # on this host: a GPU worker trains here, then publishes to the store
+    try:
+        metrics, meta = _train_and_verify(run, reporter, config, snapshot, pairs, tmp)
+        folder_publish(tmp, url)  # uploaded and verified (or renamed into place) before the row exists
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone once published; a failed run leaves nothing behind
+    reporter.log(f"held-out accuracy {metrics.get('eval_accuracy', float('nan')):.3f}")
+    run.reward_model_out = reward_model_publish(
+        project=run.project,
+        snapshot=snapshot,
+        backbone=config.backbone,
+        artifact_uri=url,
+        config=asdict(config),
+        metrics=json_safe(metrics),
+        pairs=len(pairs),
+        code_version=str(meta.get("code_version", "")),
+    )
+    run.outputs = {"artifact_uri": url, "reward_model_version": run.reward_model_out.version}
+
+
+def _train_and_verify(run: TrainingRun, reporter: RunReporter, config, snapshot: Snapshot, pairs: list,
+                      tmp: Path) -> tuple[dict, dict]:
+    """Train into ``tmp`` (in this process, or under torchrun / on Ray) and load it back; (metrics, meta.json)."""
+    from rewardmodel.lib.model import load_reward_model
+    from rewardmodel.lib.train import train_reward_model
+
     world_size = configs.world_size(run.kind, run.config)
     if out_of_process(run, world_size):
         outcome = run_ranks(run, reporter, kind="reward_model", config=config, data=snapshot_path(snapshot), out=tmp,
@@ -52,21 +73,7 @@ def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
         metrics = train_reward_model(config, pairs, tmp, progress=reporter.progress,
                                      snapshot_sha256=snapshot.sha256).metrics
     load_reward_model(tmp)  # verify before publishing: a row never points at a folder that does not load
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    meta = json.loads((final / "meta.json").read_text())
-    reporter.log(f"held-out accuracy {metrics.get('eval_accuracy', float('nan')):.3f}")
-    run.reward_model_out = reward_model_publish(
-        project=run.project,
-        snapshot=snapshot,
-        backbone=config.backbone,
-        artifact_uri=final.as_uri(),
-        config=asdict(config),
-        metrics=json_safe(metrics),
-        pairs=len(pairs),
-        code_version=str(meta.get("code_version", "")),
-    )
-    run.outputs = {"artifact_uri": final.as_uri(), "reward_model_version": run.reward_model_out.version}
+    return metrics, json.loads((tmp / "meta.json").read_text())
 
 
 def votes_since_last_reward_model(project: Project, *, limit: int) -> int:

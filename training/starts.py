@@ -164,5 +164,6 @@ def run_retry(*, run: TrainingRun, enqueue: bool = True) -> TrainingRun:
                          rivals=rivals, reason=reason, enqueue=enqueue)
     return run_start(
         project=run.project, kind=run.kind, config=run.config, reason=reason, enqueue=enqueue,
-        checkpoint=run.checkpoint_in, snapshot=run.snapshot, reward_model=run.reward_model_in,
+        checkpoint=run.checkpoint_in, reward_model=run.reward_model_in,
+        snapshot=None if run.kind == Kind.REWARD_MODEL else run.snapshot,  # the first run's own freeze
     )
