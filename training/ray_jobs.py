@@ -34,7 +34,6 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from training.lib.distributed import PROGRESS_PREFIX, JobFailed, launch_command
 from training.models import TrainingRun
 from training.runs import RunCancelled, RunReporter
 
@@ -66,6 +65,8 @@ def client():
 
 def entrypoint(world_size: int, spec_path: str | Path) -> str:
     """The job's command: the library entry point, under torchrun for more than one process."""
+    from training.lib.distributed import launch_command
+
     if world_size == 1:
         return shlex.join(["python", "-m", "training.lib.distributed", str(spec_path)])
     return shlex.join(launch_command(world_size, spec_path, python="python"))
@@ -91,6 +92,8 @@ def run_on_ray(run: TrainingRun, reporter: RunReporter, spec: dict[str, Any], *,
     once the job was stopped for a cancel, ``JobFailed`` when it failed; ``workdir`` is removed once the
     job ended either way (it stays while the job may still run, for the worker that re-attaches).
     """
+    from training.lib.distributed import JobFailed  # the library imports torch: not at import (web processes)
+
     ray = client()
     job_id, attached = _job_id(run, reporter, ray, spec, world_size=world_size, part=part, workdir=workdir)
     try:
@@ -139,8 +142,11 @@ def generate_on_ray(run: TrainingRun, reporter: RunReporter, *, checkpoint, prom
 
 def _job_id(run: TrainingRun, reporter: RunReporter, ray, spec: dict[str, Any], *, world_size: int, part: str,
             workdir: Path) -> tuple[str, bool]:
-    """(id, whether a worker submitted it before) of the run's job for ``part``: the one on the row when a worker submitted it before, else a new
-    one, recorded first (a conditional UPDATE, so one worker wins) and then submitted."""
+    """(id, whether a worker submitted it before) of the run's job for ``part``: the one on the row when a
+    worker submitted it before, else a new one, recorded first (a conditional UPDATE, so one worker wins)
+    and then submitted."""
+    from training.lib.distributed import JobFailed
+
     prefix = f"flywheel-run-{run.pk}-{part}-"
     current = TrainingRun.objects.values_list("ray_job_id", flat=True).get(pk=run.pk)
     if current.startswith(prefix):
@@ -195,7 +201,9 @@ def _follow(run: TrainingRun, reporter: RunReporter, ray, job_id: str,
     ``attached`` to a job its predecessor followed replays the progress lines (recording a step twice is
     harmless) but not the log lines its predecessor already put in the tail.
     """
-    seen = 0
+    from training.lib.distributed import PROGRESS_PREFIX, JobFailed
+
+    seen, last_status = 0, ""
     skip = _forwarded(reporter.run.log_tail, ray.get_job_logs(job_id).splitlines()) if attached else 0
     last_beat = time.monotonic()
     unreachable_since: float | None = None
@@ -220,6 +228,9 @@ def _follow(run: TrainingRun, reporter: RunReporter, ray, job_id: str,
                 elif index >= skip:
                     reporter.log(line)
             seen = len(lines)
+            if status != last_status and status not in TERMINAL:  # PENDING: waiting for the cluster's resources
+                reporter.log(f"Ray job {job_id} is {status}")
+                last_status = status
             if status in TERMINAL:
                 return status
             if time.monotonic() - last_beat >= HEARTBEAT_S:
@@ -234,6 +245,8 @@ def _follow(run: TrainingRun, reporter: RunReporter, ray, job_id: str,
 
 def _forwarded(tail: str, lines: list[str]) -> int:
     """How many of the job's log ``lines`` a previous watcher forwarded: up to the last one in the run's tail."""
+    from training.lib.distributed import PROGRESS_PREFIX
+
     logged = {line.rstrip() for line in tail.splitlines()}
     for index in range(len(lines) - 1, -1, -1):
         line = lines[index].rstrip()
