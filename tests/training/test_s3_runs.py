@@ -154,3 +154,15 @@ def test_a_dpo_upload_cut_off_leaves_no_checkpoint_and_the_retry_publishes_once(
     assert retry.state == TrainingRun.State.SUCCEEDED, retry.error
     assert list(Checkpoint.objects.filter(name__startswith="dpo-").values_list("uri", flat=True)) == [
         f"s3://{s3_artifacts}/artifacts/checkpoints/demo/dpo-run-{retry.pk}"]
+
+
+def test_a_two_process_dpo_run_trains_into_local_staging_and_publishes_to_the_store(
+        settings, tmp_path, project, stored_base, s3_artifacts, s3_client):
+    base, snapshot = stored_base
+    run = dpo_start(project=project, checkpoint=base, snapshot=snapshot, enqueue=False,
+                    config={"world_size": 2, "batch_size": 4, "learning_rate": 1e-3, "num_threads": 1, "max_steps": 2})
+    run = run_execute(run.pk, dpo_job)
+    assert run.state == TrainingRun.State.SUCCEEDED, run.error
+    assert run.checkpoint_out.uri == f"s3://{s3_artifacts}/artifacts/checkpoints/demo/dpo-run-{run.pk}"
+    assert {"manifest.json", "model.safetensors"} <= set(published(s3_client, s3_artifacts, run.checkpoint_out.uri))
+    assert not (tmp_path / "gpu-host" / "scratch" / "jobs" / f"run-{run.pk}").exists()
