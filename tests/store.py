@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import s3fs
 
 KEYS = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "region_name": "us-east-1"}
 
@@ -70,3 +71,24 @@ def another_host(settings, tmp_path: Path, name: str) -> Path:
     settings.ARTIFACTS_DIR = tmp_path / name / "scratch"
     settings.ARTIFACTS_CACHE_DIR = tmp_path / name / "cache"
     return tmp_path / name
+
+
+def lose_the_store_after(monkeypatch, uploads: int, *, under: str = "") -> None:
+    """Uploads of keys containing ``under`` fail once ``uploads`` of them went through: a host losing the
+    store mid-upload. ``store_back`` heals it."""
+    real, done = s3fs.S3FileSystem._put_file, []
+
+    async def put_file(self, lpath, rpath, *args, **kwargs):
+        if under in rpath:
+            if len(done) == uploads:
+                raise ConnectionError("connection to the store lost mid-upload")
+            done.append(rpath)
+        return await real(self, lpath, rpath, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", put_file)
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached instance holds the real method
+
+
+def store_back(monkeypatch) -> None:
+    monkeypatch.undo()
+    s3fs.S3FileSystem.clear_instance_cache()

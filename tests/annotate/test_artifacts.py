@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import s3fs
 from django.urls import reverse
 
 from annotate import artifacts
@@ -18,7 +17,7 @@ from annotate.services import InvalidInput
 from annotate.snapshots import snapshot_freeze, snapshot_path
 from annotate.votes import vote_record
 from tests.conftest import make_comparisons
-from tests.store import another_host, keys_in
+from tests.store import another_host, keys_in, lose_the_store_after, store_back
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,25 +32,6 @@ def a_folder(path: Path) -> Path:
 
 def files_of(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-def failing_after(monkeypatch, uploads: int) -> None:
-    """The store's connection drops after ``uploads`` more files were uploaded (a host dying mid-upload)."""
-    real, done = s3fs.S3FileSystem._put_file, []
-
-    async def put_file(self, lpath, rpath, *args, **kwargs):
-        if len(done) == uploads:
-            raise ConnectionError("connection to the store lost mid-upload")
-        done.append(rpath)
-        return await real(self, lpath, rpath, *args, **kwargs)
-
-    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", put_file)
-    s3fs.S3FileSystem.clear_instance_cache()  # a cached instance holds the real method
-
-
-def healed(monkeypatch) -> None:
-    monkeypatch.undo()
-    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_the_default_is_the_local_folder(settings, tmp_path):
@@ -100,7 +80,7 @@ def test_an_interrupted_upload_leaves_nothing_readable_and_a_retry_publishes(
     url = artifacts.artifact_url("reward_models", "demo", "run-7")
     staging = artifacts.staging_path(url)
     expected = files_of(a_folder(staging))
-    failing_after(monkeypatch, 2)
+    lose_the_store_after(monkeypatch, 2)
     with pytest.raises(ConnectionError, match="mid-upload"):
         artifacts.folder_publish(staging, url)
     assert not keys_in(s3_client, s3_artifacts, "artifacts/reward_models/demo/run-7/manifest.json")
@@ -109,7 +89,7 @@ def test_an_interrupted_upload_leaves_nothing_readable_and_a_retry_publishes(
     with pytest.raises(ArtifactError, match="never completely published"):
         artifacts.folder_fetch(url)
 
-    healed(monkeypatch)
+    store_back(monkeypatch)
     artifacts.folder_publish(staging, url)
     another_host(settings, tmp_path, "gpu-2")
     assert {k: v for k, v in files_of(artifacts.folder_fetch(url)).items() if k != "manifest.json"} == expected

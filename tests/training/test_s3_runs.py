@@ -6,13 +6,12 @@ import json
 import shutil
 
 import pytest
-import s3fs
 
 from annotate import artifacts, services
 from annotate.models import Checkpoint, Completion
 from annotate.snapshots import snapshot_freeze
 from rewardmodel.models import RewardModel
-from tests.store import another_host, keys_in
+from tests.store import another_host, keys_in, lose_the_store_after, store_back
 from tests.tiny import save_tiny_bert, save_tiny_llama
 from tests.training.test_reward_runs import vote_by_rule
 from training.generation import generation_job, generation_start
@@ -23,26 +22,6 @@ from training.runs import run_execute
 from training.starts import run_retry
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def lose_the_store_after(monkeypatch, uploads: int, *, under: str) -> None:
-    """Every upload of a key containing ``under`` fails once ``uploads`` of them went through."""
-    real, done = s3fs.S3FileSystem._put_file, []
-
-    async def put_file(self, lpath, rpath, *args, **kwargs):
-        if under in rpath:
-            if len(done) == uploads:
-                raise ConnectionError("connection to the store lost mid-upload")
-            done.append(rpath)
-        return await real(self, lpath, rpath, *args, **kwargs)
-
-    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", put_file)
-    s3fs.S3FileSystem.clear_instance_cache()  # a cached instance holds the real method
-
-
-def store_back(monkeypatch) -> None:
-    monkeypatch.undo()
-    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def published(client, bucket: str, url: str) -> list[str]:
