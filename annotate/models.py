@@ -122,7 +122,10 @@ class Checkpoint(models.Model):
 
     @property
     def model_path(self) -> str:
-        """What the libraries load: a local folder for ``file://`` URIs, else the URI as it is (an alias, a hub id)."""
+        """What the libraries load: a local folder for ``file://`` URIs, else the URI as it is (an alias, a hub id).
+
+        An ``s3://`` checkpoint has no local folder until ``annotate.artifacts.model_source`` pulls it into
+        this host's cache: jobs load through that, not through this property."""
         return urlparse(self.uri).path if self.uri.startswith("file://") else self.uri
 
 
