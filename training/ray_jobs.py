@@ -28,6 +28,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +121,6 @@ def generate_on_ray(run: TrainingRun, reporter: RunReporter, *, checkpoint, prom
                     progress: Callable[[int, int], None]) -> list:
     """Sample ``checkpoint``'s weights on ``prompts`` (Prompt rows) in a one-process Ray job; the completions
     in prompt order, as ``generate_local`` returns them. Device and dtype are "auto": the cluster's node decides."""
-    from dataclasses import asdict
-
     from training.lib.generation import GeneratedText, GenerationConfig
 
     config = GenerationConfig(model=checkpoint.model_path, **sampling)

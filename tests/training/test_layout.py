@@ -10,7 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "training"
-LAZY_ALLOWED = ("training.lib", "rewardmodel.lib", "tqdm")
+# The heavy imports: the libraries (torch), and Ray's Jobs client (only a worker with RUN_BACKEND=ray calls it).
+LAZY_ALLOWED = ("training.lib", "rewardmodel.lib", "tqdm", "ray.job_submission")
 
 
 def _modules() -> dict[str, ast.Module]:
