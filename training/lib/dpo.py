@@ -24,7 +24,9 @@ rejected (β · log-ratio), their margin, accuracy (chosen reward > rejected),
 a KL estimate, learning rate, gradient norm, throughput. Under torchrun
 (`training.lib.distributed`) every rank takes its share of each micro-batch,
 gradients and logged sums are summed over the ranks, and rank 0 alone reports
-progress and publishes the checkpoint, after a barrier. ``kl`` is the mean
+progress and publishes the checkpoint, after a barrier; with
+``parallel="shard"`` the ranks hold 1/N each of the weights, gradients and
+AdamW state instead of whole replicas (FSDP2, `training.lib.sharding`). ``kl`` is the mean
 per response token of the k3 estimator exp(ρ) − ρ − 1, ρ = log π_ref − log πθ,
 on the dataset's responses (not samples of πθ): it tracks drift from the
 reference, it is not an unbiased KL(πθ‖π_ref).
@@ -36,6 +38,7 @@ runs the command line in `training.lib.dpo_cli`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -55,8 +58,9 @@ from training.lib.checkpoint import ensure_free, load_policy, probe_verifier, sa
 from training.lib.dpo_config import DPOConfig
 from training.lib.dpo_data import DPOBatch, DPOCollator, DPOExample, encode_pairs, supports_shared_prefix
 from training.lib.dpo_losses import dpo_loss
-from training.lib.logprobs import reference_of, sequence_sums, token_logprobs
+from training.lib.logprobs import reference_of, sequence_sums
 from training.lib.modes import resolve_run_mode
+from training.lib.sharding import full_state_dict, resolve_parallel, scored_logprobs, shard_for_training, whole_policy
 
 __all__ = ["DPOConfig", "DPOResult", "ProgressFn", "precompute_reference", "train_dpo"]
 
@@ -103,20 +107,26 @@ def precompute_reference(
     batch_size: int,
     device: torch.device,
     autocast: torch.dtype | None = None,
+    team: Team | None = None,
 ) -> list[torch.Tensor]:
     """Reference log-probs per example ([n_chosen + n_rejected] fp32 CPU tensors), in input order.
 
     Batches are globally length-sorted (no gradient, so order is free). The
     caller puts the model in eval mode / adapters off (see `reference_of`).
+    `team` (a sharded model, whose every forward is collective): every rank runs as many batches as
+    the busiest one, the extra ones on `examples[0]` (never empty then) with their results dropped.
     """
     out: list[torch.Tensor | None] = [None] * len(examples)
     order = bucketed_batches([e.shared_length for e in examples], batch_size, bucket_size=1, rng=None)
+    rounds = team.most(len(order), device) if team is not None else len(order)
     with torch.no_grad(), forward_context(device, autocast):
         for idx in order:
             chunk = [examples[i] for i in idx]
             batch = collate(chunk).to(device)
-            for i, values in zip(idx, DPOCollator.split(token_logprobs(reference, batch.tokens), chunk), strict=True):
+            for i, values in zip(idx, DPOCollator.split(scored_logprobs(reference, batch.tokens), chunk), strict=True):
                 out[i] = values
+        for _ in range(rounds - len(order)):
+            scored_logprobs(reference, collate(examples[:1]).to(device).tokens)
     return [t if t is not None else torch.zeros(0) for t in out]
 
 
@@ -199,18 +209,25 @@ def _plan(examples: Sequence[DPOExample], config: DPOConfig, shared: bool) -> li
 
 def _prepare_reference(
     config: DPOConfig, model: Any, examples: Sequence[DPOExample], batches: Sequence[Sequence[int]],
-    collate: DPOCollator, device: torch.device, amp: torch.dtype | None,
+    collate: DPOCollator, device: torch.device, amp: torch.dtype | None, *, frozen: Any | None = None,
+    team: Team | None = None,
 ) -> tuple[list[torch.Tensor] | None, Any | None]:
-    """(per-example reference log-probs, or None; frozen reference copy, or None) for the run."""
+    """(per-example reference log-probs, or None; frozen reference copy, or None) for the run.
+
+    `frozen`: the reference copy already made (a sharded run shards it beside the policy);
+    `team`: given when `model` is sharded (see `precompute_reference`).
+    """
     if not config.precompute_ref:
         # LoRA switches its adapters off instead; full fine-tuning needs a frozen copy.
-        frozen = None if hasattr(model, "disable_adapter") else copy.deepcopy(model).eval().requires_grad_(False)
+        if frozen is None and not hasattr(model, "disable_adapter"):
+            frozen = copy.deepcopy(model).eval().requires_grad_(False)
         return None, frozen
     needed = sorted({i for idx in batches for i in idx})  # a max_steps run needs only what it visits
     model.eval()
     with reference_of(model, None) as ref_model:
         values = precompute_reference(ref_model, [examples[i] for i in needed], collate, device=device,
-                                      batch_size=config.ref_batch_size or 2 * config.batch_size, autocast=amp)
+                                      batch_size=config.ref_batch_size or 2 * config.batch_size, autocast=amp,
+                                      team=team)
     reference = [torch.zeros(0)] * len(examples)
     for i, v in zip(needed, values, strict=True):
         reference[i] = v
@@ -260,6 +277,8 @@ def train_dpo(
     torch.manual_seed(config.seed)  # before LoRA init
     device = resolve_device(config)
     config = resolve_run_mode(config, kind="dpo", device=device)  # "auto" -> full/lora/qlora; refuses qlora off CUDA
+    config = dataclasses.replace(config, parallel=resolve_parallel(config.parallel, config.mode, team))
+    sharded = config.parallel == "shard"
     amp = resolve_autocast(config, device)
     all_pairs = [p if isinstance(p, PreferencePair) else parse_pair(p) for p in pairs]
     model_path = resolve_backbone(config.model)
@@ -267,7 +286,9 @@ def train_dpo(
     train_dtype = resolve_weights_dtype(config.weights, device, base_dtype)
     if train_dtype != torch.float32:
         amp = None  # the weights already compute in bf16
-    model, tokenizer, model_path = load_policy(model_path, device, lora=_lora_options(config), dtype=train_dtype,
+    # Sharded: loaded on the CPU, each layer moves to the device as its shard (one layer whole at a time).
+    model, tokenizer, model_path = load_policy(model_path, torch.device("cpu") if sharded else device,
+                                               lora=_lora_options(config), dtype=train_dtype,
                                                gradient_checkpointing=config.gradient_checkpointing,
                                                quantize=config.mode == "qlora")
     examples, report = encode_pairs(tokenizer, all_pairs, max_length=config.max_length,
@@ -279,13 +300,23 @@ def train_dpo(
     collate = DPOCollator(pad_id, shared_prefix=shared)
     batches = _plan(examples, config, shared)
     shares = [team.share(idx) for idx in batches]  # this rank's part of each micro-batch (all of it alone)
+    # What each rank runs: its share; sharded, every forward is collective, so an empty share runs
+    # the batch's first pair with its loss multiplied by 0.
+    runs = [share or idx[:1] for idx, share in zip(batches, shares, strict=True)] if sharded else shares
     total_steps = math.ceil(len(batches) / config.grad_accum)
 
     ref_start = time.perf_counter()
-    reference, frozen = _prepare_reference(config, model, examples, shares, collate, device, amp)
+    frozen = None
+    if sharded:  # a per-step reference copy is sharded too
+        model, frozen = shard_for_training(model, device, mixed=amp, frozen_copy=not config.precompute_ref)
+    reference, frozen = _prepare_reference(config, model, examples, runs, collate, device, amp, frozen=frozen,
+                                           team=team if sharded else None)
     ref_seconds = time.perf_counter() - ref_start
+    if sharded:
+        model.reshard()  # the root unit stays gathered after a forward: its parameters are the shards again
     params = [p for p in model.parameters() if p.requires_grad]
-    team.broadcast(params)
+    if not sharded:  # sharded weights came from the same files on every rank
+        team.broadcast(params)
     optimizer = _optimizer(params, config, device)
     scheduler = _schedule(optimizer, int(config.warmup_ratio * total_steps), total_steps)
 
@@ -294,20 +325,23 @@ def train_dpo(
     meter = _Meter(team, device)
     setup_seconds = time.perf_counter() - started - ref_seconds
     loop_start = time.perf_counter()
-    for i, (idx, share) in enumerate(zip(batches, shares, strict=True)):
-        if share:  # a short batch may leave a rank nothing: it adds no gradient
-            chunk = [examples[j] for j in share]
-            batch = collate(chunk, None if reference is None else [reference[j] for j in share]).to(device)
-            meter.add(_backward(model, frozen, batch, config, device, amp, share=len(share) / len(idx)), batch)
+    for i, (idx, share, run) in enumerate(zip(batches, shares, runs, strict=True)):
+        if run:  # replicated, a short batch may leave a rank nothing: it adds no gradient
+            chunk = [examples[j] for j in run]
+            batch = collate(chunk, None if reference is None else [reference[j] for j in run]).to(device)
+            sums = _backward(model, frozen, batch, config, device, amp, share=len(share) / len(idx))
+            if share:
+                meter.add(sums, batch)
         if (i + 1) % config.grad_accum and i + 1 != len(batches):
             continue
-        team.sum_gradients(params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        if not sharded:  # sharded gradients were summed by FSDP's reduce-scatter at each backward
+            team.sum_gradients(params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)  # over every shard
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         entry = meter.step(len(history) + 1, time.perf_counter() - loop_start, lr=scheduler.get_last_lr()[0],
-                           grad_norm=float(grad_norm))
+                           grad_norm=float(grad_norm.full_tensor() if sharded else grad_norm))
         history.append(entry)
         if progress is not None and team.main:
             progress(len(history), total_steps, entry)
@@ -319,9 +353,12 @@ def train_dpo(
                        train_seconds=train_seconds),
     }
     del optimizer, scheduler, frozen  # Adam state (2x the weights) is freed before verification loads a copy
+    weights = full_state_dict(model) if sharded else None  # collective: every rank takes part
     team.barrier()  # every rank has finished its last step
     if not team.main:
         return DPOResult(config=config, checkpoint_path="", metrics=metrics, history=history)
+    if sharded:  # on the CPU: publishing never needs one GPU to hold the whole weights
+        model = whole_policy(model_path, weights, dtype=base_dtype)
     meta = {
         "kind": "dpo",
         "base_model": config.model,
@@ -345,12 +382,12 @@ def _backward(model: Any, frozen: Any | None, batch: DPOBatch, config: DPOConfig
     Reference log-probs come with the batch when precomputed, else from `frozen` or the adapters switched off.
     """
     with forward_context(device, amp):
-        policy_logps = token_logprobs(model, batch.tokens)
+        policy_logps = scored_logprobs(model, batch.tokens)
         if batch.ref_token_logps is not None:
             ref_logps = batch.ref_token_logps
         else:
             with torch.no_grad(), reference_of(model, frozen) as ref_model:
-                ref_logps = token_logprobs(ref_model, batch.tokens)
+                ref_logps = scored_logprobs(ref_model, batch.tokens)
     loss, sums = batch_loss(policy_logps, ref_logps, batch, config)
     (loss * share / config.grad_accum).backward()
     return sums

@@ -10,10 +10,11 @@ from typing import Literal
 
 from rewardmodel.lib.config import MODE_SETTINGS, WEIGHTS_SETTINGS, ConfigBase, Mode, Weights
 
-__all__ = ["LOSS_NAMES", "DPOConfig", "LossName"]
+__all__ = ["LOSS_NAMES", "PARALLEL_SETTINGS", "DPOConfig", "LossName"]
 
 LossName = Literal["sigmoid", "ipo", "robust"]
 LOSS_NAMES: tuple[str, ...] = ("sigmoid", "ipo", "robust")
+PARALLEL_SETTINGS: tuple[str, ...] = ("auto", "replicate", "shard")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,16 @@ class DPOConfig(ConfigBase):
         the setting existed; "checkpoint" = the stored dtype on any device. At
         the default learning_rate (1e-6) bf16 weights round most updates away:
         ask for "fp32" there. LoRA adapters train in fp32 over any base.
+    parallel: how several ranks under torchrun (`training.lib.distributed`) hold
+        the policy. "replicate" = each rank a whole copy (weights, gradients,
+        AdamW state), gradients summed once per optimizer step; "shard" = FSDP2
+        (`training.lib.sharding`): each rank holds 1/N of every weight, gradient
+        and AdamW moment, so a policy whose training state outgrows one GPU
+        trains in full across the GPUs of one node; full fine-tuning only.
+        "auto" = "shard" when several ranks run full fine-tuning, "replicate"
+        for LoRA and QLoRA (their trainable state is small: whole replicas
+        cost less than gathering every weight at every forward). One process:
+        always a whole model. meta.json records what the run resolved to.
     gradient_checkpointing: recompute each layer's activations in the backward
         pass instead of keeping them (less memory, about a third more compute).
     bucket_size: batches per length-sorting window (bigger: less padding,
@@ -86,6 +97,7 @@ class DPOConfig(ConfigBase):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     shared_prefix: Literal["auto", "on", "off"] = "auto"
+    parallel: Literal["auto", "replicate", "shard"] = "auto"
     gradient_checkpointing: bool = False
     bucket_size: int = 64
     ref_batch_size: int | None = None
@@ -106,6 +118,9 @@ class DPOConfig(ConfigBase):
             "warmup_ratio must be in [0, 1]": 0.0 <= self.warmup_ratio <= 1.0,
             f"mode must be one of {MODE_SETTINGS}, not {self.mode!r}": self.mode in MODE_SETTINGS,
             "lora=True contradicts mode='full'": not (self.lora and self.mode == "full"),
+            f"parallel must be one of {PARALLEL_SETTINGS}, not {self.parallel!r}": self.parallel in PARALLEL_SETTINGS,
+            "parallel='shard' shards full fine-tuning only, not LoRA or QLoRA":
+                not (self.parallel == "shard" and (self.lora or self.mode in ("lora", "qlora"))),
         }
         self._require(checks)
         # `lora` and `mode` say the same thing twice; keep them in step (the config stays frozen to callers).

@@ -1,0 +1,135 @@
+"""A policy's weights, gradients and AdamW state sharded over the ranks of one node (FSDP2).
+
+`shard_policy` wraps a causal LM for full fine-tuning under torchrun with
+`torch.distributed.fsdp.fully_shard`: each decoder layer is its own unit (its
+weights all-gathered just before it runs, freed after), the root unit holds
+what is left (embeddings, final norm, LM head; tied weights stay one
+parameter). Every rank then keeps 1/N of each weight, its gradient and the
+optimizer's moments, as DTensor shards.
+
+The wrapper's forward is `token_logprobs` on the inner model, so the root
+unit's hooks see every forward: `token_logprobs` calls the decoder and the
+head separately (only scored tokens reach the head), which would bypass a
+root wrapped around the causal LM itself.
+
+Contracts the caller keeps (`training.lib.dpo`):
+
+* every forward and backward all-gathers, so every rank runs the same number
+  of them, in the same order: a rank with nothing to do runs a dummy batch
+  and drops its result (its loss multiplied by 0);
+* the losses are already scaled so that the SUM of the ranks' gradients is
+  the gradient of the global batch; gradients are summed, not averaged
+  (divide factor 1, sum-only reductions);
+* the root unit stays gathered after its forward (FSDP's default for a
+  root: its backward comes next); after a no-grad forward (the reference
+  pass) the caller calls ``reshard()`` before taking ``parameters()``, which
+  would otherwise hand the optimizer the gathered tensors, not the shards;
+* `torch.nn.utils.clip_grad_norm_` over the shards returns the global norm as
+  a replicated DTensor; fused AdamW steps the shards as it steps whole tensors;
+* `full_state_dict` is collective: every rank calls it; rank 0 gets the
+  weights, on the CPU, the others an empty dict.
+
+Numbers and FSDP choices are checked against one process in tests/training/test_fsdp.py (CPU, gloo).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from rewardmodel.lib.ranks import Team
+from training.lib.logprobs import ScoredTokens, token_logprobs
+
+__all__ = ["ShardedPolicy", "decoder_layers", "full_state_dict", "resolve_parallel", "scored_logprobs",
+           "shard_for_training", "shard_policy", "whole_policy"]
+
+
+def resolve_parallel(parallel: str, mode: str, team: Team) -> str:
+    """"shard" or "replicate": the rule of `DPOConfig.parallel` for a run whose `mode` is resolved.
+
+    Raises ValueError where "shard" was asked of LoRA or QLoRA (mode "auto" may resolve to them).
+    """
+    if team.solo or parallel == "replicate":
+        return "replicate"
+    if mode != "full":
+        if parallel == "shard":
+            raise ValueError(f"parallel='shard' shards full fine-tuning only; this run resolved to mode {mode!r}")
+        return "replicate"
+    return "shard"
+
+
+class ShardedPolicy(torch.nn.Module):
+    """The root FSDP unit around a causal LM: ``forward(tokens)`` is `token_logprobs(inner, tokens)` ([M] fp32)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, tokens: ScoredTokens) -> torch.Tensor:
+        return token_logprobs(self.inner, tokens)
+
+
+def scored_logprobs(model: Any, tokens: ScoredTokens) -> torch.Tensor:
+    """log πθ of the scored tokens [M], through the root unit when `model` is sharded."""
+    return model(tokens) if isinstance(model, ShardedPolicy) else token_logprobs(model, tokens)
+
+
+def decoder_layers(model: Any) -> list[torch.nn.Module]:
+    """The repeated blocks of a transformers model: the modules whose class the model names in
+    ``_no_split_modules`` (LlamaDecoderLayer, Qwen2DecoderLayer, ...), else the longest ModuleList."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if layers:
+        return layers
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+def shard_policy(model: Any, device: torch.device, *, mixed: torch.dtype | None = None) -> ShardedPolicy:
+    """`model` (full fine-tuning, any device) sharded over every rank of the process group onto `device`.
+
+    `mixed`: bf16 compute over fp32 weights (all-gathered in bf16, gradients reduced in fp32), as
+    `resolve_autocast` chose for the replicated path; None: the weights' own dtype.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    # Inputs keep their dtype (the float attention masks among them); autocast decides each op's.
+    policy = MixedPrecisionPolicy(param_dtype=mixed, reduce_dtype=torch.float32 if mixed else None,
+                                  cast_forward_inputs=False)
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    root = fully_shard(ShardedPolicy(model), mesh=mesh, mp_policy=policy)
+    for unit in root.modules():
+        if isinstance(unit, FSDPModule):
+            # The losses are scaled so that the ranks' gradients SUM to the batch's: no averaging.
+            unit.set_gradient_divide_factor(1.0)
+            unit.set_force_sum_reduction_for_comms(True)
+    return root
+
+
+def shard_for_training(model: Any, device: torch.device, *, mixed: torch.dtype | None,
+                       frozen_copy: bool) -> tuple[ShardedPolicy, ShardedPolicy | None]:
+    """(sharded policy, sharded frozen reference copy if `frozen_copy`, else None); the copy is taken
+    before sharding, when the weights are still whole tensors."""
+    frozen = copy.deepcopy(model).eval().requires_grad_(False) if frozen_copy else None
+    return shard_policy(model, device, mixed=mixed), (shard_policy(frozen, device, mixed=mixed) if frozen else None)
+
+
+def whole_policy(model_path: str, weights: dict[str, torch.Tensor], *, dtype: torch.dtype) -> Any:
+    """An unsharded causal LM on the CPU in `dtype` holding `weights` (`full_state_dict`'s), to publish."""
+    from training.lib.checkpoint import load_policy
+
+    model = load_policy(model_path, "cpu", dtype=dtype)[0]
+    model.load_state_dict(weights)  # copies, cast to `dtype` as a checkpoint's save would cast them
+    return model
+
+
+def full_state_dict(model: ShardedPolicy) -> dict[str, torch.Tensor]:
+    """The inner model's whole weights on the CPU on rank 0 ({} elsewhere). Collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {key.removeprefix("inner."): value for key, value in state.items()}
