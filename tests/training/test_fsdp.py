@@ -9,11 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from rewardmodel.lib.ranks import Team
-from tests.tiny import save_tiny_llama
+from tests.tiny import llama_config, llama_tokenizer, save_tiny_llama
 from tests.training.test_distributed import _launch, _write_pairs
 from tests.training.test_dpo import one_thread, toy_pairs  # noqa: F401  (one_thread: an autouse fixture)
 from training.lib.dpo import DPOConfig, DPOResult, _plan, train_dpo
@@ -28,6 +29,15 @@ TOLERANCE = 1e-5  # fp32 on the CPU; the tests print the largest differences the
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama", chat=True)
+
+
+def _save_tied_llama(folder: Path) -> Path:
+    """`save_tiny_llama`'s shape with the LM head tied to the embeddings (as SmolLM2's and Qwen's are)."""
+    tok = llama_tokenizer(chat=True)
+    torch.manual_seed(1)
+    LlamaForCausalLM(llama_config(tok, tie_word_embeddings=True)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 
 def _assert_same_steps(alone: DPOResult, steps: list[dict]) -> dict[str, float]:
@@ -74,10 +84,12 @@ def test_sharded_ranks_take_the_steps_of_one_process(tiny: Path, tmp_path: Path)
     assert difference < TOLERANCE
 
 
-def test_sharded_ranks_match_one_process_with_a_per_step_reference(tiny: Path, tmp_path: Path) -> None:
+def test_sharded_ranks_match_one_process_with_a_per_step_reference(tmp_path: Path) -> None:
     # No precomputed reference: a frozen copy, sharded too, runs beside the policy at every micro-batch;
-    # gradient checkpointing recomputes each sharded layer in the backward pass.
-    config = DPOConfig(model=str(tiny), beta=0.5, learning_rate=5e-3, batch_size=3, grad_accum=2, max_steps=2,
+    # gradient checkpointing recomputes each sharded layer in the backward pass; the head is the
+    # embedding matrix (one parameter in the root unit, saved and reloaded tied).
+    tied = _save_tied_llama(tmp_path / "tied")
+    config = DPOConfig(model=str(tied), beta=0.5, learning_rate=5e-3, batch_size=3, grad_accum=2, max_steps=2,
                        precompute_ref=False, gradient_checkpointing=True, parallel="shard", num_threads=1,
                        device="cpu")
     pairs = toy_pairs(13, seed=1)
@@ -85,6 +97,8 @@ def test_sharded_ranks_match_one_process_with_a_per_step_reference(tiny: Path, t
     _, steps, _ = _launch("dpo", config, _write_pairs(pairs, tmp_path / "pairs.jsonl"), tmp_path / "two",
                           tmp_path / "job")
     worst = _assert_same_steps(alone, steps)
+    published = AutoModelForCausalLM.from_pretrained(tmp_path / "two")
+    assert published.lm_head.weight.data_ptr() == published.model.embed_tokens.weight.data_ptr()
     difference = _largest_weight_difference(tmp_path / "alone", tmp_path / "two")
     print(f"\nper-step reference, largest differences: {worst}; weights {difference:.2e}")
     assert difference < TOLERANCE
