@@ -35,6 +35,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from annotate.artifacts import model_source
 from training.models import TrainingRun
 from training.runs import RunCancelled, RunReporter
 
@@ -99,6 +100,8 @@ def run_on_ray(run: TrainingRun, reporter: RunReporter, spec: dict[str, Any], *,
     job_id, attached = _job_id(run, reporter, ray, spec, world_size=world_size, part=part, workdir=workdir)
     try:
         status = _follow(run, reporter, ray, job_id, on_progress or reporter.progress, attached=attached)
+        if status == "STOPPED" and TrainingRun.objects.filter(pk=run.pk, cancel_requested=True).exists():
+            raise RunCancelled(f"run {run.pk} was cancelled; Ray job {job_id} stopped")  # by a previous watcher
         if status != "SUCCEEDED":
             raise JobFailed(_failure(ray, job_id, status, world_size))
         result_path = workdir / "result.json"
@@ -123,7 +126,7 @@ def generate_on_ray(run: TrainingRun, reporter: RunReporter, *, checkpoint, prom
     in prompt order, as ``generate_local`` returns them. Device and dtype are "auto": the cluster's node decides."""
     from training.lib.generation import GeneratedText, GenerationConfig
 
-    config = GenerationConfig(model=checkpoint.model_path, **sampling)
+    config = GenerationConfig(model=model_source(checkpoint.uri), **sampling)  # pulled from the store if there
     part = f"generation-c{checkpoint.pk}"
     jobs = Path(settings.ARTIFACTS_DIR) / "jobs" / f"run-{run.pk}"
     workdir, out = jobs / part, jobs / f"{part}.jsonl"
