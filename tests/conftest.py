@@ -86,3 +86,10 @@ def celery_broker(tmp_path_factory):
 def _fast_password_hasher(settings):
     # The default hasher costs ~0.5 s per user on this machine; tests create many users.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def worker_env() -> dict[str, str]:
+    """Extra environment for the real Celery worker process of tests/training/test_worker.py's
+    ``worker`` fixture (a test module may override this fixture)."""
+    return {}

@@ -24,7 +24,8 @@ def production_env(var: Path) -> dict[str, str]:
 
 
 def test_check_deploy_is_clean_under_the_documented_production_settings(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY")}
+    # Not the test session's own switches (the browser tests set DJANGO_ALLOW_ASYNC_UNSAFE for themselves).
+    env = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "DJANGO_ALLOW_ASYNC_UNSAFE")}
     env.update(production_env(tmp_path))
     done = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

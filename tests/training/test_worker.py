@@ -33,12 +33,6 @@ def database_url() -> str:
 
 
 @pytest.fixture
-def worker_env() -> dict[str, str]:
-    """Extra environment for the worker process (a test module may override this fixture)."""
-    return {}
-
-
-@pytest.fixture
 def worker(celery_broker, tmp_path, worker_env):
     """A worker process on this test's database and broker, training on a tiny random backbone."""
     from config.celery import app
