@@ -20,12 +20,14 @@ def test_an_unreachable_broker_is_a_503_that_names_it_and_nothing_more(client, s
     from config.celery import app
 
     closed = "redis://:hunter2@127.0.0.1:1/0"  # nothing listens on port 1
-    previous = app.conf.broker_url
-    app.conf.broker_url = closed
+    # Celery resolves broker_write_url from broker_url when the app is finalized (the Redis pass
+    # of .ci/run has it set), and producers use the write URL: point both at the closed port.
+    previous = app.conf.broker_url, app.conf.broker_write_url
+    app.conf.broker_url = app.conf.broker_write_url = closed
     try:
         response = client.get(reverse("healthz"))
     finally:
-        app.conf.broker_url = previous
+        app.conf.broker_url, app.conf.broker_write_url = previous
     assert response.status_code == 503
     body = response.json()
     assert (body["status"], body["database"], body["broker"]) == ("unavailable", "ok", "unreachable")
