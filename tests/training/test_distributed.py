@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from rewardmodel.lib.ranks import Team
 from rewardmodel.lib.train import train_reward_model
 from tests.tiny import counting_pairs, save_tiny_llama
 from tests.training.test_dpo import one_thread, toy_pairs  # noqa: F401  (one_thread: an autouse fixture)
+from training.lib import distributed
 from training.lib.distributed import JobFailed, describe_failure, run_job
 from training.lib.dpo import DPOConfig, train_dpo
 
@@ -184,3 +186,43 @@ def test_the_dpo_command_line_runs_under_torchrun(tiny: Path, tmp_path: Path) ->
     report = json.loads(done.stdout[done.stdout.index("{"):])  # printed once, by rank 0
     assert report["checkpoint"] == str(tmp_path / "out") and report["metrics"]["optimizer_steps"] == 2
     assert done.stdout.count('"checkpoint"') == 1
+
+
+_ABORTING_JOB = '''
+import json, os, sys, time
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+spec = json.load(open(sys.argv[1]))
+rank = dist.get_rank()
+if spec["abort"] == "before" and rank == 1:
+    os.abort()  # mid-job: rank 0 waits for it in the collective below
+total = torch.tensor([rank + 1.0])
+dist.all_reduce(total)
+if rank == 0:  # as training.lib.distributed does: the result after the last collective
+    open(spec["result"], "w").write(json.dumps({"sum": total.item()}))
+dist.barrier()
+if rank == 1:
+    os.abort()  # in teardown, as gloo does when a peer closed its sockets first
+time.sleep(0.5)
+'''
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_rank_aborting_in_teardown_after_the_result_keeps_it_but_before_fails_the_job(
+        tmp_path: Path, monkeypatch, when: str) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(_ABORTING_JOB)
+    monkeypatch.setattr(distributed, "launch_command", lambda world_size, spec_path: [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+        f"--nproc-per-node={world_size}", "--max-restarts=0", str(script), str(spec_path)])
+    logs: list[str] = []
+    def run():
+        return distributed.run_job({"abort": when}, 2, tmp_path / "job", on_progress=lambda *a: None,
+                                   on_log=logs.append)
+    if when == "before":
+        with pytest.raises(JobFailed, match="rank 1 of 2 was killed by SIGABRT"):
+            run()
+        return
+    assert run() == {"sum": 3.0}
+    assert any("rank 1 of 2 was killed by SIGABRT while shutting down" in line and "the result stands" in line
+               for line in logs)

@@ -71,7 +71,7 @@ def test_a_two_process_dpo_run_reports_every_step_and_publishes_one_checkpoint(p
     run = _dpo(project, dpo_inputs, max_steps=3)
     run = run_execute(run.pk, dpo_job)
     run.refresh_from_db()
-    assert run.state == TrainingRun.State.SUCCEEDED, run.error
+    assert run.state == TrainingRun.State.SUCCEEDED, f"{run.error}\n{run.log_tail}"
     assert run.progress == 1.0 and (run.step, run.total_steps) == (3, 3)
     assert list(RunStep.objects.filter(run=run).values_list("step", flat=True)) == [1, 2, 3]
     assert "starting 2 processes with torchrun" in run.log_tail

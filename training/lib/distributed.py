@@ -123,9 +123,16 @@ def run_job(
         code = process.wait()
     finally:
         _stop(process, stop_grace_s)
-    if code != 0:
+    result = Path(spec["result"])
+    if code != 0 and not result.exists():
         raise JobFailed(describe_failure(code, tail, world_size))
-    return json.loads(Path(spec["result"]).read_text())
+    if code != 0:
+        # Rank 0 writes the result only after its last collective with the other ranks, so the
+        # job's work is whole; what failed was a rank's teardown (gloo can abort a process whose
+        # peer closed its sockets first). Say so, and keep the result.
+        on_log(f"{describe_failure(code, tail, world_size).split(';')[0]} while shutting down, after "
+               "every rank had finished and the result was written; the result stands")
+    return json.loads(result.read_text())
 
 
 def _stop(process: subprocess.Popen, grace_s: float) -> None:
@@ -242,8 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     team = join(str(spec["config"].get("device", "auto")))
     try:
         outcome = _run(spec, team)
-        if outcome is not None:
+        if outcome is not None:  # after rank 0's last collective: a result on disk means the job finished
             Path(spec["result"]).write_text(json.dumps(outcome, default=float))
+        team.barrier()  # every rank is done talking before any tears its connections down
     finally:
         leave()
     return 0
