@@ -17,6 +17,7 @@ downloads what it serves through ``file_fetch`` as the GPU workers do.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -24,10 +25,12 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from django.conf import settings
+from fsspec.callbacks import Callback
 
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
@@ -121,12 +124,14 @@ def staging_path(url: str) -> Path:
     return staging
 
 
-def folder_publish(local: str | Path, url: str) -> str:
+def folder_publish(local: str | Path, url: str, *, progress: Callable[[int, int], None] | None = None) -> str:
     """Move the finished, verified folder ``local`` to ``url`` and return ``url``; then a row may point at it.
 
     s3://: every file is uploaded, ``manifest.json`` last, and the prefix is listed and the manifest read
     back before this returns; an upload that fails part way raises and leaves no manifest (so nothing
-    reads it), and a later publish to the same URL starts clean.
+    reads it), and a later publish to the same URL starts clean. ``progress(sent_bytes, total_bytes)``
+    is called as the upload goes (every few MiB); an exception it raises (a cancel) stops the upload
+    and removes what was sent.
     """
     local = Path(local)
     if is_local(url):
@@ -140,9 +145,13 @@ def folder_publish(local: str | Path, url: str) -> str:
     fs, root = s3_filesystem(), _s3_path(url)
     if fs.exists(root):  # an earlier attempt's files: drop the manifest first, so the folder reads as incomplete
         fs.rm(root, recursive=True)
+    total, sent = sum(entry["size"] for entry in files.values()), 0
     try:
         for rel in files:
-            fs.put_file(str(local / rel), f"{root}/{rel}")
+            _put_file(fs, local / rel, f"{root}/{rel}", progress, sent, total)
+            sent += files[rel]["size"]
+            if progress is not None:
+                progress(sent, total)
         fs.pipe_file(f"{root}/{MANIFEST}", manifest)
         _verify_listing(fs, root, files, manifest)
     except BaseException:
@@ -150,6 +159,40 @@ def folder_publish(local: str | Path, url: str) -> str:
         raise
     _keep_as_cached(local, url, manifest)
     return url
+
+
+class _Sent(Callback):
+    """fsspec's upload callback: counts the bytes sent, and stops the upload once told to."""
+
+    stop = False
+
+    def call(self, *args, **kwargs) -> None:
+        if self.stop:
+            raise ArtifactError("upload stopped")
+
+
+def _put_file(fs, src: Path, dst: str, progress: Callable[[int, int], None] | None, before: int, total: int) -> None:
+    """Upload one file. With ``progress``, it is called from this thread every half second while the
+    upload runs in another (s3fs calls its callback from its event loop, where a job's database
+    writes may not run); if it raises, the upload is stopped and its exception propagates."""
+    if progress is None:
+        fs.put_file(str(src), dst)
+        return
+    sent = _Sent()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload") as pool:
+        upload = pool.submit(fs.put_file, str(src), dst, callback=sent)
+        while True:
+            try:
+                upload.result(timeout=0.5)
+                return
+            except concurrent.futures.TimeoutError:
+                pass
+            try:
+                progress(before + sent.value, total)
+            except BaseException:
+                sent.stop = True
+                concurrent.futures.wait([upload])
+                raise
 
 
 def _manifest_of(folder: Path) -> dict[str, dict]:

@@ -39,6 +39,9 @@ class TrainingRun(models.Model):
     log_tail = models.TextField(blank=True)
     error = models.TextField(blank=True)
     worker = models.CharField(max_length=200, blank=True)
+    # The process on ``worker`` that runs it (not for a run whose job is on a Ray cluster): a worker
+    # starting on that host fails the run at once when this process is gone (crashed, killed, rebooted).
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)
     task_id = models.CharField(max_length=64, blank=True)
     cancel_requested = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -32,14 +32,14 @@ from training.runs import RunReporter, json_safe, run_create
 @contextmanager
 def _staged(run: TrainingRun) -> Iterator[Path]:
     """The local folder the job writes its checkpoint into; removed afterwards, published or not."""
-    out = staging_path(_out_url(run))
+    out = staging_path(output_url(run))
     try:
         yield out
     finally:
         shutil.rmtree(out, ignore_errors=True)  # a folder no row will ever point at
 
 
-def _out_url(run: TrainingRun) -> str:
+def output_url(run: TrainingRun) -> str:
     return artifact_url("checkpoints", run.project.slug, f"{run.kind}-run-{run.pk}")
 
 
@@ -54,9 +54,9 @@ def _lineage(run: TrainingRun) -> dict:
     }
 
 
-def _publish(run: TrainingRun, out: Path, config, metrics: dict) -> Checkpoint:
+def _publish(run: TrainingRun, reporter: RunReporter, out: Path, config, metrics: dict) -> Checkpoint:
     """Publish the finished folder ``out``, then insert its row."""
-    url = folder_publish(out, _out_url(run))
+    url = folder_publish(out, output_url(run), progress=reporter.uploading)
     checkpoint = Checkpoint.objects.create(
         project=run.project,
         name=f"{run.kind}-r{run.pk}",
@@ -85,7 +85,7 @@ def dpo_job(run: TrainingRun, reporter: RunReporter) -> None:
                                 lineage=_lineage(run))["metrics"]
         else:
             metrics = train_dpo(config, pairs, out, progress=reporter.progress, lineage=_lineage(run)).metrics
-        _publish(run, out, config, metrics)
+        _publish(run, reporter, out, config, metrics)
 
 
 def ppo_job(run: TrainingRun, reporter: RunReporter) -> None:
@@ -107,7 +107,7 @@ def ppo_job(run: TrainingRun, reporter: RunReporter) -> None:
                                 lineage=_lineage(run))["metrics"]
         else:
             metrics = train_ppo(config, prompts, out, progress=reporter.progress, lineage=_lineage(run)).metrics
-        _publish(run, out, config, metrics)
+        _publish(run, reporter, out, config, metrics)
 
 
 def dpo_start(

@@ -26,6 +26,10 @@ from training.runs import RunReporter, json_safe, run_create
 KIND = TrainingRun.Kind.REWARD_MODEL
 
 
+def output_url(run: TrainingRun) -> str:
+    return artifact_url("reward_models", run.project.slug, f"run-{run.pk}")
+
+
 def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
     """Freeze (or reuse) a snapshot, train on it, verify the saved model loads, then publish."""
     from rewardmodel.lib.data import read_pairs
@@ -37,11 +41,11 @@ def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
     snapshot = run.snapshot
     pairs = read_pairs(snapshot_path(snapshot))
     reporter.log(f"snapshot {snapshot.pk}: {len(pairs)} pairs from {snapshot.votes} votes (sha256 {snapshot.sha256[:12]})")
-    url = artifact_url("reward_models", run.project.slug, f"run-{run.pk}")
+    url = output_url(run)
     tmp = staging_path(url)  # on this host: a GPU worker trains here, then publishes to the store
     try:
         metrics, meta = _train_and_verify(run, reporter, config, snapshot, pairs, tmp)
-        folder_publish(tmp, url)  # uploaded and verified (or renamed into place) before the row exists
+        folder_publish(tmp, url, progress=reporter.uploading)  # uploaded and verified (or renamed into place) before the row exists
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone once published; a failed run leaves nothing behind
     reporter.log(f"held-out accuracy {metrics.get('eval_accuracy', float('nan')):.3f}")

@@ -7,7 +7,9 @@ worker logs them too. A run whose worker died is found by ``runs_reap_stale``.
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 import socket
 import time
 import traceback
@@ -24,6 +26,7 @@ from annotate.models import Project
 from config.celery import app as celery_app
 from training.models import RunStep, TrainingRun
 
+log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 200
 # A running run that has not reported for this long is considered lost with its worker.
 STALE_AFTER = timedelta(minutes=15)
@@ -99,6 +102,16 @@ class RunReporter:
             if TrainingRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
                 raise RunCancelled(f"run {self.run.pk} was cancelled at step {self.run.step}")
 
+    def uploading(self, sent: int, total: int) -> None:
+        """Progress of publishing the output (``folder_publish``'s callback): a log line every 5 s and at
+        the end, the heartbeat kept fresh, and a cancel noticed (it stops the upload)."""
+        now = time.monotonic()
+        if sent >= total or now - getattr(self, "_last_upload_line", 0.0) >= 5.0:
+            self._last_upload_line = now
+            self.log(f"uploading the output: {sent / 2**20:,.1f} of {total / 2**20:,.1f} MiB"
+                     f" ({100 * sent / max(total, 1):.0f}%)")
+        self.alive()
+
     def progress(self, step: int, total: int, metrics: dict | None = None) -> None:
         """Record step ``step`` of ``total``; raises RunCancelled when a cancel was requested."""
         clean = {
@@ -125,12 +138,14 @@ def _claim(run_id: int) -> TrainingRun | None:
     """Move a queued run to running; None if it was cancelled or already taken."""
     now = timezone.now()
     claimed = TrainingRun.objects.filter(pk=run_id, state=TrainingRun.State.QUEUED, cancel_requested=False).update(
-        state=TrainingRun.State.RUNNING, started_at=now, heartbeat_at=now, worker=socket.gethostname()
+        state=TrainingRun.State.RUNNING, started_at=now, heartbeat_at=now, worker=socket.gethostname(),
+        worker_pid=os.getpid(),
     )
     if not claimed:
         TrainingRun.objects.filter(pk=run_id, state=TrainingRun.State.QUEUED, cancel_requested=True).update(
             state=TrainingRun.State.CANCELLED, finished_at=now
         )
+        runs_reap_dead_here(run_id=run_id)  # delivered again because the process running it died
         return _take_over(run_id)
     return TrainingRun.objects.select_related("project").get(pk=run_id)
 
@@ -228,6 +243,59 @@ def runs_reap_stale(*, now=None) -> int:
         finished_at=now,
         error=f"the worker stopped reporting for more than {STALE_AFTER}; it probably crashed",
     )
+
+
+def _process_gone(pid: int) -> bool:
+    if pid == os.getpid():  # this process is starting (a restarted container reuses pids): not it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process holds the pid now: not a worker of ours either
+        return True
+    return False
+
+
+def runs_reap_dead_here(*, run_id: int | None = None) -> list[int]:
+    """Fail at once the running runs on this host whose process is gone; return their ids.
+
+    A worker that starts (or gets a task delivered again) on the host of a run whose process crashed,
+    was killed, or went down with the host, need not wait ``STALE_AFTER``. Runs following a Ray job are
+    not touched (their job outlived the worker: ``runs_reattach``). An output the dead process had
+    started to upload has no manifest, so nothing reads it; it is removed here too.
+    """
+    host = socket.gethostname()
+    running = TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, worker=host, ray_job_id="",
+                                         worker_pid__isnull=False)
+    if run_id is not None:
+        running = running.filter(pk=run_id)
+    reaped = []
+    for run in running.select_related("project"):
+        if not _process_gone(run.worker_pid):
+            continue
+        error = (f"the worker process running it (pid {run.worker_pid} on {host}) is gone, at step {run.step} "
+                 f"of {run.total_steps}: it crashed, was killed, or its host went down; nothing was published. "
+                 "Retry the run to train again.")
+        failed = TrainingRun.objects.filter(pk=run.pk, state=TrainingRun.State.RUNNING,
+                                            worker_pid=run.worker_pid).update(
+            state=TrainingRun.State.FAILED, finished_at=timezone.now(), error=error)
+        if failed:
+            reaped.append(run.pk)
+            _remove_partial_outputs(run)
+    return reaped
+
+
+def _remove_partial_outputs(run: TrainingRun) -> None:
+    from annotate.artifacts import artifact_delete, staging_path
+    from training.jobs import output_urls
+
+    for url in output_urls(run):
+        try:
+            staging_path(url)  # empties what the dead process was writing on this host
+            artifact_delete(url)
+        except Exception:  # noqa: BLE001 - a store that is down leaves an unread, manifest-less folder
+            log.warning("could not remove the partial output %s of run %s", url, run.pk, exc_info=True)
 
 
 def runs_reattach(*, now=None) -> list[int]:

@@ -11,7 +11,7 @@ from celery.signals import worker_ready
 from training.jobs import job_for_kind
 from training.loop import after_run
 from training.models import TrainingRun
-from training.runs import EXECUTE_RUN, run_execute, runs_reap_stale, runs_reattach
+from training.runs import EXECUTE_RUN, run_execute, runs_reap_dead_here, runs_reap_stale, runs_reattach
 
 
 @shared_task(name=EXECUTE_RUN, queue="gpu", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -27,4 +27,5 @@ def _reap_on_start(**_) -> None:
     # A worker that starts may be the replacement of one that crashed mid-run: runs following a Ray
     # job are followed again (the job outlived the worker), the others are failed once stale.
     runs_reattach()
+    runs_reap_dead_here()  # this host's runs whose process is gone fail now, not after STALE_AFTER
     runs_reap_stale()
