@@ -24,8 +24,8 @@ import json
 import os
 import shutil
 import uuid
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -215,6 +215,10 @@ def _verify_listing(fs, root: str, files: dict[str, dict], manifest: bytes) -> N
 def _remove_quietly(fs, root: str) -> None:
     with contextlib.suppress(Exception):  # the original error is the one to report; a later publish cleans up
         fs.rm(root, recursive=True)
+    with contextlib.suppress(Exception):  # a large file cut off mid-upload: its parts, which no listing shows
+        bucket, _, prefix = root.partition("/")
+        for upload in fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix + "/").get("Uploads", []):
+            fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
 
 
 def _keep_as_cached(local: Path, url: str, manifest: bytes) -> None:

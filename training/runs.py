@@ -277,12 +277,12 @@ def runs_reap_dead_here(*, run_id: int | None = None) -> list[int]:
         error = (f"the worker process running it (pid {run.worker_pid} on {host}) is gone, at step {run.step} "
                  f"of {run.total_steps}: it crashed, was killed, or its host went down; nothing was published. "
                  "Retry the run to train again.")
+        _remove_partial_outputs(run)  # first: once the run reads failed, nothing of it is left to find
         failed = TrainingRun.objects.filter(pk=run.pk, state=TrainingRun.State.RUNNING,
                                             worker_pid=run.worker_pid).update(
             state=TrainingRun.State.FAILED, finished_at=timezone.now(), error=error)
         if failed:
             reaped.append(run.pk)
-            _remove_partial_outputs(run)
     return reaped
 
 

@@ -62,7 +62,10 @@ def test_a_run_whose_process_is_gone_fails_at_once_and_its_partial_upload_is_rem
         # What the dead process had sent before it died: files, no manifest.
         prefix = output_url(dead).removeprefix(f"s3://{s3_artifacts}/")
         s3_client.put_object(Bucket=s3_artifacts, Key=f"{prefix}/config.json", Body=b"{}")
-        s3_client.put_object(Bucket=s3_artifacts, Key=f"{prefix}/model.safetensors", Body=b"\0" * 1024)
+        s3_client.put_object(Bucket=s3_artifacts, Key=f"{prefix}/model-00001-of-00002.safetensors", Body=b"\0" * 1024)
+        cut = s3_client.create_multipart_upload(Bucket=s3_artifacts, Key=f"{prefix}/model-00002-of-00002.safetensors")
+        s3_client.upload_part(Bucket=s3_artifacts, Key=cut["Key"], UploadId=cut["UploadId"], PartNumber=1,
+                              Body=b"\0" * (5 << 20))
 
         assert runs_reap_dead_here() == [dead.pk]
     finally:
@@ -72,6 +75,7 @@ def test_a_run_whose_process_is_gone_fails_at_once_and_its_partial_upload_is_rem
     assert f"pid {dead.worker_pid} on {host}) is gone, at step 3 of 5" in dead.error
     assert "nothing was published" in dead.error and "Retry" in dead.error
     assert keys_in(s3_client, s3_artifacts, prefix) == []
+    assert not s3_client.list_multipart_uploads(Bucket=s3_artifacts, Prefix=prefix).get("Uploads")
     for run in (live, elsewhere, on_ray):
         run.refresh_from_db()
         assert run.state == TrainingRun.State.RUNNING, run.pk

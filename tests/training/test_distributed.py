@@ -9,8 +9,8 @@ import dataclasses
 import json
 import os
 import signal
-import time
 import sys
+import time
 from pathlib import Path
 
 import pytest
