@@ -48,6 +48,7 @@ BENCHMARKS = {
                            "--batch-size", "8", "--mini-batch-size", "4", "--ppo-epochs", "2",
                            "--max-new-tokens", "16", "--runs", "ours,trl-best"],
     "loop": [PY, "bench/loop.py"],
+    "split_topology": [PY, "bench/split_topology.py"],
 }
 
 HEADER = """# Benchmarks
