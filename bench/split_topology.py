@@ -11,11 +11,14 @@
    the way a run does (``annotate.artifacts.folder_publish`` of a folder of ``--mib`` MiB to moto's
    S3 server, manifest last, verified, then a ``Checkpoint`` row in the same database), over and
    over for the whole window. On this one machine the "other hosts" (the uploader and the store)
-   share the web host's two cores, so they run under ``nice 19``, standing in for their own
-   hosts; a last window runs them at the web app's priority, the worst case of a box that does
-   everything. Per window: votes/s, cycle p50/p99, and what the uploader moved.
+   share the web host's two cores, so they run under SCHED_IDLE (``chrt --idle 0``: only on CPU
+   time the web host's processes leave), standing in for their own hosts. A control window runs
+   two busy loops the same way and uploads nothing: what this box costs the vote path when
+   anything else runs on it. A last window runs the uploader and the store at the web app's
+   priority, the worst case of a box that does everything. Per window: votes/s, cycle p50/p99,
+   and what the uploader moved.
 2. A GPU host that dies mid-upload (``--part fault``). A real Celery worker process (the GPU
-   host) runs a DPO run on a ~200 MB model; the bench watches the store, and once the first
+   host) runs a DPO run on a ~140 MiB model; the bench watches the store, and once the first
    files of the checkpoint are there but not its manifest, kills the worker's whole process group
    with SIGKILL. Then: is there a row pointing at the partial upload? What does the run say?
    The host "comes back" (a worker starts there): how long until the run is failed, with what
@@ -66,9 +69,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # ---------------------------------------------------------------- the store
 
 
-def store_start(scratch: Path, *, nice: bool) -> tuple[subprocess.Popen, str]:
+IDLE = ["chrt", "--idle", "0"]  # SCHED_IDLE: runs only on CPU time the web host's processes leave
+
+
+def store_start(scratch: Path, *, idle: bool) -> tuple[subprocess.Popen, str]:
     port = vote_http.free_port()
-    cmd = ([*(["nice", "-n", "19"] if nice else []), str(Path(sys.executable).with_name("moto_server")),
+    cmd = ([*(IDLE if idle else []), str(Path(sys.executable).with_name("moto_server")),
             "-H", "127.0.0.1", "-p", str(port)])
     proc = subprocess.Popen(cmd, stdout=(scratch / "moto.log").open("wb"), stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
@@ -140,8 +146,11 @@ def uploader(slug: str, stats_path: str, mib: int) -> None:
 
 def part_vote(args, argv: list[str]) -> list[str]:
     vargs = vote_http.parse_args(["--server", "granian", "--workers", "2", "--threads", "4"])
-    windows = [("quiet", None), ("GPU host uploading (nice 19)", True), ("quiet", None),
-               ("GPU host uploading (nice 19)", True), ("GPU host uploading, same priority", False)]
+    # (window, what else runs: None, "upload" or "burn", at SCHED_IDLE?)
+    windows = [("quiet", None, False), ("GPU host uploading (SCHED_IDLE)", "upload", True), ("quiet", None, False),
+               ("GPU host uploading (SCHED_IDLE)", "upload", True),
+               ("control: 2 busy loops, no upload (SCHED_IDLE)", "burn", True),
+               ("GPU host uploading, same priority", "upload", False)]
     db, url = "flywheel_bench_split", f"{args.pg}/flywheel_bench_split"
     vote_http.database_recreate(args.pg, db)
     scratch = Path(tempfile.mkdtemp(prefix="split_topology-"))
@@ -163,15 +172,17 @@ def part_vote(args, argv: list[str]) -> list[str]:
     meter = vote_http.CpuMeter(server.pid, url)
     rows, created, quiet_p99 = [], 0, []
     try:
-        for i, (name, nice) in enumerate(windows):
+        for i, (name, other, idle) in enumerate(windows):
             store = up = None
-            if nice is not None:
-                store, endpoint = store_start(scratch, nice=nice)
+            burners = [subprocess.Popen([*IDLE, sys.executable, "-c", "while True: pass"]) for _ in range(2)
+                       ] if other == "burn" else []
+            if other == "upload":
+                store, endpoint = store_start(scratch, idle=idle)
                 gpu_host = scratch / f"gpu-host-{i}"
                 env = {**os.environ, **store_env(endpoint), "ARTIFACTS_DIR": str(gpu_host / "scratch"),
                        "ARTIFACTS_CACHE_DIR": str(gpu_host / "cache")}
                 (gpu_host / "scratch").mkdir(parents=True)
-                up = subprocess.Popen([*(["nice", "-n", "19"] if nice else []), sys.executable, __file__,
+                up = subprocess.Popen([*(IDLE if idle else []), sys.executable, __file__,
                                        "--mib", str(args.mib), "--uploader", "bench-o1",
                                        str(scratch / f"upload-{i}.json")], env=env, cwd=ROOT)
                 time.sleep(2.0)  # its folder written and the first upload under way
@@ -182,6 +193,9 @@ def part_vote(args, argv: list[str]) -> list[str]:
                                  duration=args.duration, rate=args.rate, meter=meter)
             created += lv.created_total
             moved = ""
+            for burner in burners:
+                burner.kill()
+                burner.wait()
             if up is not None:
                 stop(up)
                 stop(store)
@@ -189,9 +203,10 @@ def part_vote(args, argv: list[str]) -> list[str]:
                 moved = (f"{stats['bytes'] / 2**20:,.0f} MiB in {stats['seconds']:.0f} s "
                          f"({stats['bytes'] / 2**20 / stats['seconds']:,.0f} MiB/s), {stats['publishes']} published")
             p50, p99 = vote_http.pct(lv.cycle_ns, .5), vote_http.pct(lv.cycle_ns, .99)
-            if nice is None:
+            if other is None:
                 quiet_p99.append(p99)
-            rows.append((name, lv.votes / lv.seconds, p50, p99, sum(lv.errors.values()), moved))
+            per_vote = {k: 1000 * lv.cpu[k] / max(lv.votes, 1) for k in ("server", "postgres")}
+            rows.append((name, lv.votes / lv.seconds, p50, p99, sum(lv.errors.values()), per_vote, moved))
             print(rows[-1], flush=True)
         facts = vote_http.integrity("bench-o1", created)
     finally:
@@ -210,20 +225,28 @@ def part_vote(args, argv: list[str]) -> list[str]:
         f" {args.duration:g} s measured per window, windows in this order; the uploader publishes a"
         f" {args.mib} MiB folder (4 shards) to moto's S3 server and inserts its Checkpoint row, again and again.",
         "",
-        "| window | votes/s | cycle p50 ms | cycle p99 ms | errors | the GPU host moved |",
-        "|---|---|---|---|---|---|",
-        *(f"| {n} | {r:,.0f} | {p50:.1f} | {p99:.1f} | {e} | {m or '-'} |" for n, r, p50, p99, e, m in rows),
+        "| window | votes/s | cycle p50 ms | cycle p99 ms | errors | CPU ms per vote: web app / PostgreSQL"
+        " | the GPU host moved |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {n} | {r:,.0f} | {p50:.1f} | {p99:.1f} | {e} | {c['server']:.2f} / {c['postgres']:.2f} | {m or '-'} |"
+          for n, r, p50, p99, e, c, m in rows),
         "",
         f"Noise between the two quiet windows: {noise:.1f} ms of p99. Integrity after all windows (every count"
         " but votes must be 0): " + ", ".join(f"{k} {v}" for k, v in facts.items()) + ".",
     ]
-    verdicts = []
-    for name, _, _, p99, errors, _ in rows:
-        if "nice 19" in name:
-            within = p99 <= max(quiet_p99) + max(noise, 2.0) and errors == 0
-            verdicts.append(within)
-    lines += ["", "p99 with another host uploading (nice 19) within the quiet windows' noise (or 2 ms):"
-              f" **{'yes' if verdicts and all(verdicts) else 'no'}**."]
+    uploading = [row for row in rows if row[0].startswith("GPU host uploading (SCHED_IDLE)")]
+    control = next(row for row in rows if row[0].startswith("control"))
+    within = all(p99 <= max(quiet_p99) + max(noise, 2.0) and not errors for _, _, _, p99, errors, _, _ in uploading)
+    lines += ["", "p99 with another host uploading (SCHED_IDLE) within the quiet windows' noise (or 2 ms):"
+              f" **{'yes' if within else 'no'}**; at or below the control window's (the same box running any"
+              f" other work): **{'yes' if all(row[3] <= control[3] for row in uploading) else 'no'}**; every vote"
+              f" answered without error in every window: **{'yes' if not any(row[4] for row in rows) else 'no'}**."]
+    lines += ["", "How to read it: the web app's CPU per vote says whether the app does any of the upload's work"
+              " (it should not: the GPU host uploads, the web app only sees one INSERT per checkpoint). The p99"
+              " says what sharing the cores costs: on a box where the uploader and the store run beside the web"
+              " app, the control window shows that any other work raises the tail, even at SCHED_IDLE. The goal,"
+              " a p99 unchanged within noise, is for a web host that the GPU hosts and the store do not share;"
+              " this machine cannot stage that, so it stays unmeasured here."]
     ok = all(v == 0 for k, v in facts.items() if k != "votes")
     return lines + ["", f"Vote integrity: {'PASS' if ok else 'FAIL'}"]
 
@@ -264,7 +287,7 @@ def part_fault(args) -> list[str]:
     db, url = "flywheel_bench_fault", f"{args.pg}/flywheel_bench_fault"
     vote_http.database_recreate(args.pg, db)
     scratch = Path(tempfile.mkdtemp(prefix="split_fault-"))
-    store, endpoint = store_start(scratch, nice=False)
+    store, endpoint = store_start(scratch, idle=False)
     broker = args.redis if redis_answers(args.redis) else "filesystem://"
     common = {"DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "config.settings", "LOG_LEVEL": "WARNING",
               "FLYWHEEL_VAR_DIR": str(scratch), "CELERY_BROKER_URL": broker, "CELERY_TASK_ALWAYS_EAGER": "0",
