@@ -34,6 +34,7 @@ from fsspec.callbacks import Callback
 
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
+_FETCHED: dict[str, str] = {}  # this process's verified copies of s3 folders: local path -> URL
 
 
 class ArtifactError(Exception):
@@ -310,19 +311,39 @@ def folder_fetch(url: str) -> Path:
     except FileNotFoundError:
         raise ArtifactError(f"{url} has no {MANIFEST}: it was never completely published") from None
     cached = Path(settings.ARTIFACTS_CACHE_DIR) / "folders" / _key(url, hashlib.sha256(manifest).hexdigest())
-    if (cached / _name(url) / MANIFEST).is_file():
-        return cached / _name(url)
-    tmp = _tmp_beside(cached)
+    if not (cached / _name(url) / MANIFEST).is_file():
+        tmp = _tmp_beside(cached)
+        try:
+            folder = tmp / _name(url)
+            for rel, entry in json.loads(manifest)["files"].items():
+                _download(fs, f"{root}/{rel}", folder / rel, url)
+                if (folder / rel).stat().st_size != entry["size"] or sha256_file(folder / rel) != entry["sha256"]:
+                    raise ArtifactError(f"{url}: {rel} does not match its manifest; refusing the folder")
+            (folder / MANIFEST).write_bytes(manifest)
+            _move_into_cache(tmp, cached)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    _FETCHED[str(cached / _name(url))] = url
+    return cached / _name(url)
+
+
+def fetched_from(path: str) -> str | None:
+    """The s3:// URL whose verified copy ``path`` is (a folder ``folder_fetch`` returned on this host), else None."""
+    return _FETCHED.get(str(path))
+
+
+def file_upload(local: Path, url: str) -> str:
+    """Upload a copy of ``local`` to the s3:// ``url`` (the local file stays) and check its size; return its sha256."""
+    fs, key = s3_filesystem(), _s3_path(url)
+    size, digest = local.stat().st_size, sha256_file(local)
     try:
-        folder = tmp / _name(url)
-        for rel, entry in json.loads(manifest)["files"].items():
-            _download(fs, f"{root}/{rel}", folder / rel, url)
-            if (folder / rel).stat().st_size != entry["size"] or sha256_file(folder / rel) != entry["sha256"]:
-                raise ArtifactError(f"{url}: {rel} does not match its manifest; refusing the folder")
-        (folder / MANIFEST).write_bytes(manifest)
-        return _move_into_cache(tmp, cached) / _name(url)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fs.put_file(str(local), key)
+        if fs.info(key)["size"] != size:
+            raise ArtifactError(f"upload to {url} did not verify: the stored size differs")
+    except BaseException:
+        _remove_quietly(fs, key)
+        raise
+    return digest
 
 
 def model_source(uri: str) -> str:

@@ -9,8 +9,13 @@ forwards each new ``PROGRESS`` line of the job's log to ``RunReporter.progress``
 line to the log tail, keeps the run's heartbeat fresh, calls ``stop_job`` on a cancel, and fails the
 run with Ray's message and the log's last error line when the job fails or is stopped by someone else.
 
-The spec, the data and the output are files under ``ARTIFACTS_DIR/jobs``, which the job reads and
-writes at the same paths: a head on this host, or a cluster that mounts the same storage.
+Where the job's files go depends on ``ARTIFACTS_URL``. With an s3:// store (a cluster elsewhere) the
+worker stages the spec and the data under ``jobs/run-<id>/<part>/`` in the store, the spec names the
+stored folders its models come from, and the job runs ``training.remote_job``: it pulls all of it on
+the node, trains, and pushes the output and then its result back there, where the worker collects
+them (and removes the staging). With a local folder, the spec, the data and the output are files
+under ``ARTIFACTS_DIR/jobs``, read and written at the same paths: a head on this host, or a cluster
+that mounts the same storage.
 
 One run, one job per part (the training, or each checkpoint a generation run samples), never two:
 the job's id is recorded on the row by a conditional UPDATE before it is submitted, and Ray refuses a
@@ -35,6 +40,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from annotate import artifacts
 from annotate.artifacts import model_source
 from training.models import TrainingRun
 from training.runs import RunCancelled, RunReporter
@@ -74,14 +80,67 @@ def entrypoint(world_size: int, spec_path: str | Path) -> str:
     return shlex.join(launch_command(world_size, spec_path, python="python"))
 
 
+def through_store() -> bool:
+    """Whether jobs exchange their files with the cluster through the artifact store (an s3:// ARTIFACTS_URL)."""
+    return not artifacts.is_local(artifacts.base_url())
+
+
 def runtime_env() -> dict[str, Any]:
     threads = str(settings.RAY_CPUS_PER_PROCESS)
-    return {
-        "working_dir": str(settings.BASE_DIR),
-        "excludes": EXCLUDES,
-        "env_vars": {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-                     "TOKENIZERS_PARALLELISM": "false"},
-    }
+    env_vars = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                "TOKENIZERS_PARALLELISM": "false"}
+    if through_store():
+        # Where the store is; its keys only when this worker has them set (they then show in the job's
+        # runtime environment on the dashboard): otherwise the nodes' own credential chain.
+        env_vars.update(ARTIFACTS_URL=settings.ARTIFACTS_URL, S3_ENDPOINT_URL=settings.S3_ENDPOINT_URL,
+                        S3_REGION=settings.S3_REGION)
+        if settings.AWS_ACCESS_KEY_ID:
+            env_vars.update(AWS_ACCESS_KEY_ID=settings.AWS_ACCESS_KEY_ID,
+                            AWS_SECRET_ACCESS_KEY=settings.AWS_SECRET_ACCESS_KEY)
+    return {"working_dir": str(settings.BASE_DIR), "excludes": EXCLUDES, "env_vars": env_vars}
+
+
+def staged_url(run: TrainingRun, part: str, name: str = "") -> str:
+    """Where a run's job for ``part`` exchanges its files in the store (``jobs/run-<id>/<part>/<name>``)."""
+    return artifacts.artifact_url("jobs", f"run-{run.pk}", part, *([name] if name else []))
+
+
+def stage(run: TrainingRun, spec: dict[str, Any], part: str) -> str:
+    """Put what the job needs in the store: a copy of its data file (with its sha256) and its spec, which
+    names the stored folders its models come from and where its output and result go; the spec's URL."""
+    data = Path(spec["data"])
+    models = {key: url for key, value in spec["config"].items()
+              if isinstance(value, str) and (url := artifacts.fetched_from(value))}
+    data_url = staged_url(run, part, f"data{data.suffix}")
+    store = {"data": {"url": data_url, "sha256": artifacts.file_upload(data, data_url)}, "models": models,
+             "out": staged_url(run, part, "out"), "result": staged_url(run, part, "result.json")}
+    spec_url = staged_url(run, part, "spec.json")
+    artifacts.s3_filesystem().pipe_file(artifacts._s3_path(spec_url), json.dumps({**spec, "store": store}).encode())
+    return spec_url
+
+
+def collect(run: TrainingRun, part: str, out: Path | None) -> dict[str, Any]:
+    """The job's result from the store, and its output moved to ``out`` (a folder, verified through its
+    manifest, or a file, checked by size); ``JobFailed`` when the result is not there."""
+    from training.lib.distributed import JobFailed
+
+    fs = artifacts.s3_filesystem()
+    try:
+        result = json.loads(fs.cat_file(artifacts._s3_path(staged_url(run, part, "result.json"))))
+    except FileNotFoundError:
+        raise JobFailed(f"run {run.pk}'s Ray job for {part} succeeded but left no result in the store "
+                        f"({staged_url(run, part)}); nothing was published") from None
+    if out is not None:
+        if out.is_dir():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        key = artifacts._s3_path(staged_url(run, part, "out"))
+        if fs.exists(f"{key}/{artifacts.MANIFEST}"):
+            shutil.move(artifacts.folder_fetch(staged_url(run, part, "out")), out)
+        else:
+            fs.get_file(key, str(out))
+        result["out"] = str(out)
+    return result
 
 
 def run_on_ray(run: TrainingRun, reporter: RunReporter, spec: dict[str, Any], *, world_size: int, part: str,
@@ -104,6 +163,8 @@ def run_on_ray(run: TrainingRun, reporter: RunReporter, spec: dict[str, Any], *,
             raise RunCancelled(f"run {run.pk} was cancelled; Ray job {job_id} stopped")  # by a previous watcher
         if status != "SUCCEEDED":
             raise JobFailed(_failure(ray, job_id, status, world_size))
+        if through_store():
+            return collect(run, part, out)
         result_path = workdir / "result.json"
         if not result_path.exists():
             raise JobFailed(f"Ray job {job_id} succeeded but its result is gone ({result_path}); a worker that "
@@ -118,6 +179,8 @@ def run_on_ray(run: TrainingRun, reporter: RunReporter, spec: dict[str, Any], *,
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        if through_store():
+            artifacts.artifact_delete(staged_url(run, part))
 
 
 def generate_on_ray(run: TrainingRun, reporter: RunReporter, *, checkpoint, prompts: list, sampling: dict[str, Any],
@@ -156,26 +219,32 @@ def _job_id(run: TrainingRun, reporter: RunReporter, ray, spec: dict[str, Any], 
             reporter.log(f"following Ray job {current} again (its previous watcher stopped)")
             return current, True
         reporter.log(f"Ray job {current} was recorded but never reached the cluster: submitting it now")
-        _submit(ray, current, spec, world_size=world_size, workdir=workdir, run=run)
+        _submit(ray, current, spec, world_size=world_size, workdir=workdir, run=run, part=part)
         return current, False
     job_id = prefix + uuid.uuid4().hex[:8]
     if not TrainingRun.objects.filter(pk=run.pk, ray_job_id=current).update(ray_job_id=job_id):
         raise JobFailed(f"another worker took run {run.pk}'s Ray job over; this one stops following it")
     run.ray_job_id = job_id
-    _submit(ray, job_id, spec, world_size=world_size, workdir=workdir, run=run)
+    _submit(ray, job_id, spec, world_size=world_size, workdir=workdir, run=run, part=part)
     reporter.log(f"submitted Ray job {job_id} to {settings.RAY_ADDRESS} ({world_size} process"
                  f"{'es' if world_size > 1 else ''}, {world_size * settings.RAY_GPUS_PER_PROCESS} GPUs)")
     return job_id, False
 
 
-def _submit(ray, job_id: str, spec: dict[str, Any], *, world_size: int, workdir: Path, run: TrainingRun) -> None:
-    shutil.rmtree(workdir / "out", ignore_errors=True)
-    workdir.mkdir(parents=True, exist_ok=True)
-    spec = {**spec, "out": str(workdir / "out"), "result": str(workdir / "result.json")}
-    (workdir / "result.json").unlink(missing_ok=True)
-    (workdir / "spec.json").write_text(json.dumps(spec))
+def _submit(ray, job_id: str, spec: dict[str, Any], *, world_size: int, workdir: Path, run: TrainingRun,
+            part: str) -> None:
+    if through_store():
+        artifacts.artifact_delete(staged_url(run, part))  # an earlier attempt's files
+        command = shlex.join(["python", "-m", "training.remote_job", str(world_size), stage(run, spec, part)])
+    else:
+        shutil.rmtree(workdir / "out", ignore_errors=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        spec = {**spec, "out": str(workdir / "out"), "result": str(workdir / "result.json")}
+        (workdir / "result.json").unlink(missing_ok=True)
+        (workdir / "spec.json").write_text(json.dumps(spec))
+        command = entrypoint(world_size, workdir / "spec.json")
     ray.submit_job(
-        entrypoint=entrypoint(world_size, workdir / "spec.json"),
+        entrypoint=command,
         submission_id=job_id,
         runtime_env=runtime_env(),
         entrypoint_num_gpus=world_size * settings.RAY_GPUS_PER_PROCESS,

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from annotate import services
+from annotate import artifacts, services
 from annotate.models import Checkpoint, Comparison, Completion
 from annotate.snapshots import snapshot_freeze
 from rewardmodel.models import RewardModel
+from tests.store import keys_in
 from tests.tiny import save_tiny_bert, save_tiny_llama
 from tests.training.test_reward_runs import vote_by_rule
 from tests.training.test_worker import database_url
@@ -168,6 +169,28 @@ def test_a_reward_model_run_on_ray_reports_progress_and_publishes_one_version(ra
     assert RewardModel.objects.filter(project=project).count() == 1
     assert Path(run.reward_model_out.artifact_uri.removeprefix("file://"), "meta.json").exists()
     assert not (tmp_path / "artifacts" / "jobs" / f"run-{run.pk}").exists()
+
+
+@on_the_head
+def test_a_dpo_run_on_a_cluster_without_the_worker_s_disk_goes_through_the_store(
+        ray, project, annotator, tmp_path, s3_artifacts, s3_client):
+    vote_by_rule(project, annotator, 16)
+    url = artifacts.artifact_url("checkpoints", project.slug, "base")
+    staging = artifacts.staging_path(url)
+    save_tiny_llama(staging, chat=True)
+    base = Checkpoint.objects.create(project=project, name="base", uri=artifacts.folder_publish(staging, url),
+                                     state=Checkpoint.State.INCUMBENT)
+    run = _dpo(project, (base, snapshot_freeze(project=project)), max_steps=2)
+    run_execute(run.pk, dpo_job)
+    run.refresh_from_db()
+    assert run.state == TrainingRun.State.SUCCEEDED, run.error
+    assert ray.get_job_info(run.ray_job_id).entrypoint.startswith(
+        f"python -m training.remote_job 1 s3://{s3_artifacts}/artifacts/jobs/run-{run.pk}/dpo/spec.json")
+    assert list(RunStep.objects.filter(run=run).values_list("step", flat=True)) == [1, 2]
+    checkpoint = run.checkpoint_out
+    assert checkpoint.uri == f"s3://{s3_artifacts}/artifacts/checkpoints/{project.slug}/dpo-run-{run.pk}"
+    assert "manifest.json" in [k.rsplit("/", 1)[-1] for k in keys_in(s3_client, s3_artifacts, checkpoint.uri.split("/", 3)[3])]
+    assert keys_in(s3_client, s3_artifacts, f"artifacts/jobs/run-{run.pk}/") == []  # the staging is gone
 
 
 @on_the_head
