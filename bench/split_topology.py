@@ -346,7 +346,8 @@ def part_fault(args) -> list[str]:
     from config.celery import app
     from tests.training.test_reward_runs import vote_by_rule
     from training.models import TrainingRun
-    from training.policy import dpo_start, output_url
+    from training.policy import dpo_start
+    from training.runs import output_url
     from training.starts import run_retry
 
     call_command("migrate", verbosity=0)
@@ -386,68 +387,91 @@ def part_fault(args) -> list[str]:
         return sorted(o["Key"].removeprefix(prefix + "/") for page in pages for o in page.get("Contents", []))
 
     checks: list[tuple[str, str, bool]] = []
-    worker = start_worker()
-    try:
+    worker = None
+
+    def multipart(prefix: str) -> list[str]:
+        uploads = s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix + "/").get("Uploads", [])
+        return [u["Key"].rsplit("/", 1)[-1] for u in uploads]
+
+    def crash_mid_upload(attempts: int, label: str):
+        """Start a run on a fresh GPU-host worker, kill the host mid-upload, check the store and the rows."""
+        nonlocal worker
+        gpu_env["RUN_MAX_ATTEMPTS"] = str(attempts)
+        worker = start_worker()
         run = dpo_start(project=project, checkpoint=base, snapshot=snapshot,
                         config={"batch_size": 4, "learning_rate": 1e-4, "num_threads": 2, "max_steps": 1})
         prefix = output_url(run).removeprefix(f"s3://{BUCKET}/")
-        deadline = time.monotonic() + 600
-        present, in_flight, first_seen = [], [], None
-
-        def multipart() -> list[str]:
-            uploads = s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix + "/").get("Uploads", [])
-            return [u["Key"].rsplit("/", 1)[-1] for u in uploads]
-
+        deadline, present, in_flight, first_seen = time.monotonic() + 600, [], [], None
         # Wait for the weights to be in flight (a multipart upload), else kill 5 s after the first file.
         while time.monotonic() < deadline and worker.poll() is None:
-            present, in_flight = keys(prefix), multipart()
+            present, in_flight = keys(prefix), multipart(prefix)
             first_seen = first_seen or (time.monotonic() if present else None)
             if in_flight or "model.safetensors" in present or (first_seen and time.monotonic() - first_seen > 5):
                 break
             time.sleep(0.01)
         os.killpg(worker.pid, signal.SIGKILL)  # the GPU host goes down, with everything it runs
         worker.wait()
-        killed_at = time.monotonic()
         time.sleep(1.0)
         present_after = keys(prefix)
-        checks.append(("killed mid-upload", f"files in the store: {', '.join(present_after) or 'none'}; "
+        checks.append((f"{label}: killed mid-upload", f"files in the store: {', '.join(present_after) or 'none'}; "
                        f"multipart upload in flight: {', '.join(in_flight) or 'none'}",
                        bool(present_after) and "manifest.json" not in present_after))
         run.refresh_from_db()
         rows = Checkpoint.objects.filter(name=f"dpo-r{run.pk}").count()
-        checks.append(("no row points at the partial upload", f"{rows} Checkpoint rows for the run", rows == 0))
-        checks.append(("while the host is down the run still reads", f"{run.state}, step {run.step}",
-                       run.state == TrainingRun.State.RUNNING))
-
+        checks.append((f"{label}: no row points at the partial upload; the run still reads running while the"
+                       " host is down", f"{rows} Checkpoint rows; {run.state}, step {run.step}",
+                       rows == 0 and run.state == TrainingRun.State.RUNNING))
         worker = start_worker()  # the host is back
-        back_at = time.monotonic()
-        run = wait(run, lambda r: r.finished, 120)
-        failed_in = time.monotonic() - back_at
-        checks.append(("the run fails with a clear error once the host's worker starts",
-                       f"{run.state} {failed_in:.1f} s after the worker started ({time.monotonic() - killed_at:.1f} s"
-                       f" after the crash): \"{run.error}\"",
-                       run.state == TrainingRun.State.FAILED and "is gone" in run.error))
-        left, parts_left = keys(prefix), multipart()
-        checks.append(("the partial upload is removed", f"{len(left)} objects and {len(parts_left)} unfinished multipart"
-                       " uploads left under the run's prefix", not left and not parts_left))
+        return run, prefix, time.monotonic()
 
-        retry = run_retry(run=run)
-        started = time.monotonic()
-        retry = wait(retry, lambda r: r.finished, 900)
+    def published(run) -> tuple[list[str], str]:
         names = list(Checkpoint.objects.filter(name__startswith="dpo-").values_list("name", flat=True))
-        checks.append(("the retry publishes once", f"{retry.state} in {time.monotonic() - started:.0f} s;"
-                       f" DPO checkpoints: {', '.join(names)}",
-                       retry.state == TrainingRun.State.SUCCEEDED and names == [f"dpo-r{retry.pk}"]))
-        folder = artifacts.folder_fetch(retry.checkpoint_out.uri)  # the web host reads it, verified
+        return names, f"DPO checkpoints in the database: {', '.join(names)}"
+
+    try:
+        # 1. The default: the run starts again by itself as its next attempt and publishes once.
+        run, prefix, back_at = crash_mid_upload(3, "restarted")
+        run = wait(run, lambda r: r.attempt == 2, 120)
+        again_in = time.monotonic() - back_at
+        lost = next((line for line in run.log_tail.splitlines() if line.startswith("attempt 1 lost")), "")
+        checks.append(("restarted: once the host's worker starts, the lost attempt is named in the run's log and"
+                       " the run starts again", f"{again_in:.1f} s after the worker started: \"{lost}\"",
+                       "is gone" in lost))
+        left, parts_left = keys(prefix), multipart(prefix)
+        checks.append(("restarted: the lost attempt's partial upload is removed",
+                       f"{len(left)} objects and {len(parts_left)} unfinished multipart uploads left", not left and not parts_left))
+        run = wait(run, lambda r: r.finished, 900)
+        names, seen = published(run)
+        checks.append(("restarted: the run publishes once", f"{run.state} (attempt {run.attempt}); {seen}; at"
+                       f" {run.checkpoint_out and run.checkpoint_out.uri.rsplit('/', 1)[-1]}",
+                       run.state == TrainingRun.State.SUCCEEDED and names == [f"dpo-r{run.pk}"]))
+        folder = artifacts.folder_fetch(run.checkpoint_out.uri)  # the web host reads it, verified
         manifest = json.loads((folder / "manifest.json").read_text())
-        checks.append(("the web host reads the published checkpoint back, verified",
+        checks.append(("restarted: the web host reads the published checkpoint back, verified",
                        f"{len(manifest['files'])} files, {sum(f['size'] for f in manifest['files'].values()) / 2**20:,.0f}"
                        " MiB, sha256 checked", (folder / "config.json").exists()))
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(60)
+
+        # 2. With RUN_MAX_ATTEMPTS=1: the run fails with a clear error, and a retry publishes once.
+        run, prefix, back_at = crash_mid_upload(1, "no restarts")
+        run = wait(run, lambda r: r.finished, 120)
+        checks.append(("no restarts: the run fails with a clear error once the host's worker starts",
+                       f"{run.state} {time.monotonic() - back_at:.1f} s after the worker started: \"{run.error}\"",
+                       run.state == TrainingRun.State.FAILED and "is gone" in run.error))
+        left, parts_left = keys(prefix), multipart(prefix)
+        checks.append(("no restarts: the partial upload is removed",
+                       f"{len(left)} objects and {len(parts_left)} unfinished multipart uploads left", not left and not parts_left))
+        retry = wait(run_retry(run=run), lambda r: r.finished, 900)
+        names, seen = published(retry)
+        checks.append(("no restarts: the retry publishes once", f"{retry.state}; {seen}",
+                       retry.state == TrainingRun.State.SUCCEEDED and names[-1:] == [f"dpo-r{retry.pk}"]
+                       and f"dpo-r{run.pk}" not in names))
         run.refresh_from_db()
-        checks.append(("the crashed run stays failed (no second delivery revives it)", run.state,
+        checks.append(("no restarts: the crashed run stays failed (no second delivery revives it)", run.state,
                        run.state == TrainingRun.State.FAILED))
     finally:
-        if worker.poll() is None:
+        if worker is not None and worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
             try:
                 worker.wait(30)
@@ -466,9 +490,9 @@ def part_fault(args) -> list[str]:
         "",
         f"A real Celery worker process (the GPU host, `--pool solo`, broker {broker.split('://')[0]}) runs one"
         f" DPO step on a {size / 2**20:,.0f} MiB model and publishes to moto's S3 server; the bench kills its"
-        " process group with SIGKILL as soon as the checkpoint's first files are in the store, before its"
-        " manifest. Then a worker starts on that host again, and the run is retried from the console's action"
-        " (`training.starts.run_retry`).",
+        " process group with SIGKILL once the weights are being uploaded, before the manifest. Then a worker"
+        " starts on that host again. Twice: at the default `RUN_MAX_ATTEMPTS=3` the run starts again by itself;"
+        " at `RUN_MAX_ATTEMPTS=1` it fails, and is retried from the console's action (`training.starts.run_retry`).",
         "",
         "| check | observed | |",
         "|---|---|---|",

@@ -237,6 +237,10 @@ if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", WORKER_DEVICE):
 # How many processes (one per GPU) a training run on this worker uses: above 1, reward-model, DPO and
 # PPO runs execute under torchrun (a run's own ``world_size`` setting overrides it).
 WORKER_WORLD_SIZE = env_int("WORKER_WORLD_SIZE", 1, minimum=1)
+# A run whose worker process is lost (killed, crashed, its host down) starts again from the beginning,
+# up to this many attempts in all; lost means gone from its host, or no heartbeat for RUN_LOST_AFTER_S.
+RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3, minimum=1)
+RUN_LOST_AFTER_S = env_int("RUN_LOST_AFTER_S", 120, minimum=30)
 WORKER_DTYPE = env_choice("WORKER_DTYPE", "AUTO", ("AUTO", "FLOAT32", "BFLOAT16", "FLOAT16")).lower()
 # Where this worker's reward-model, DPO, PPO and local-checkpoint generation runs execute: "local" (in the
 # worker, or under torchrun on its GPUs) or "ray" (submitted to the Ray cluster whose dashboard is at

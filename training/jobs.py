@@ -10,8 +10,7 @@ from collections.abc import Callable
 
 from training.generation import generation_job
 from training.models import TrainingRun
-from training.policy import dpo_job, output_url, ppo_job
-from training.reward import output_url as reward_model_output_url
+from training.policy import dpo_job, ppo_job
 from training.reward import reward_model_train_job
 from training.runs import RunReporter
 
@@ -31,11 +30,3 @@ def job_for_kind(kind: str) -> Job:
     except KeyError:
         raise ValueError(f"no job runs {kind!r} runs") from None
 
-
-def output_urls(run: TrainingRun) -> list[str]:
-    """Where a run of this kind publishes its artifact (generation runs publish none: their rows are the output)."""
-    if run.kind == TrainingRun.Kind.REWARD_MODEL:
-        return [reward_model_output_url(run)]
-    if run.kind in (TrainingRun.Kind.DPO, TrainingRun.Kind.PPO):
-        return [output_url(run)]
-    return []

@@ -42,6 +42,9 @@ class TrainingRun(models.Model):
     # The process on ``worker`` that runs it (not for a run whose job is on a Ray cluster): a worker
     # starting on that host fails the run at once when this process is gone (crashed, killed, rebooted).
     worker_pid = models.PositiveIntegerField(null=True, blank=True)
+    # Which start this is: a run whose worker was lost runs again as attempt 2, 3, ... (RUN_MAX_ATTEMPTS);
+    # only the process running the current attempt may publish or finish it.
+    attempt = models.PositiveIntegerField(default=1)
     task_id = models.CharField(max_length=64, blank=True)
     cancel_requested = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

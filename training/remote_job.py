@@ -29,13 +29,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from django.conf import settings
+
+from annotate.artifacts import _s3_path, file_fetch, file_upload, folder_fetch, folder_publish, s3_filesystem
+from training.lib.distributed import launch_command
+
 SCRATCH = Path("flywheel-job")  # in the job's working directory
 
 
 def configure() -> None:
     """Django settings holding only what ``annotate.artifacts`` reads, from the environment."""
-    from django.conf import settings
-
     if settings.configured:
         return
     cache = os.environ.get("ARTIFACTS_CACHE_DIR") or str(Path(tempfile.gettempdir()) / "flywheel-artifacts")
@@ -50,8 +53,6 @@ def configure() -> None:
 
 def pull(spec: dict) -> dict:
     """The spec with local paths: its data file and model folders pulled from the store and verified."""
-    from annotate.artifacts import file_fetch, folder_fetch
-
     store = spec["store"]
     local = {**spec, "config": dict(spec["config"])}
     local["data"] = str(file_fetch(store["data"]["url"], sha256=store["data"]["sha256"]))
@@ -65,8 +66,6 @@ def pull(spec: dict) -> dict:
 
 def push(spec: dict, local: dict) -> None:
     """The output, then the result (last), to the places in the store the worker collects them from."""
-    from annotate.artifacts import _s3_path, file_upload, folder_publish, s3_filesystem
-
     store, out = spec["store"], Path(local["out"])
     result = Path(local["result"]).read_bytes()  # before publishing moves the scratch folder into the cache
     if out.is_dir():
@@ -82,9 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("usage: python -m training.remote_job WORLD_SIZE s3://.../spec.json")
     world_size, spec_url = int(args[0]), args[1]
     configure()
-    from annotate.artifacts import _s3_path, s3_filesystem
-    from training.lib.distributed import launch_command
-
     spec = json.loads(s3_filesystem().cat_file(_s3_path(spec_url)))
     local = pull(spec)
     (SCRATCH / "spec.json").write_text(json.dumps(local))

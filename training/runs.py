@@ -3,7 +3,16 @@
 Every kind of run goes through ``run_execute``: it claims the row, hands the job a
 ``RunReporter`` (progress, per-step metrics, log lines, cancellation), and records
 the outcome. Failures land on the row with the error, and are re-raised so the
-worker logs them too. A run whose worker died is found by ``runs_reap_stale``.
+worker logs them too.
+
+A run survives the loss of its worker process (killed, crashed, its host down): while a job runs,
+a thread of its process keeps the row's heartbeat fresh, and the row names the host and process.
+A lost run (its process gone from that host, found when a worker starts there or the task is
+delivered again; or no heartbeat for ``RUN_LOST_AFTER_S``, found by every worker every minute and
+by the console) starts again from the beginning as the next ``attempt``, up to
+``RUN_MAX_ATTEMPTS``, and then fails with the reason. Each attempt publishes under its own URL and
+only the process running the current attempt may insert the row or finish the run, so a process
+that was presumed lost and wakes up publishes nothing: one run, one artifact, one row.
 """
 from __future__ import annotations
 
@@ -11,25 +20,29 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
 
 from celery import signature
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
+from annotate.artifacts import artifact_delete, artifact_url, staging_path
 from annotate.models import Project
 from config.celery import app as celery_app
 from training.models import RunStep, TrainingRun
 
 log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 200
-# A running run that has not reported for this long is considered lost with its worker.
+# A run following a Ray job that no worker took over for this long is failed (its job may still run).
 STALE_AFTER = timedelta(minutes=15)
+HEARTBEAT_S = 15.0  # how often the thread of a running job's process refreshes the run's heartbeat
 # A run that follows a job on a Ray cluster heartbeats every few seconds (training.ray_jobs); this long
 # without one and its watcher is gone, so another worker may take the run over and follow the same job.
 REATTACH_AFTER = timedelta(seconds=60)
@@ -49,6 +62,62 @@ def json_safe(value):
 
 class RunCancelled(Exception):
     """Raised inside a job at its next step once a manager asked to cancel it."""
+
+
+class RunTakenOver(Exception):
+    """This process's attempt of a run was presumed lost and the run started again elsewhere: it must not
+    publish or finish the run."""
+
+
+def output_url(run: TrainingRun) -> str:
+    """Where the current attempt of ``run`` publishes its artifact: a reward model's folder, or a DPO or PPO
+    checkpoint's; each attempt after the first its own (``-a2``, ...). Empty for generation runs (their
+    rows are their output)."""
+    suffix = f"-a{run.attempt}" if run.attempt > 1 else ""
+    if run.kind == TrainingRun.Kind.REWARD_MODEL:
+        return artifact_url("reward_models", run.project.slug, f"run-{run.pk}{suffix}")
+    if run.kind in (TrainingRun.Kind.DPO, TrainingRun.Kind.PPO):
+        return artifact_url("checkpoints", run.project.slug, f"{run.kind}-run-{run.pk}{suffix}")
+    return ""
+
+
+def lost_after() -> timedelta:
+    return timedelta(seconds=settings.RUN_LOST_AFTER_S)
+
+
+def run_assert_current(run: TrainingRun) -> None:
+    """Raise ``RunTakenOver`` unless ``run``'s attempt is still the run's current one. Call it inside the
+    transaction that inserts a run's output row: the row is locked until that commits, so a run cannot
+    be declared lost and published by this process at once."""
+    current = (TrainingRun.objects.select_for_update().filter(pk=run.pk)
+               .values_list("attempt", "state").first())
+    if current != (run.attempt, TrainingRun.State.RUNNING):
+        raise RunTakenOver(f"run {run.pk} attempt {run.attempt} was presumed lost and the run started again "
+                           f"(now attempt {current and current[0]}); this process publishes nothing")
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes a running run's heartbeat every ``HEARTBEAT_S`` whatever its job is doing (loading a model,
+    evaluating, uploading), so that a run without a heartbeat means a process that is gone."""
+
+    def __init__(self, run: TrainingRun) -> None:
+        super().__init__(name=f"run-{run.pk}-heartbeat", daemon=True)
+        self.run_id, self.attempt, self.done = run.pk, run.attempt, threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.done.wait(HEARTBEAT_S):
+                try:
+                    TrainingRun.objects.filter(pk=self.run_id, attempt=self.attempt,
+                                               state=TrainingRun.State.RUNNING).update(heartbeat_at=timezone.now())
+                except Exception:  # noqa: BLE001 - a database that is away for a while: try again next beat
+                    log.warning("run %s: could not refresh its heartbeat", self.run_id, exc_info=True)
+        finally:
+            connection.close()  # this thread's own connection
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=5)
 
 
 def run_create(
@@ -145,7 +214,8 @@ def _claim(run_id: int) -> TrainingRun | None:
         TrainingRun.objects.filter(pk=run_id, state=TrainingRun.State.QUEUED, cancel_requested=True).update(
             state=TrainingRun.State.CANCELLED, finished_at=now
         )
-        runs_reap_dead_here(run_id=run_id)  # delivered again because the process running it died
+        if runs_reap_dead_here(run_id=run_id, enqueue=False):  # delivered again: the process running it died
+            return _claim(run_id)  # queued again as its next attempt: this delivery runs it
         return _take_over(run_id)
     return TrainingRun.objects.select_related("project").get(pk=run_id)
 
@@ -179,11 +249,13 @@ def _finish(run: TrainingRun, state: str, *, error: str = "") -> None:
     run.state, run.error, run.finished_at = state, error, timezone.now()
     if state == TrainingRun.State.SUCCEEDED:
         run.progress = 1.0
-    run.save(
-        update_fields=[
-            "state", "error", "finished_at", "progress", "outputs", "reward_model_out", "checkpoint_out", "log_tail"
-        ]
-    )
+    fields = ["state", "error", "finished_at", "progress", "outputs", "reward_model_out", "checkpoint_out", "log_tail"]
+    # Only the current attempt's process finishes the run (one presumed lost must not overwrite its successor).
+    finished = TrainingRun.objects.filter(pk=run.pk, attempt=run.attempt).update(
+        **{name: getattr(run, name) for name in fields})
+    if not finished:
+        log.warning("run %s attempt %s ended %s after the run had started again; left as it is", run.pk,
+                    run.attempt, state)
 
 
 def run_execute(
@@ -200,17 +272,24 @@ def run_execute(
     if run is None:
         return None
     reporter = RunReporter(run, echo=echo)
+    heartbeat = _Heartbeat(run)
+    heartbeat.start()
     try:
         job(run, reporter)
     except RunCancelled as stop:
         reporter.log(str(stop))
         _finish(run, TrainingRun.State.CANCELLED)
+    except RunTakenOver as lost:
+        log.warning("%s", lost)  # the run is its successor's now: nothing of this attempt is recorded
+        return None
     except BaseException as error:
         reporter.log("".join(traceback.format_exception_only(type(error), error)).strip())
         _finish(run, TrainingRun.State.FAILED, error="".join(traceback.format_exception(error))[-8000:])
         raise
     else:
         _finish(run, TrainingRun.State.SUCCEEDED)
+    finally:
+        heartbeat.stop()
     return run
 
 
@@ -225,24 +304,28 @@ def run_cancel(*, run: TrainingRun) -> TrainingRun:
 
 
 def runs_reap_stale(*, now=None) -> int:
-    """Mark running runs whose worker stopped reporting as failed; return how many.
+    """Deal with running runs whose process stopped heartbeating; return how many.
 
-    A run with a Ray job that no worker took over in that time is failed too; its job may still be
-    running on the cluster (nothing here talks to Ray), and the error names it.
+    A local run silent for ``RUN_LOST_AFTER_S`` is lost: it starts again as its next attempt (queued
+    now), or fails after the last. A run with a Ray job that no worker took over for ``STALE_AFTER`` is
+    failed; its job may still be running on the cluster (nothing here talks to Ray), and the error names it.
     """
     now = now or timezone.now()
     stale = TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, heartbeat_at__lt=now - STALE_AFTER)
-    on_ray = stale.exclude(ray_job_id="").update(
+    handled = stale.exclude(ray_job_id="").update(
         state=TrainingRun.State.FAILED,
         finished_at=now,
         error=Concat(Value(f"no worker followed this run's Ray job for more than {STALE_AFTER}; stop it on the "
                            "cluster if it still runs: ray job stop "), F("ray_job_id")),
     )
-    return on_ray + stale.filter(ray_job_id="").update(
-        state=TrainingRun.State.FAILED,
-        finished_at=now,
-        error=f"the worker stopped reporting for more than {STALE_AFTER}; it probably crashed",
-    )
+    silent = TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, ray_job_id="",
+                                        heartbeat_at__lt=now - lost_after()).select_related("project")
+    for run in silent:
+        where = f" (pid {run.worker_pid} on {run.worker})" if run.worker_pid else f" ({run.worker})" if run.worker else ""
+        if _lost(run, f"its worker process{where} stopped reporting for more than {lost_after()}, at step "
+                      f"{run.step} of {run.total_steps}"):
+            handled += 1
+    return handled
 
 
 def _process_gone(pid: int) -> bool:
@@ -257,45 +340,71 @@ def _process_gone(pid: int) -> bool:
     return False
 
 
-def runs_reap_dead_here(*, run_id: int | None = None) -> list[int]:
-    """Fail at once the running runs on this host whose process is gone; return their ids.
+def runs_reap_dead_here(*, run_id: int | None = None, enqueue: bool = True) -> list[int]:
+    """Deal at once with the running runs on this host whose process is gone; return their ids.
 
     A worker that starts (or gets a task delivered again) on the host of a run whose process crashed,
-    was killed, or went down with the host, need not wait ``STALE_AFTER``. Runs following a Ray job are
-    not touched (their job outlived the worker: ``runs_reattach``). An output the dead process had
-    started to upload has no manifest, so nothing reads it; it is removed here too.
+    was killed, or went down with the host, need not wait for the heartbeat to go stale: the run starts
+    again as its next attempt (sent to the queue, unless ``enqueue`` is off: the delivery at hand runs
+    it), or fails after the last. Runs following a Ray job are not touched (their job outlived the
+    worker: ``runs_reattach``).
     """
     host = socket.gethostname()
     running = TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, worker=host, ray_job_id="",
                                          worker_pid__isnull=False)
     if run_id is not None:
         running = running.filter(pk=run_id)
-    reaped = []
+    handled = []
     for run in running.select_related("project"):
-        if not _process_gone(run.worker_pid):
-            continue
-        error = (f"the worker process running it (pid {run.worker_pid} on {host}) is gone, at step {run.step} "
-                 f"of {run.total_steps}: it crashed, was killed, or its host went down; nothing was published. "
-                 "Retry the run to train again.")
-        _remove_partial_outputs(run)  # first: once the run reads failed, nothing of it is left to find
-        failed = TrainingRun.objects.filter(pk=run.pk, state=TrainingRun.State.RUNNING,
-                                            worker_pid=run.worker_pid).update(
-            state=TrainingRun.State.FAILED, finished_at=timezone.now(), error=error)
-        if failed:
-            reaped.append(run.pk)
-    return reaped
+        if _process_gone(run.worker_pid) and _lost(
+                run, f"the worker process running it (pid {run.worker_pid} on {host}) is gone, at step {run.step} "
+                     f"of {run.total_steps}: it crashed, was killed, or its host went down", enqueue=enqueue):
+            handled.append(run.pk)
+    return handled
+
+
+def _lost(run: TrainingRun, why: str, *, enqueue: bool = True) -> bool:
+    """``run``'s current attempt is lost: remove what it half uploaded, then queue the next attempt (and send
+    it, with ``enqueue``) or, after the last, fail the run. False if someone else dealt with it first."""
+    _remove_partial_outputs(run)  # first: once the run reads queued or failed, nothing of it is left to find
+    attempts = settings.RUN_MAX_ATTEMPTS
+    current = TrainingRun.objects.filter(pk=run.pk, state=TrainingRun.State.RUNNING, attempt=run.attempt)
+    if run.attempt < attempts:
+        line = f"attempt {run.attempt} lost: {why}; starting again from the beginning (attempt {run.attempt + 1} of {attempts})"
+        with transaction.atomic():
+            moved = current.update(state=TrainingRun.State.QUEUED, attempt=run.attempt + 1, step=0, total_steps=0,
+                                   progress=0.0, started_at=None, heartbeat_at=None, worker="", worker_pid=None,
+                                   log_tail=Concat(F("log_tail"), Value("\n" + line)))
+            if moved:
+                RunStep.objects.filter(run_id=run.pk).delete()
+        if moved:
+            log.warning("run %s: %s", run.pk, line)
+            if enqueue:
+                transaction.on_commit(lambda: run_enqueue(run.pk))
+        return bool(moved)
+    return bool(current.update(
+        state=TrainingRun.State.FAILED, finished_at=timezone.now(),
+        error=f"{why}; nothing was published. That was attempt {run.attempt} of {attempts} (RUN_MAX_ATTEMPTS); "
+              "retry the run to train again."))
 
 
 def _remove_partial_outputs(run: TrainingRun) -> None:
-    from annotate.artifacts import artifact_delete, staging_path
-    from training.jobs import output_urls
+    url = output_url(run)
+    if not url:
+        return
+    try:
+        staging_path(url)  # empties what the dead process was writing, when it was on this host
+        artifact_delete(url)
+    except Exception:  # noqa: BLE001 - a store that is down leaves an unread, manifest-less folder
+        log.warning("could not remove the partial output %s of run %s", url, run.pk, exc_info=True)
 
-    for url in output_urls(run):
-        try:
-            staging_path(url)  # empties what the dead process was writing on this host
-            artifact_delete(url)
-        except Exception:  # noqa: BLE001 - a store that is down leaves an unread, manifest-less folder
-            log.warning("could not remove the partial output %s of run %s", url, run.pk, exc_info=True)
+
+def runs_recover() -> None:
+    """Every recovery a worker runs when it starts and every minute after: Ray runs whose watcher is gone
+    are followed again, this host's runs whose process is gone and silent runs anywhere start again."""
+    runs_reattach()
+    runs_reap_dead_here()
+    runs_reap_stale()
 
 
 def runs_reattach(*, now=None) -> list[int]:

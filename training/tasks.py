@@ -5,13 +5,20 @@ run imports this module; the job looks its work up in ``training.jobs``.
 """
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
 from celery import shared_task
 from celery.signals import worker_ready
+from django.db import connection
 
 from training.jobs import job_for_kind
 from training.loop import after_run
 from training.models import TrainingRun
-from training.runs import EXECUTE_RUN, run_execute, runs_reap_dead_here, runs_reap_stale, runs_reattach
+from training.runs import EXECUTE_RUN, run_execute, runs_recover
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(name=EXECUTE_RUN, queue="gpu", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -23,9 +30,24 @@ def execute_run(run_id: int) -> None:
 
 
 @worker_ready.connect
-def _reap_on_start(**_) -> None:
-    # A worker that starts may be the replacement of one that crashed mid-run: runs following a Ray
-    # job are followed again (the job outlived the worker), the others are failed once stale.
-    runs_reattach()
-    runs_reap_dead_here()  # this host's runs whose process is gone fail now, not after STALE_AFTER
-    runs_reap_stale()
+def _recover_on_start(**_) -> None:
+    # A worker that starts may be the replacement of one that crashed mid-run: runs following a Ray job
+    # are followed again (the job outlived the worker), this host's runs whose process is gone start
+    # again at once, silent runs anywhere once lost. Then the same every minute, from a thread, so that
+    # nothing waits for someone to open a page.
+    runs_recover()
+    threading.Thread(target=_recover_forever, name="runs-recover", daemon=True).start()
+
+
+RECOVER_EVERY_S = 60.0
+
+
+def _recover_forever() -> None:
+    while True:
+        time.sleep(RECOVER_EVERY_S)
+        try:
+            runs_recover()
+        except Exception:  # noqa: BLE001 - the database may be away for a while: try again next minute
+            log.warning("recovering lost runs failed", exc_info=True)
+        finally:
+            connection.close()

@@ -233,7 +233,8 @@ def test_dashboard_shows_the_flywheel_at_a_glance(client, project, manager, seed
     assert f"<p data-loop>reward model run {first.pk} is queued: seeded run 0.</p>" in html
     assert "v3</a> held-out accuracy" in html and "66%" in html
     stale.refresh_from_db()
-    assert stale.state == State.FAILED and "stopped reporting" in stale.error  # reaped on load
+    assert stale.state == State.QUEUED and stale.attempt == 2  # found lost on load: it starts again
+    assert "attempt 1 lost: its worker process" in stale.log_tail and "stopped reporting" in stale.log_tail
 
 
 def test_runs_filter_by_kind_and_state_and_page(client, project, manager, seeded):

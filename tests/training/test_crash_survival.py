@@ -1,6 +1,8 @@
-"""A worker, or its whole host, dies mid-run: the run fails at once with a clear error when a worker
-starts on that host again, nothing partial is published or left in the store, and the retry
-publishes exactly once. Also: an upload reports its progress, and a cancel stops it part way."""
+"""A worker, or its whole host, dies mid-run: the run starts again by itself as its next attempt (at
+once when a worker starts on that host again), publishes exactly once, and fails with a clear error
+after its last attempt; nothing partial is published or left in the store, and a process presumed
+lost that wakes up publishes nothing. Also: the heartbeat while a job is busy, upload progress, and a
+cancel mid-upload."""
 from __future__ import annotations
 
 import os
@@ -21,10 +23,11 @@ from tests.store import keys_in
 from tests.tiny import save_tiny_llama
 from tests.training.test_reward_runs import vote_by_rule
 from tests.training.test_worker import ROOT, database_url
+from training import runs
 from training.models import TrainingRun
-from training.policy import dpo_job, dpo_start, output_url
-from training.runs import RunCancelled, run_execute, runs_reap_dead_here
-from training.starts import run_retry
+from training.policy import dpo_job, dpo_start
+from training.reward import reward_model_start
+from training.runs import RunCancelled, output_url, run_execute, runs_reap_dead_here
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,36 +53,79 @@ def inputs(project, annotator, tmp_path):
     return base, snapshot_freeze(project=project)
 
 
-def test_a_run_whose_process_is_gone_fails_at_once_and_its_partial_upload_is_removed(
-        project, inputs, s3_artifacts, s3_client, tmp_path):
+def test_a_run_whose_process_is_gone_starts_again_at_once_and_its_partial_upload_is_removed(
+        project, inputs, s3_artifacts, s3_client, tmp_path, settings, monkeypatch,
+        django_capture_on_commit_callbacks):
+    sent: list[int] = []
+    monkeypatch.setattr(runs, "run_enqueue", sent.append)
     host = socket.gethostname()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         dead = _running(project, *inputs, worker=host, worker_pid=_dead_pid())
+        last = _running(project, *inputs, worker=host, worker_pid=_dead_pid(), attempt=settings.RUN_MAX_ATTEMPTS)
         live = _running(project, *inputs, worker=host, worker_pid=alive.pid)
         elsewhere = _running(project, *inputs, worker="gpu-host-2", worker_pid=_dead_pid())
         on_ray = _running(project, *inputs, worker=host, worker_pid=_dead_pid(), ray_job_id="flywheel-run-9-x")
-        # What the dead process had sent before it died: files, no manifest.
+        # What the dead process had sent before it died: files, a multipart upload cut off, no manifest.
         prefix = output_url(dead).removeprefix(f"s3://{s3_artifacts}/")
         s3_client.put_object(Bucket=s3_artifacts, Key=f"{prefix}/config.json", Body=b"{}")
         s3_client.put_object(Bucket=s3_artifacts, Key=f"{prefix}/model-00001-of-00002.safetensors", Body=b"\0" * 1024)
         cut = s3_client.create_multipart_upload(Bucket=s3_artifacts, Key=f"{prefix}/model-00002-of-00002.safetensors")
         s3_client.upload_part(Bucket=s3_artifacts, Key=cut["Key"], UploadId=cut["UploadId"], PartNumber=1,
                               Body=b"\0" * (5 << 20))
-
-        assert runs_reap_dead_here() == [dead.pk]
+        with django_capture_on_commit_callbacks(execute=True):
+            assert sorted(runs_reap_dead_here()) == sorted([dead.pk, last.pk])
     finally:
         alive.kill()
+    dead_pid = dead.worker_pid
     dead.refresh_from_db()
-    assert dead.state == TrainingRun.State.FAILED and dead.finished_at is not None
-    assert f"pid {dead.worker_pid} on {host}) is gone, at step 3 of 5" in dead.error
-    assert "nothing was published" in dead.error and "Retry" in dead.error
+    assert (dead.state, dead.attempt, dead.step, dead.worker_pid) == (TrainingRun.State.QUEUED, 2, 0, None)
+    assert f"attempt 1 lost: the worker process running it (pid {dead_pid} on {host}) is gone, at step 3 of 5" in (
+        dead.log_tail) and "starting again from the beginning (attempt 2 of 3)" in dead.log_tail
+    assert sent == [dead.pk]  # sent to the queue again, once
+    assert output_url(dead).endswith(f"dpo-run-{dead.pk}-a2")  # the new attempt publishes elsewhere
     assert keys_in(s3_client, s3_artifacts, prefix) == []
     assert not s3_client.list_multipart_uploads(Bucket=s3_artifacts, Prefix=prefix).get("Uploads")
+    last.refresh_from_db()
+    assert last.state == TrainingRun.State.FAILED and "is gone, at step 3 of 5" in last.error
+    assert "nothing was published" in last.error and "attempt 3 of 3" in last.error and "retry the run" in last.error
     for run in (live, elsewhere, on_ray):
         run.refresh_from_db()
         assert run.state == TrainingRun.State.RUNNING, run.pk
     assert runs_reap_dead_here() == []  # a second worker starting finds nothing more to do
+
+
+def test_a_process_presumed_lost_that_wakes_up_publishes_nothing(project, inputs, settings, tmp_path):
+    settings.ARTIFACTS_DIR = tmp_path / "artifacts"
+    base, snapshot = inputs
+    run = dpo_start(project=project, checkpoint=base, snapshot=snapshot, enqueue=False,
+                    config={"batch_size": 4, "learning_rate": 1e-3, "num_threads": 1, "max_steps": 1})
+
+    def presumed_lost_meanwhile(run, reporter):
+        # While this process trains, a reaper finds its heartbeat stale and queues attempt 2.
+        TrainingRun.objects.filter(pk=run.pk).update(state=TrainingRun.State.QUEUED, attempt=2)
+        dpo_job(run, reporter)
+
+    assert run_execute(run.pk, presumed_lost_meanwhile) is None
+    assert not Checkpoint.objects.filter(name__startswith="dpo-").exists()
+    assert not artifacts.local_path(output_url(run)).exists()  # what it uploaded is removed
+    run.refresh_from_db()
+    assert (run.state, run.attempt, run.checkpoint_out) == (TrainingRun.State.QUEUED, 2, None)  # left to attempt 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_busy_job_keeps_its_heartbeat_fresh(project, monkeypatch):
+    monkeypatch.setattr(runs, "HEARTBEAT_S", 0.2)
+    run = reward_model_start(project=project, enqueue=False)
+    beats = []
+
+    def busy(run, reporter):  # loading a model, evaluating: no progress to report for a while
+        for _ in range(6):
+            time.sleep(0.25)
+            beats.append(TrainingRun.objects.values_list("heartbeat_at", flat=True).get(pk=run.pk))
+
+    run_execute(run.pk, busy)
+    assert len(set(beats)) >= 3  # refreshed while the job reported nothing
 
 
 def test_a_publish_reports_its_upload_and_a_cancel_mid_upload_leaves_nothing(
@@ -110,10 +156,10 @@ def test_a_publish_reports_its_upload_and_a_cancel_mid_upload_leaves_nothing(
     assert keys_in(s3_client, s3_artifacts, "artifacts/checkpoints/demo/cancelled") == []
 
 
-def _start_worker(env: dict, log: Path) -> subprocess.Popen:
+def _start_worker(env: dict, log: Path, pool: str = "solo") -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu", "--pool", "solo",
-         "--loglevel", "INFO", "--without-heartbeat", "--without-gossip", "--without-mingle"],
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu", "--pool", pool,
+         "--concurrency", "1", "--loglevel", "INFO", "--without-heartbeat", "--without-gossip", "--without-mingle"],
         cwd=ROOT, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -127,9 +173,9 @@ def _wait(run: TrainingRun, until, timeout_s: float, log: Path) -> TrainingRun:
     raise AssertionError(f"run {run.pk} is {run.state} at step {run.step}: {run.error}\n{log.read_text()[-3000:]}")
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_worker_killed_mid_run_fails_it_when_the_host_is_back_and_the_retry_publishes_once(
-        celery_broker, tmp_path, settings, project, annotator, worker_env):
+@pytest.fixture
+def real_worker(celery_broker, tmp_path, settings, project, annotator, worker_env):
+    """Start real worker processes on this test's database and broker; a DPO run's inputs; stop them after."""
     from config.celery import app
 
     settings.ARTIFACTS_DIR = tmp_path / "artifacts"
@@ -141,41 +187,67 @@ def test_a_worker_killed_mid_run_fails_it_when_the_host_is_back_and_the_retry_pu
     env = {**os.environ, **celery_broker, "DATABASE_URL": database_url(), "ARTIFACTS_DIR": str(settings.ARTIFACTS_DIR),
            "PYTHONUNBUFFERED": "1", **worker_env}
     log = tmp_path / "worker.log"
-    worker = _start_worker(env, log)
-    try:
+    started: list[subprocess.Popen] = []
+
+    def start(pool: str = "solo") -> subprocess.Popen:
+        started.append(_start_worker(env, log, pool))
+        return started[-1]
+
+    def dpo() -> TrainingRun:
         with transaction.atomic():
             run = dpo_start(project=project, checkpoint=base, snapshot=snapshot,
-                            config={"batch_size": 4, "learning_rate": 1e-3, "num_threads": 1, "max_steps": 400})
-        run = _wait(run, lambda r: r.state == TrainingRun.State.RUNNING and r.step >= 2, 120, log)
-        assert run.worker == socket.gethostname() and run.worker_pid == worker.pid
-        os.killpg(worker.pid, signal.SIGKILL)  # the host goes down: the worker and all it started
-        worker.wait()
-        time.sleep(1)
-        run.refresh_from_db()
-        assert run.state == TrainingRun.State.RUNNING and not Checkpoint.objects.filter(name__startswith="dpo-").exists()
+                            config={"batch_size": 4, "learning_rate": 1e-3, "num_threads": 1, "max_steps": 300})
+        return _wait(run, lambda r: r.state == TrainingRun.State.RUNNING and r.step >= 2, 120, log)
 
-        started = time.monotonic()
-        worker = _start_worker(env, log)  # the host is back; its worker starts
-        run = _wait(run, lambda r: r.finished, 60, log)
-        assert run.state == TrainingRun.State.FAILED and f"(pid {run.worker_pid} on " in run.error, run.error
-        assert time.monotonic() - started < 60  # not STALE_AFTER (15 minutes)
-        assert not Path(artifacts.local_path(output_url(run))).exists()
-
-        run.config = {**run.config, "max_steps": 3}
-        run.save(update_fields=["config"])
-        with transaction.atomic():
-            retry = run_retry(run=run)
-        retry = _wait(retry, lambda r: r.finished, 180, log)
-        assert retry.state == TrainingRun.State.SUCCEEDED, retry.error
-        assert list(Checkpoint.objects.filter(name__startswith="dpo-").values_list("name", flat=True)) == [
-            f"dpo-r{retry.pk}"]
-        assert (Path(artifacts.local_path(retry.checkpoint_out.uri)) / "model.safetensors").exists()
-        run.refresh_from_db()
-        assert run.state == TrainingRun.State.FAILED  # a task delivered again never revived it
-    finally:
+    yield start, dpo, log
+    for worker in started:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
             try:
                 worker.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
+
+
+def _published_once(run: TrainingRun, log: Path) -> None:
+    run = _wait(run, lambda r: r.finished, 240, log)
+    assert run.state == TrainingRun.State.SUCCEEDED and run.attempt == 2, f"{run.state}: {run.error}"
+    assert "attempt 1 lost: the worker process running it (pid" in run.log_tail
+    assert list(Checkpoint.objects.filter(name__startswith="dpo-").values_list("name", "uri")) == [
+        (f"dpo-r{run.pk}", artifacts.artifact_url("checkpoints", run.project.slug, f"dpo-run-{run.pk}-a2"))]
+    assert (artifacts.local_path(run.checkpoint_out.uri) / "model.safetensors").exists()
+    first = artifacts.artifact_url("checkpoints", run.project.slug, f"dpo-run-{run.pk}")
+    assert not artifacts.local_path(first).exists()
+    assert run.steps.count() == run.total_steps == 300  # the second attempt's steps, each once
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_host_that_goes_down_mid_run_restarts_the_run_when_it_is_back_and_it_publishes_once(real_worker):
+    start, dpo, log = real_worker
+    worker = start()
+    run = dpo()
+    assert run.worker == socket.gethostname() and run.worker_pid == worker.pid
+    os.killpg(worker.pid, signal.SIGKILL)  # the host goes down: the worker and all it started
+    worker.wait()
+    time.sleep(1)
+    run.refresh_from_db()
+    assert run.state == TrainingRun.State.RUNNING and not Checkpoint.objects.filter(name__startswith="dpo-").exists()
+
+    begun = time.monotonic()
+    start()  # the host is back; its worker starts and finds the run's process gone
+    _wait(run, lambda r: r.attempt == 2 and r.state == TrainingRun.State.RUNNING, 60, log)
+    assert time.monotonic() - begun < 60  # at once, not after RUN_LOST_AFTER_S
+    _published_once(run, log)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pool_process_killed_mid_run_is_redelivered_and_the_run_restarts_at_once(real_worker):
+    start, dpo, log = real_worker
+    worker = start("prefork")
+    run = dpo()
+    assert run.worker_pid != worker.pid  # a child of the worker runs it
+    begun = time.monotonic()
+    os.kill(run.worker_pid, signal.SIGKILL)  # the pool process dies; the worker lives and gets the task again
+    _wait(run, lambda r: r.attempt == 2 and r.state == TrainingRun.State.RUNNING, 60, log)
+    assert time.monotonic() - begun < 30
+    _published_once(run, log)

@@ -112,16 +112,28 @@ def test_cancelling_a_queued_run_means_it_never_starts(project):
     assert run.state == "cancelled"
 
 
-def test_a_run_whose_worker_died_is_marked_failed(project):
+def test_a_run_whose_worker_went_silent_starts_again_and_fails_after_its_last_attempt(project, settings):
     from datetime import timedelta
 
     from django.utils import timezone
 
+    settings.RUN_MAX_ATTEMPTS = 2
     run = reward_model_start(project=project, enqueue=False)
-    TrainingRun.objects.filter(pk=run.pk).update(state="running", heartbeat_at=timezone.now() - timedelta(hours=1))
+    silent = timezone.now() - timedelta(seconds=settings.RUN_LOST_AFTER_S + 1)
+    TrainingRun.objects.filter(pk=run.pk).update(state="running", heartbeat_at=silent, worker="gpu-7", step=4,
+                                                 total_steps=9)
     assert runs_reap_stale() == 1
     run.refresh_from_db()
-    assert run.state == "failed" and "crashed" in run.error
+    assert (run.state, run.attempt, run.step, run.heartbeat_at) == ("queued", 2, 0, None)
+    assert "attempt 1 lost: its worker process (gpu-7) stopped reporting for more than 0:02:00, at step 4 of 9" in (
+        run.log_tail) and "attempt 2 of 2" in run.log_tail
+    TrainingRun.objects.filter(pk=run.pk).update(state="running", heartbeat_at=silent)
+    assert runs_reap_stale() == 1
+    run.refresh_from_db()
+    assert run.state == "failed" and "stopped reporting" in run.error and "attempt 2 of 2" in run.error
+    fresh = reward_model_start(project=project, enqueue=False)
+    TrainingRun.objects.filter(pk=fresh.pk).update(state="running", heartbeat_at=timezone.now() - timedelta(seconds=20))
+    assert runs_reap_stale() == 0  # heartbeats come every 15 s: 20 s of silence is not lost
 
 
 def test_train_reward_model_command_sync(project, annotator, tiny_backbone, artifacts):
