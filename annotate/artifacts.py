@@ -237,15 +237,7 @@ def file_publish(local: Path, url: str) -> None:
         final.chmod(0o444)
         _fsync_dir(final.parent)
         return
-    fs, key = s3_filesystem(), _s3_path(url)
-    size, digest = local.stat().st_size, sha256_file(local)
-    try:
-        fs.put_file(str(local), key)
-        if fs.info(key)["size"] != size:
-            raise ArtifactError(f"upload to {url} did not verify: the stored size differs")
-    except BaseException:
-        _remove_quietly(fs, key)
-        raise
+    digest = file_upload(local, url)
     cached = Path(settings.ARTIFACTS_CACHE_DIR) / "files" / _key(url, digest)
     cached.mkdir(parents=True, exist_ok=True)
     os.replace(local, cached / _name(url))  # a verified copy already: this host need not download it

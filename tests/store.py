@@ -92,3 +92,16 @@ def lose_the_store_after(monkeypatch, uploads: int, *, under: str = "") -> None:
 def store_back(monkeypatch) -> None:
     monkeypatch.undo()
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+def publish_tiny_base(project, name: str = "base"):
+    """A tiny chat Llama published to the store (ARTIFACTS_URL) as the project's incumbent checkpoint."""
+    from annotate import artifacts
+    from annotate.models import Checkpoint
+    from tests.tiny import save_tiny_llama
+
+    url = artifacts.artifact_url("checkpoints", project.slug, name)
+    staging = artifacts.staging_path(url)
+    save_tiny_llama(staging, chat=True)
+    return Checkpoint.objects.create(project=project, name=name, uri=artifacts.folder_publish(staging, url),
+                                     state=Checkpoint.State.INCUMBENT)

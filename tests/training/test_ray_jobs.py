@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from annotate import artifacts, services
+from annotate import services
 from annotate.models import Checkpoint, Comparison, Completion
 from annotate.snapshots import snapshot_freeze
 from rewardmodel.models import RewardModel
-from tests.store import keys_in
+from tests.store import keys_in, publish_tiny_base
 from tests.tiny import save_tiny_bert, save_tiny_llama
 from tests.training.test_reward_runs import vote_by_rule
 from tests.training.test_worker import database_url
@@ -175,11 +175,7 @@ def test_a_reward_model_run_on_ray_reports_progress_and_publishes_one_version(ra
 def test_a_dpo_run_on_a_cluster_without_the_worker_s_disk_goes_through_the_store(
         ray, project, annotator, tmp_path, s3_artifacts, s3_client):
     vote_by_rule(project, annotator, 16)
-    url = artifacts.artifact_url("checkpoints", project.slug, "base")
-    staging = artifacts.staging_path(url)
-    save_tiny_llama(staging, chat=True)
-    base = Checkpoint.objects.create(project=project, name="base", uri=artifacts.folder_publish(staging, url),
-                                     state=Checkpoint.State.INCUMBENT)
+    base = publish_tiny_base(project)
     run = _dpo(project, (base, snapshot_freeze(project=project)), max_steps=2)
     run_execute(run.pk, dpo_job)
     run.refresh_from_db()

@@ -15,7 +15,7 @@ import pytest
 from annotate import artifacts
 from annotate.models import Checkpoint
 from annotate.snapshots import snapshot_freeze, snapshot_path
-from tests.store import KEYS, another_host, keys_in
+from tests.store import KEYS, another_host, keys_in, publish_tiny_base
 from tests.tiny import save_tiny_llama
 from tests.training.test_reward_runs import vote_by_rule
 from training import configs, ray_jobs
@@ -41,11 +41,7 @@ def _node(settings, tmp_path: Path, spec_url: str, world_size: int = 1) -> subpr
 def test_a_dpo_job_staged_in_the_store_trains_on_a_node_without_the_worker_s_disk(
         settings, tmp_path, project, annotator, s3_artifacts, s3_client):
     vote_by_rule(project, annotator, 16)
-    url = artifacts.artifact_url("checkpoints", project.slug, "base")
-    staging = artifacts.staging_path(url)
-    save_tiny_llama(staging, chat=True)
-    base = Checkpoint.objects.create(project=project, name="base", uri=artifacts.folder_publish(staging, url),
-                                     state=Checkpoint.State.INCUMBENT)
+    base = publish_tiny_base(project)
     snapshot = snapshot_freeze(project=project)
     run = dpo_start(project=project, checkpoint=base, snapshot=snapshot, enqueue=False,
                     config={"batch_size": 4, "learning_rate": 1e-3, "num_threads": 1, "max_steps": 2})

@@ -11,8 +11,8 @@ from annotate import artifacts, services
 from annotate.models import Checkpoint, Completion
 from annotate.snapshots import snapshot_freeze
 from rewardmodel.models import RewardModel
-from tests.store import another_host, keys_in, lose_the_store_after, store_back
-from tests.tiny import save_tiny_bert, save_tiny_llama
+from tests.store import another_host, keys_in, lose_the_store_after, publish_tiny_base, store_back
+from tests.tiny import save_tiny_bert
 from tests.training.test_reward_runs import vote_by_rule
 from training.generation import generation_job, generation_start
 from training.models import TrainingRun
@@ -82,12 +82,7 @@ def test_a_reward_model_upload_cut_off_leaves_no_row_and_the_retry_publishes_onc
 def stored_base(project, annotator, tmp_path, s3_artifacts):
     """A base policy published to the store (as an imported checkpoint would be) and a frozen snapshot."""
     vote_by_rule(project, annotator, 16)
-    url = artifacts.artifact_url("checkpoints", project.slug, "base")
-    staging = artifacts.staging_path(url)
-    save_tiny_llama(staging, chat=True)
-    base = Checkpoint.objects.create(project=project, name="base", uri=artifacts.folder_publish(staging, url),
-                                     state=Checkpoint.State.INCUMBENT)
-    return base, snapshot_freeze(project=project)
+    return publish_tiny_base(project), snapshot_freeze(project=project)
 
 
 def test_a_dpo_run_pulls_its_inputs_publishes_to_the_store_and_another_host_samples_it(
