@@ -10,7 +10,10 @@ Importing this module imports no torch: web processes validate configs with it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import types
+import typing
 from typing import Any
 
 from django.conf import settings
@@ -97,7 +100,59 @@ def _checked(kind: str, run_config: dict) -> dict[str, Any]:
     return {**defaults, **run_config}
 
 
+def _accepts(hint, value) -> bool:
+    """Whether a JSON ``value`` fits a library field's type hint (one level: the hints these configs use)."""
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) is typing.Literal:
+        return any(value == choice and type(value) is type(choice) for choice in typing.get_args(hint))
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(_accepts(option, value) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) in (tuple, list):
+        item = (typing.get_args(hint) or (object,))[0]
+        return isinstance(value, (list, tuple)) and all(item is object or _accepts(item, v) for v in value)
+    return True  # a hint these configs do not use: the dataclass has the last word
+
+
+def _describe(hint) -> str:
+    if hint is bool:
+        return "true or false"
+    if hint is int:
+        return "a whole number"
+    if hint is float:
+        return "a number"
+    if hint is str:
+        return "text"
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) in (tuple, list):
+        return f"a list of {_describe((typing.get_args(hint) or (str,))[0]).removeprefix('a ')}"
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(_describe(option) for option in typing.get_args(hint))
+    return str(hint)
+
+
+def _typed(cls, values: dict) -> None:
+    """A setting whose JSON type does not fit its field is an error naming the setting and what it takes."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is not None and not _accepts(hint, value):
+            raise ValueError(f"{name} must be {_describe(hint)}, not {json.dumps(value)[:80]}")
+
+
 def _build(cls, values: dict, **inputs):
+    _typed(cls, values)
     try:
         return cls(**values, **inputs)
     except TypeError as error:  # e.g. a list where a number belongs

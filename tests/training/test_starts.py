@@ -178,6 +178,11 @@ def test_the_api_names_inputs_and_refuses_bad_ones_with_a_clear_400(client, proj
         "learning_rate must be a finite number": {"kind": "reward_model", "config": {"learning_rate": float("nan")}},
         "steps must be a finite number": {"kind": "ppo", "config": {"steps": float("inf")}},
         "seed must be a whole number": {"kind": "generation", "config": {"seed": 1.5}},
+        'epochs must be a number, not "x"': {"kind": "reward_model", "config": {"epochs": "x"}},
+        "batch_size must be a whole number, not [1]": {"kind": "ppo", "config": {"batch_size": [1]}},
+        "max_steps must be a whole number or null, not true": {"kind": "dpo", "config": {"max_steps": True}},
+        "mode must be one of 'auto', 'full', 'lora', 'qlora', not \"half\"": {"kind": "dpo", "config": {"mode": "half"}},
+        "backbone must be text, not 5": {"kind": "reward_model", "config": {"backbone": 5}},
         "kind must be one of": {"kind": "sft"},
         "send {": {"kind": "dpo", "config": [1]},
     }
