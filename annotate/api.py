@@ -5,9 +5,12 @@ Described by ``annotate.openapi.SPEC`` at ``/api/openapi.json``.
 from __future__ import annotations
 
 import json
+import logging
 from functools import wraps
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -18,6 +21,8 @@ from annotate.queue import comparison_next
 from annotate.tokens import Caller, caller_for_token
 from annotate.views_manage import export_response
 from annotate.votes import VoteError, vote_record
+
+log = logging.getLogger(__name__)
 
 
 def _error(status: int, message: str) -> JsonResponse:
@@ -37,6 +42,18 @@ def api_view(view=None, *, scope: str = ""):
     @csrf_exempt  # Bearer tokens are not sent by browsers on their own, so CSRF does not apply.
     @wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        try:
+            return authenticated(request, *args, **kwargs)
+        except (OperationalError, InterfaceError):  # the database restarts, or is out of reach
+            log.warning("API %s %s: the database did not answer", request.method, request.path, exc_info=True)
+            response = _error(503, "the database is unreachable for the moment; nothing was stored; try again")
+            response["Retry-After"] = "1"
+            return response
+        except RequestDataTooBig:
+            return _error(413, f"the request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes "
+                               "(UPLOAD_MAX_MEMORY_BYTES); nothing was stored")
+
+    def authenticated(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         scheme, _, raw = header.partition(" ")
         caller = None
@@ -69,14 +86,27 @@ def _annotator_project(caller: Caller) -> Project:
     return caller.project
 
 
-def _json_body(request: HttpRequest):
+def _json_body(request: HttpRequest, *, limit: int | None = None):
+    """The body as JSON. With ``limit`` (an import's IMPORT_MAX_BYTES) it is read from the stream up to
+    that many bytes, instead of Django's in-memory limit for every request body."""
+    if limit is None:
+        raw = request.body
+    else:
+        raw = request.read(limit + 1)
+        if len(raw) > limit:
+            raise _TooBig(f"the request body is over {limit:,} bytes (IMPORT_MAX_BYTES); nothing was imported: "
+                          "send the rows in several requests")
     try:
-        return json.loads(request.body or b"null")
+        return json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise _BadRequest("the request body is not valid JSON") from None
 
 
 class _BadRequest(Exception):
+    pass
+
+
+class _TooBig(Exception):
     pass
 
 
@@ -168,9 +198,11 @@ def vote(request: HttpRequest, comparison_id: int) -> JsonResponse:
 def _rows_import(request: HttpRequest, slug: str, importer) -> JsonResponse:
     project = access.project_for_manager(request.user, slug)
     try:
-        body = _json_body(request)
+        body = _json_body(request, limit=settings.IMPORT_MAX_BYTES)
     except _BadRequest as error:
         return _error(400, str(error))
+    except _TooBig as error:
+        return _error(413, str(error))
     rows = body.get("items") if isinstance(body, dict) else body
     if not isinstance(rows, list):
         return _error(400, 'send a JSON list of rows, or {"items": [...]}')

@@ -166,3 +166,38 @@ def test_openapi_document_describes_vote_with_next(client):
     assert "next" in spec["components"]["schemas"]["VoteIn"]["properties"]
     assert "next" in spec["components"]["schemas"]["Vote"]["properties"]
     assert any(p["name"] == "next" and p["in"] == "query" for p in vote["parameters"])
+
+
+def test_a_database_out_of_reach_is_a_json_503_that_stores_nothing(api, project, comparisons, monkeypatch):
+    from django.db import OperationalError
+
+    from annotate import api as api_module
+
+    def refused(*args, **kwargs):
+        raise OperationalError("could not connect to server: Connection refused (password=hunter2)")
+
+    monkeypatch.setattr(api_module, "caller_for_token", refused)
+    response = api("post", f"/api/comparisons/{comparisons[0].pk}/vote", {"choice": "a"})
+    assert response.status_code == 503 and response["Content-Type"] == "application/json"
+    assert response["Retry-After"] == "1" and "database is unreachable" in response.json()["error"]
+    assert "hunter2" not in response.content.decode() and Vote.objects.count() == 0
+
+
+def test_request_bodies_over_their_limits_are_a_json_413_naming_the_limit(client, manager, annotator, project,
+                                                                          comparisons, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2_000
+    settings.IMPORT_MAX_BYTES = 60_000
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=manager, name='t')}"}
+    rows = [{"prompt": f"Prompt number {i} " + "x" * 40} for i in range(600)]
+    body = json.dumps(rows)
+    assert 2_000 < len(body) < 60_000  # over the in-memory limit, under the import limit
+    imported = client.post("/api/projects/demo/prompts", body, content_type="application/json", **headers)
+    assert imported.status_code == 201, imported.content
+    huge = json.dumps(rows * 3)
+    refused = client.post("/api/projects/demo/prompts", huge, content_type="application/json", **headers)
+    assert refused.status_code == 413 and "60,000 bytes (IMPORT_MAX_BYTES)" in refused.json()["error"]
+    annotating = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=annotator, name='a')}"}
+    vote = client.post(f"/api/comparisons/{comparisons[0].pk}/vote", json.dumps({"choice": "a", "rationale": "y" * 3_000}),
+                       content_type="application/json", **annotating)
+    assert vote.status_code == 413 and "over 2,000 bytes (UPLOAD_MAX_MEMORY_BYTES)" in vote.json()["error"]
+    assert not Vote.objects.exists()
