@@ -179,10 +179,22 @@ def vote_record(
     """Record ``annotator``'s vote on a comparison, exactly once.
 
     A replay (same idempotency key, or a second submission for the same comparison)
-    returns the first vote with ``created=False`` and writes nothing. A vote that would
+    returns the first vote with ``created=False`` and writes nothing; one with another
+    choice raises ``IdempotencyConflict`` naming both (a vote is final). A vote that would
     exceed the project's overlap raises ``ComparisonFull``; nothing is stored then.
     The caller has already checked that the annotator may vote in this project.
     """
+    outcome = _record(annotator, comparison_id, choice, strength, rationale, time_spent_ms, idempotency_key,
+                      source, now)
+    if not outcome.created and outcome.vote.choice != choice:
+        how = "with this idempotency_key " if idempotency_key else ""
+        raise IdempotencyConflict(f"you already voted {outcome.vote.choice!r} on comparison {comparison_id} {how}and a "
+                                  f"vote is final: {choice!r} was not recorded")
+    return outcome
+
+
+def _record(annotator, comparison_id: int, choice: str, strength: int | None, rationale: str,
+            time_spent_ms: int | None, idempotency_key: str, source: str, now) -> VoteOutcome:
     strength = _clean(choice, strength, rationale, idempotency_key)
     ballot = _Ballot(
         annotator_id=annotator.pk, comparison_id=comparison_id, choice=choice, strength=strength,

@@ -50,6 +50,9 @@ def test_next_then_vote_then_replay(api, project, comparisons):
     assert first.json()["winner"] == pair["a"]["id"]
     replay = api("post", url, {"choice": "a", "strength": 3, "idempotency_key": "abc"})
     assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
+    changed = api("post", url, {"choice": "b", "idempotency_key": "abc"})
+    assert changed.status_code == 409 and "you already voted 'a'" in changed.json()["error"]
+    assert "'b' was not recorded" in changed.json()["error"]
     assert Vote.objects.count() == 1
 
 

@@ -21,12 +21,15 @@ def test_tie_has_no_winner_or_strength(project, annotator, comparisons):
     assert vote.winner_id is None and vote.strength is None
 
 
-def test_same_idempotency_key_returns_the_first_vote(project, annotator, comparisons):
+def test_same_idempotency_key_returns_the_first_vote_and_another_choice_is_a_conflict(project, annotator, comparisons):
     first = vote_record(annotator=annotator, comparison_id=comparisons[0].pk, choice="a", idempotency_key="k1")
-    again = vote_record(annotator=annotator, comparison_id=comparisons[0].pk, choice="b", idempotency_key="k1")
+    again = vote_record(annotator=annotator, comparison_id=comparisons[0].pk, choice="a", idempotency_key="k1")
     assert first.created and not again.created
     assert again.vote.pk == first.vote.pk and again.vote.choice == "a"
-    assert Vote.objects.count() == 1
+    with pytest.raises(IdempotencyConflict, match="you already voted 'a' on comparison .* with this idempotency_key"
+                                                  " and a vote is final: 'b' was not recorded"):
+        vote_record(annotator=annotator, comparison_id=comparisons[0].pk, choice="b", idempotency_key="k1")
+    assert Vote.objects.count() == 1 and Vote.objects.get().choice == "a"
 
 
 def test_key_reused_on_another_comparison_is_refused(project, annotator, comparisons):
@@ -38,8 +41,10 @@ def test_key_reused_on_another_comparison_is_refused(project, annotator, compari
 
 def test_second_vote_on_same_comparison_is_not_a_second_row(project, annotator, comparisons):
     vote_record(annotator=annotator, comparison_id=comparisons[0].pk, choice="a")
-    outcome = vote_record(annotator=annotator, comparison_id=comparisons[0].pk, choice="b")
+    outcome = vote_record(annotator=annotator, comparison_id=comparisons[0].pk, choice="a")
     assert not outcome.created and outcome.vote.choice == "a"
+    with pytest.raises(IdempotencyConflict, match="you already voted 'a'"):
+        vote_record(annotator=annotator, comparison_id=comparisons[0].pk, choice="b")
     assert Vote.objects.count() == 1
 
 
