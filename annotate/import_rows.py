@@ -100,15 +100,27 @@ def _jsonl(text: str) -> list[tuple[int, Any]]:
 
 
 def _csv(text: str) -> list[tuple[int, Any]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # strict: a quote that is never closed is an error, not a field that swallows the rest of the file.
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    start = 1  # the line the row being read begins on
     try:
         header = [name.strip() for name in reader.fieldnames or []]
         if "prompt" not in header:
             raise ImportFailed('the header row must name a "prompt" column', line=1, field="prompt")
         reader.fieldnames = header
-        return [(reader.line_num, _csv_row(row)) for row in reader]
+        rows = []
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return rows
+            rows.append((reader.line_num, _csv_row(row)))
     except csv.Error as error:
-        raise ImportFailed(f"invalid CSV: {error}", line=reader.line_num + 1) from None
+        if "unexpected end of data" in str(error) or "field larger than field limit" in str(error):
+            raise ImportFailed('a quoted cell opens here and its closing " never comes (the rest of the file would '
+                               'be one cell): close it, or double a " inside it', line=start) from None
+        raise ImportFailed(f"invalid CSV: {error}", line=max(start, reader.line_num)) from None
 
 
 def _csv_row(row: dict) -> dict:
@@ -149,6 +161,15 @@ def _text(value: Any, *, line: int, field: str) -> str:
         raise ImportFailed("is missing" if value is None else "must be a string", line=line, field=field)
     if not value.strip():
         raise ImportFailed("must not be empty", line=line, field=field)
+    return _sized(value, line=line, field=field)
+
+
+def _sized(value: str, *, line: int, field: str) -> str:
+    """A text no longer than TEXT_MAX_CHARS: every annotator shown it would wait while it renders."""
+    limit = settings.TEXT_MAX_CHARS
+    if len(value) > limit:
+        raise ImportFailed(f"is {len(value):,} characters; one text may hold at most {limit:,} (TEXT_MAX_CHARS)",
+                           line=line, field=field)
     return value
 
 
@@ -166,6 +187,7 @@ def _messages(value: Any, *, line: int, field: str) -> list[dict]:
     for i, message in enumerate(messages):
         if not message["content"].strip():
             raise ImportFailed(f"messages[{i}].content is empty", line=line, field=field)
+        _sized(message["content"], line=line, field=f"{field}[{i}].content" if isinstance(value, list) else field)
     return messages
 
 

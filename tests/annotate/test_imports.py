@@ -59,6 +59,34 @@ def test_csv_errors_name_the_line_and_column(project):
     assert Prompt.objects.count() == 0
 
 
+def test_a_csv_quote_never_closed_is_refused_at_its_line_and_nothing_is_imported(project):
+    lines = [b"prompt"] + [b"Question %d about the weather" % i for i in range(1, 10_000)]
+    lines[5_000] = b'"Question 5000 with a stray quote'
+    with pytest.raises(ImportFailed, match=r'^line 5001: a quoted cell opens here and its closing " never comes'):
+        imports.import_prompts(project=project, stream=io.BytesIO(b"\n".join(lines) + b"\n"), filename="p.csv")
+    with pytest.raises(ImportFailed, match=r"^line 2: invalid CSV: ',' expected after"):
+        imports.import_prompts(project=project, stream=io.BytesIO(b'prompt,tags\n"quoted"tail,x\n'), filename="p.csv")
+    assert Prompt.objects.count() == 0
+    doubled = b'prompt\n"She said ""hi"", then left"\nplain\n'
+    assert imports.import_prompts(project=project, stream=io.BytesIO(doubled), filename="p.csv").created == 2
+
+
+@override_settings(TEXT_MAX_CHARS=1_000)
+def test_a_text_over_the_limit_is_refused_naming_line_field_and_limit(project):
+    rows = [{"prompt": "short"}, {"prompt": "y" * 1_001}]
+    with pytest.raises(ImportFailed, match=r'^line 2, field "prompt": is 1,001 characters; one text may hold at most '
+                                           r"1,000 \(TEXT_MAX_CHARS\)"):
+        imports.import_prompt_rows(project=project, rows=rows)
+    long_turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"},
+                 {"role": "user", "content": "z" * 2_000}]
+    with pytest.raises(ImportFailed, match=r'^line 1, field "messages\[2\].content": is 2,000 characters'):
+        imports.import_prompt_rows(project=project, rows=[{"messages": long_turn}])
+    completion = [{"prompt": "Hi?", "checkpoint": "m1", "text": "w" * 5_000}]
+    with pytest.raises(ImportFailed, match=r'^line 1, field "text": is 5,000 characters'):
+        imports.import_completion_rows(project=project, rows=completion)
+    assert Prompt.objects.count() == 0
+
+
 def test_duplicate_prompts_are_skipped_not_errors(project):
     imports.import_prompts(project=project, stream=jsonl({"prompt": "Same?"}), filename="a.jsonl")
     result = imports.import_prompts(
