@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import time
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import parse_qsl, unquote, urlparse
@@ -117,8 +119,33 @@ def database_from_url(url: str, name: str = "DATABASE_URL") -> dict:
 VAR_DIR = Path(env_str("FLYWHEEL_VAR_DIR", str(BASE_DIR / "var")))
 # Runtime state (SQLite file, broker folder, artifacts) lives here; a fresh clone has none yet.
 (VAR_DIR / "staticfiles").mkdir(parents=True, exist_ok=True)
-SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me")
 DEBUG = env_bool("DEBUG", False)
+
+
+def _local_secret_key(path: Path) -> str:
+    """This installation's own key, made once (random, readable by its owner only) and kept in VAR_DIR:
+    the demo and a lone host never run on a key anyone else knows. Several web hosts must share one:
+    set SECRET_KEY."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made before, or by a sibling process a moment ago
+        for _ in range(50):
+            key = path.read_text().strip()
+            if key:
+                return key
+            time.sleep(0.01)
+        raise ImproperlyConfigured(f"{path} is empty: remove it (a new key is made) or set SECRET_KEY") from None
+    key = secrets.token_urlsafe(50)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+SECRET_KEY = env_str("SECRET_KEY") or _local_secret_key(VAR_DIR / "secret_key")
+if not DEBUG and (len(SECRET_KEY) < 32 or SECRET_KEY.startswith(("CHANGE", "django-insecure-", "dev-only-insecure"))):
+    refuse("SECRET_KEY", SECRET_KEY[:12] + "...", "with DEBUG off it must be a real secret of 32 or more random "
+           "characters (python -c 'import secrets; print(secrets.token_urlsafe(50))'), not a placeholder; "
+           "or leave it unset on a lone host, which then makes and keeps its own")
 ALLOWED_HOSTS = [h for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 

@@ -33,14 +33,36 @@ def test_check_deploy_is_clean_under_the_documented_production_settings(tmp_path
     assert "System check identified no issues" in done.stdout
 
 
-def test_the_defaults_are_what_check_deploy_warns_about(tmp_path):
-    # The embedded defaults are for a laptop: the deploy check must keep flagging them.
+def test_the_defaults_are_what_check_deploy_warns_about_but_their_key_is_this_host_s_own(tmp_path):
+    # The embedded defaults are for a laptop: the deploy check must keep flagging them (HTTPS).
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_") and k != "SECRET_KEY"}
     env["FLYWHEEL_VAR_DIR"] = str(tmp_path)
     done = subprocess.run([sys.executable, "manage.py", "check", "--deploy"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
-    for warning in ("W004", "W008", "W009", "W012", "W016"):
+    for warning in ("W004", "W008", "W012", "W016"):
         assert warning in done.stdout + done.stderr, warning
+    # No SECRET_KEY: not a public default (W009) but a random one made once, kept, readable by its owner only.
+    assert "W009" not in done.stdout + done.stderr
+    key = tmp_path / "secret_key"
+    assert len(key.read_text()) >= 50 and key.stat().st_mode & 0o777 == 0o600
+    first = key.read_text()
+    subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    assert key.read_text() == first  # the same key on every start: sessions survive a restart
+
+
+def test_a_placeholder_secret_key_with_debug_off_stops_the_start_naming_it(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DEBUG"}
+    env.update(FLYWHEEL_VAR_DIR=str(tmp_path), SECRET_KEY="CHANGE-to-50-or-more-random-characters")
+    done = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and "ImproperlyConfigured: SECRET_KEY='CHANGE-to-50..." in done.stderr
+    assert "not a placeholder" in done.stderr
+    env["SECRET_KEY"] = "short"
+    assert subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True,
+                          timeout=120).returncode != 0
+    env["DEBUG"] = "1"  # a developer's machine may
+    assert subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True,
+                          timeout=120).returncode == 0
 
 
 def _compose() -> dict:
