@@ -21,6 +21,7 @@ from annotate.queue import comparison_next
 from annotate.tokens import Caller, caller_for_token
 from annotate.views_manage import export_response
 from annotate.votes import VoteError, vote_record
+from config.throttle import api_call_allowed
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ def api_view(view=None, *, scope: str = ""):
             response = _error(401, "a valid bearer token is required (python manage.py create_api_token USER)")
             response["WWW-Authenticate"] = "Bearer"
             return response
+        refused = api_call_allowed(raw.strip())
+        if refused is not None:
+            return refused
         request.user, request.caller = caller.user, caller
         try:
             return view(request, *args, **kwargs)

@@ -83,6 +83,14 @@ def celery_broker(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_throttle_counters():
+    # The throttles count in the cache (each process's memory here): no test inherits another's counts.
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hasher(settings):
     # The default hasher costs ~0.5 s per user on this machine; tests create many users.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
