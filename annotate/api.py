@@ -104,6 +104,8 @@ def _json_body(request: HttpRequest, *, limit: int | None = None):
         return json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise _BadRequest("the request body is not valid JSON") from None
+    except RecursionError:
+        raise _BadRequest("the request body is nested too deeply") from None
 
 
 class _BadRequest(Exception):
@@ -174,9 +176,9 @@ def vote(request: HttpRequest, comparison_id: int) -> JsonResponse:
             comparison_id=comparison_id,
             choice=body.get("choice", ""),
             strength=body.get("strength"),
-            rationale=str(body.get("rationale") or ""),
-            time_spent_ms=body.get("time_spent_ms") if isinstance(body.get("time_spent_ms"), int) else None,
-            idempotency_key=str(body.get("idempotency_key") or ""),
+            rationale="" if body.get("rationale") is None else body["rationale"],
+            time_spent_ms=body.get("time_spent_ms"),
+            idempotency_key="" if body.get("idempotency_key") is None else body["idempotency_key"],
         )
     except _BadRequest as error:
         return _error(400, str(error))

@@ -151,15 +151,42 @@ STRENGTHS = {choice.value for choice in Vote.Strength}
 CHOICES = {choice.value for choice in Vote.Choice}
 
 
-def _clean(choice: str, strength: int | None, rationale: str, idempotency_key: str) -> int | None:
-    if choice not in CHOICES:
-        raise VoteError(f"choice must be one of {sorted(CHOICES)}, not {choice!r}")
-    if strength is not None and strength not in STRENGTHS:
-        raise VoteError(f"strength must be 1 (slightly), 2 (clearly) or 3 (much better), not {strength!r}")
-    if len(rationale) > 10_000:
-        raise VoteError("rationale is longer than 10,000 characters")
-    if len(idempotency_key) > 64:
-        raise VoteError("idempotency_key is longer than 64 characters")
+TIME_SPENT_MAX_MS = 7 * 24 * 3600 * 1000  # a week: anything longer is not time spent on one pair
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _plain_text(value, name: str, limit: int) -> str:
+    """A string fit to store: at most ``limit`` characters, no NUL, no lone surrogate (neither encodes)."""
+    if not isinstance(value, str):
+        raise VoteError(f"{name} must be a string, not {_shown(value)}")
+    if len(value) > limit:
+        raise VoteError(f"{name} is longer than {limit:,} characters")
+    if "\x00" in value:
+        raise VoteError(f"{name} holds a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise VoteError(f"{name} holds a lone surrogate (not valid Unicode text)") from None
+    return value
+
+
+def _clean(choice, strength, rationale, idempotency_key, time_spent_ms=None) -> int | None:
+    """Every field checked for type and range before anything is written; VoteError names the first bad one."""
+    if not isinstance(choice, str) or choice not in CHOICES:
+        raise VoteError(f"choice must be one of {sorted(CHOICES)}, not {_shown(choice)}")
+    if strength is not None and (isinstance(strength, bool) or not isinstance(strength, int)
+                                 or strength not in STRENGTHS):
+        raise VoteError(f"strength must be 1 (slightly), 2 (clearly) or 3 (much better), not {_shown(strength)}")
+    _plain_text(rationale, "rationale", 10_000)
+    _plain_text(idempotency_key, "idempotency_key", 64)
+    if time_spent_ms is not None and (isinstance(time_spent_ms, bool) or not isinstance(time_spent_ms, int)
+                                      or not 0 <= time_spent_ms <= TIME_SPENT_MAX_MS):
+        raise VoteError(f"time_spent_ms must be a whole number of milliseconds from 0 to {TIME_SPENT_MAX_MS:,}, "
+                        f"not {_shown(time_spent_ms)}")
     # Strength qualifies a winner; a tie or "both bad" has none.
     return strength if choice in (Vote.Choice.A, Vote.Choice.B) else None
 
@@ -195,7 +222,7 @@ def vote_record(
 
 def _record(annotator, comparison_id: int, choice: str, strength: int | None, rationale: str,
             time_spent_ms: int | None, idempotency_key: str, source: str, now) -> VoteOutcome:
-    strength = _clean(choice, strength, rationale, idempotency_key)
+    strength = _clean(choice, strength, rationale, idempotency_key, time_spent_ms)
     ballot = _Ballot(
         annotator_id=annotator.pk, comparison_id=comparison_id, choice=choice, strength=strength,
         rationale=rationale.strip(), time_spent_ms=time_spent_ms, idempotency_key=idempotency_key, source=source,
