@@ -274,6 +274,7 @@ def run_execute(
     reporter = RunReporter(run, echo=echo)
     heartbeat = _Heartbeat(run)
     heartbeat.start()
+    _RUNNING_HERE.add(run.pk)
     try:
         job(run, reporter)
     except RunCancelled as stop:
@@ -289,6 +290,7 @@ def run_execute(
     else:
         _finish(run, TrainingRun.State.SUCCEEDED)
     finally:
+        _RUNNING_HERE.discard(run.pk)
         heartbeat.stop()
     return run
 
@@ -328,9 +330,14 @@ def runs_reap_stale(*, now=None) -> int:
     return handled
 
 
-def _process_gone(pid: int) -> bool:
-    if pid == os.getpid():  # this process is starting (a restarted container reuses pids): not it
-        return True
+_RUNNING_HERE: set[int] = set()  # the runs this process is executing now (run_execute)
+
+
+def _process_gone(pid: int, run_id: int) -> bool:
+    if pid == os.getpid():
+        # This very process: the run is alive if this process runs it now (a solo pool checks from a thread
+        # beside it); otherwise this process started after the one that had the pid (a restarted container).
+        return run_id not in _RUNNING_HERE
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -356,7 +363,7 @@ def runs_reap_dead_here(*, run_id: int | None = None, enqueue: bool = True) -> l
         running = running.filter(pk=run_id)
     handled = []
     for run in running.select_related("project"):
-        if _process_gone(run.worker_pid) and _lost(
+        if _process_gone(run.worker_pid, run.pk) and _lost(
                 run, f"the worker process running it (pid {run.worker_pid} on {host}) is gone, at step {run.step} "
                      f"of {run.total_steps}: it crashed, was killed, or its host went down", enqueue=enqueue):
             handled.append(run.pk)

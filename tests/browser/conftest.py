@@ -27,13 +27,30 @@ def browser():
         browser.close()
 
 
+# Every page a browser test opens is checked against the Content-Security-Policy: a violation (an inline
+# script or style, a resource from elsewhere) fails the test that saw it.
+RECORD_VIOLATIONS = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.__csp.push(e.violatedDirective + " " + (e.blockedURI || "inline") + " at " + e.documentURI));
+"""
+
+
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_init_script(RECORD_VIOLATIONS)
     page = context.new_page()
     page.set_default_timeout(15_000)
+    seen: list[str] = []
+    page.on("console", lambda message: seen.append(message.text) if "Content Security Policy" in message.text else None)
     yield page
+    try:
+        seen += page.evaluate("window.__csp || []")
+    except Exception:  # noqa: BLE001 - the page is gone (closed, or navigating): what the console saw counts
+        pass
     context.close()
+    assert not seen, f"Content-Security-Policy violations: {seen}"
 
 
 def login(page, live_server, username: str, password: str) -> None:

@@ -251,3 +251,18 @@ def test_a_pool_process_killed_mid_run_is_redelivered_and_the_run_restarts_at_on
     _wait(run, lambda r: r.attempt == 2 and r.state == TrainingRun.State.RUNNING, 60, log)
     assert time.monotonic() - begun < 30
     _published_once(run, log)
+
+
+def test_a_run_this_very_process_executes_is_not_taken_for_lost(project, inputs, settings, tmp_path):
+    # A solo-pool worker runs the job in its main thread and checks for lost runs from another thread
+    # of the same process: the run's pid is its own, and the run is alive.
+    settings.ARTIFACTS_DIR = tmp_path / "artifacts"
+    run = reward_model_start(project=project, enqueue=False)
+    found: list[list[int]] = []
+
+    def job(run, reporter):
+        found.append(runs_reap_dead_here(enqueue=False))
+
+    run_execute(run.pk, job)
+    run.refresh_from_db()
+    assert found == [[]] and run.attempt == 1 and run.state == TrainingRun.State.SUCCEEDED

@@ -78,7 +78,7 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
 def _svg(width: int, height: int, title: str, body: list[str]) -> SafeString:
     label = escape(title)
     return mark_safe(  # noqa: S308 - every piece of text in body was escaped by this module
-        f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" style="max-width: {width}px" role="img" '
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
         f'aria-label="{label}" '
         f'preserveAspectRatio="xMidYMid meet" xmlns="http://www.w3.org/2000/svg" {FONT} font-size="12">'
         f"<title>{label}</title>" + "".join(body) + "</svg>"
