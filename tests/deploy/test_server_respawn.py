@@ -4,9 +4,11 @@ through a SIGKILL of a worker, every vote stored once."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -56,7 +58,8 @@ def test_the_server_command_keeps_serving_when_a_worker_is_killed(project, annot
         port = s.getsockname()[1]
     env = {**os.environ, "DATABASE_URL": database_url(), "DEBUG": "0", "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "granian.log", "w")
-    server = subprocess.Popen(dockerfile_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(dockerfile_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # its own process group: stopped whole, workers included
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(_children(server.pid)) < 2:
@@ -72,7 +75,7 @@ def test_the_server_command_keeps_serving_when_a_worker_is_killed(project, annot
         failing_since, longest_outage, killed = None, 0.0, None
         for i, comparison in enumerate(comparisons):
             if i == 20:
-                os.kill(workers[0], 9)  # one worker process dies mid-traffic
+                os.kill(workers[0], signal.SIGKILL)  # one worker process dies mid-traffic
                 killed = time.monotonic()
             while True:  # a client that retries, with the same idempotency key, until its vote is acknowledged
                 try:
@@ -92,9 +95,13 @@ def test_the_server_command_keeps_serving_when_a_worker_is_killed(project, annot
         assert longest_outage < 2.0  # requests failed for at most a moment
         assert Vote.objects.filter(annotator=annotator).count() == len(comparisons)  # every vote once
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            server.kill()
+            pass
+        time.sleep(0.5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)  # a worker that outlived its server (never leave one on the database)
+        server.wait()
         log.close()
