@@ -24,7 +24,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from annotate import sql
-from annotate.models import Comparison, Vote
+from annotate.models import Comparison, Lease, Vote
 from annotate.signals import votes_recorded
 
 # The comparison, its project's overlap and what this annotator already has on it: a vote
@@ -319,5 +319,11 @@ def _replay_or_full(ballot: _Ballot) -> VoteOutcome:
     replay = _earlier_vote(annotator_id=ballot.annotator_id, comparison_id=ballot.comparison_id,
                            idempotency_key=ballot.idempotency_key)
     if replay is None:
+        expired = (Lease.objects.filter(comparison_id=ballot.comparison_id, annotator_id=ballot.annotator_id,
+                                        expires_at__lte=ballot.now, skipped=False)
+                   .values_list("expires_at", flat=True).first())
+        if expired is not None:
+            raise ComparisonFull(f"your hold on this comparison ran out at {expired:%H:%M:%S} UTC and it passed to "
+                                 "another annotator, who completed it: this vote was not recorded; take the next pair")
         raise ComparisonFull("this comparison already has all the votes it needs")
     return replay

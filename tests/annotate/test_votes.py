@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from annotate import services
-from annotate.models import Vote
+from annotate.models import Comparison, Vote
 from annotate.queue import comparison_next
 from annotate.votes import ComparisonFull, IdempotencyConflict, VoteError, vote_record
 from tests.conftest import PASSWORD, make_comparisons
@@ -54,6 +54,28 @@ def test_vote_beyond_the_overlap_is_refused(project, annotator):
     vote_record(annotator=annotator, comparison_id=only.pk, choice="a")
     with pytest.raises(ComparisonFull):
         vote_record(annotator=other, comparison_id=only.pk, choice="b")
+    assert Vote.objects.count() == 1
+
+
+def test_a_vote_after_ones_hold_passed_to_someone_who_completed_it_says_so(project, annotator):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from annotate.models import Lease
+    from annotate.queue import comparison_next
+
+    (only,) = make_comparisons(project, 1)
+    other = services.user_with_role(project=project, username="other", password=PASSWORD, role="annotator")
+    assert comparison_next(project=project, annotator=annotator).pk == only.pk  # shown to the first annotator
+    ran_out = timezone.now() - timedelta(minutes=1)  # as if its hold's time went by
+    Lease.objects.filter(annotator=annotator).update(expires_at=ran_out)
+    Comparison.objects.filter(pk=only.pk).update(full_until=ran_out)
+    assert comparison_next(project=project, annotator=other).pk == only.pk  # their hold ran out: it passes on
+    vote_record(annotator=other, comparison_id=only.pk, choice="b")
+    with pytest.raises(ComparisonFull, match="your hold on this comparison ran out at .* UTC and it passed to "
+                                             "another annotator, who completed it"):
+        vote_record(annotator=annotator, comparison_id=only.pk, choice="a")
     assert Vote.objects.count() == 1
 
 
