@@ -49,6 +49,8 @@ BENCHMARKS = {
                            "--max-new-tokens", "16", "--runs", "ours,trl-best"],
     "loop": [PY, "bench/loop.py"],
     "split_topology": [PY, "bench/split_topology.py"],
+    # Restarts the machine's PostgreSQL part way: nothing else may use it meanwhile.
+    "soak": [PY, "bench/soak.py"],
 }
 
 HEADER = """# Benchmarks

@@ -192,7 +192,7 @@ def server_start(args, url: str, port: int, log: Path) -> tuple[subprocess.Popen
         # Rust HTTP server calling the same WSGI application from a pool of blocking threads.
         cmd = [sys.executable, "-m", "granian", "--interface", "wsgi", "config.wsgi:application",
                "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers or 2),
-               "--blocking-threads", str(args.threads or 4), "--backlog", "512", "--no-access-log"]
+               "--blocking-threads", str(args.threads or 4), "--backlog", "512", "--no-access-log", "--respawn-failed-workers"]
     else:
         cmd = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-c", "bench/gunicorn.conf.py",
                "--bind", f"127.0.0.1:{port}"]

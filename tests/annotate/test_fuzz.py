@@ -16,7 +16,7 @@ from annotate.tokens import token_create
 from tests.conftest import make_comparisons
 
 pytestmark = pytest.mark.django_db
-FUZZ = settings(max_examples=250, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=1000, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 NASTY_TEXT = st.sampled_from(["", " ", "\x00", "a\x00b", "\ud800", "x\udfff", "<script>alert(1)</script>",
