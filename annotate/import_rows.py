@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from django.conf import settings
 
+from annotate.boundary import unstorable
 from annotate.services import InvalidInput, messages_clean
 
 IMPORTED = "imported"  # the system user and the checkpoint behind imported preferences
@@ -154,34 +155,9 @@ def _object(line: int, row: Any) -> dict:
     if not isinstance(row, dict):
         raise ImportFailed("must be a JSON object", line=line)
     for key, value in row.items():
-        _storable(value, line=line, field=str(key), depth=0)
+        if found := unstorable(value, str(key)):
+            raise ImportFailed(found[1], line=line, field=found[0])
     return row
-
-
-MAX_DEPTH = 20
-
-
-def _storable(value: Any, *, line: int, field: str, depth: int) -> None:
-    """What no database column can hold is refused up front, naming where: a NUL character or a lone
-    surrogate in any string (keys included), a NaN or an infinity, or nesting deeper than 20."""
-    if depth > MAX_DEPTH:
-        raise ImportFailed(f"is nested more than {MAX_DEPTH} levels deep", line=line, field=field)
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ImportFailed("holds a NUL character", line=line, field=field)
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ImportFailed("holds a lone surrogate (not valid Unicode text)", line=line, field=field) from None
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ImportFailed("must be a finite number, not NaN or an infinity", line=line, field=field)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _storable(item, line=line, field=f"{field}[{i}]", depth=depth + 1)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _storable(key, line=line, field=f"{field} (a key)", depth=depth + 1)
-            _storable(item, line=line, field=f"{field}.{key}", depth=depth + 1)
 
 
 def _text(value: Any, *, line: int, field: str) -> str:

@@ -24,6 +24,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from annotate import sql
+from annotate.boundary import unstorable
 from annotate.models import Comparison, Lease, Vote
 from annotate.signals import votes_recorded
 
@@ -165,12 +166,8 @@ def _plain_text(value, name: str, limit: int) -> str:
         raise VoteError(f"{name} must be a string, not {_shown(value)}")
     if len(value) > limit:
         raise VoteError(f"{name} is longer than {limit:,} characters")
-    if "\x00" in value:
-        raise VoteError(f"{name} holds a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise VoteError(f"{name} holds a lone surrogate (not valid Unicode text)") from None
+    if found := unstorable(value, name):
+        raise VoteError(" ".join(found))
     return value
 
 

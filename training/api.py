@@ -9,6 +9,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotate import access
 from annotate.api import api_view
+from annotate.boundary import unstorable
 from rewardmodel.models import RewardModel
 from training.models import TrainingRun
 from training.runs import run_cancel
@@ -104,6 +105,8 @@ def _start(request: HttpRequest, slug: str, *, kind: str | None = None) -> JsonR
         body = json.loads(request.body or b"{}")
     except ValueError:
         return JsonResponse({"error": "the request body is not valid JSON"}, status=400)
+    except RecursionError:
+        return JsonResponse({"error": "the request body is nested too deeply"}, status=400)
     if not isinstance(body, dict) or not isinstance(body.get("config", {}), dict):
         return JsonResponse({"error": _START_BODY}, status=400)
     if kind is not None:  # the alias reads the config alone, as it always did
@@ -111,6 +114,9 @@ def _start(request: HttpRequest, slug: str, *, kind: str | None = None) -> JsonR
     unknown = sorted(set(body) - {"kind", "config", "checkpoint", "rivals", "snapshot", "reward_model", "prompts"})
     if unknown:
         return JsonResponse({"error": f"unknown fields {', '.join(unknown)}: {_START_BODY}"}, status=400)
+    for field, value in body.items():
+        if found := unstorable(value, field):
+            return JsonResponse({"error": " ".join(found)}, status=400)
     kind = str(body.get("kind", ""))
     config = dict(body.get("config") or {})
     if "prompts" in body and kind == TrainingRun.Kind.GENERATION:  # beside the config too, as at first

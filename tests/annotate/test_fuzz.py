@@ -5,6 +5,7 @@ Runs on SQLite in ``make test`` and again on PostgreSQL in ``.ci/run`` (which re
 lone surrogates in text, where SQLite stores them)."""
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -38,7 +39,7 @@ def _deep(depth: int) -> str:
 
 @pytest.fixture
 def voter(client, annotator, project):
-    comparisons = iter(make_comparisons(project, 400))
+    comparisons = itertools.cycle(make_comparisons(project, 300))  # a second round meets replays and full pairs
     auth = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=annotator, name='fuzz')}"}
 
     def post(raw: str):
@@ -140,3 +141,23 @@ def test_a_preference_margin_of_1e308_imports_as_the_strongest_preference(projec
     row = {"prompt": "Hi?", "chosen": "Hello there.", "rejected": "Go away.", "margin": 1e308}
     imports.import_preferences(project=project, stream=io.BytesIO(json.dumps(row).encode()), filename="p.jsonl")
     assert Vote.objects.get().strength == 3
+
+
+@FUZZ
+@given(body=st.fixed_dictionaries({"kind": st.sampled_from(["reward_model", "dpo", "ppo", "generation"]) | JSON},
+                                  optional={"config": st.dictionaries(st.sampled_from(
+                                      ["epochs", "batch_size", "learning_rate", "max_steps", "beta", "mode", "seed",
+                                       "temperature", "world_size", "prompts", "backbone", "bogus"]), NUMBERS | NASTY_TEXT
+                                      | NAN | JSON, max_size=3) | JSON,
+                                      "checkpoint": NASTY_TEXT | JSON, "snapshot": NUMBERS | JSON,
+                                      "reward_model": NUMBERS | JSON, "rivals": JSON, "prompts": NUMBERS | JSON,
+                                      "reason": NASTY_TEXT | JSON}) | JSON | NAN)
+def test_no_run_start_body_gives_a_500_and_a_refused_one_starts_nothing(client, manager, project, body):
+    from training.models import TrainingRun
+
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=manager, name='fuzz')}"}
+    before = TrainingRun.objects.count()
+    response = client.post(f"/api/projects/{project.slug}/runs", _body(body), content_type="application/json", **auth)
+    assert response.status_code in (202, 400, 404), (body, response.status_code, response.content[:300])
+    if response.status_code != 202:
+        assert response.json()["error"] and TrainingRun.objects.count() == before
