@@ -63,6 +63,16 @@ def api_call_allowed(token: str) -> HttpResponse | None:
     return None
 
 
+def client_address(request) -> str:
+    """Who is calling: the connection's address, or behind the trusted proxy (``BEHIND_TLS_PROXY``) the one
+    it appended to ``X-Forwarded-For`` (the last entry: anything before it the client could have written)."""
+    if settings.BEHIND_TLS_PROXY:
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")[-1].strip()
+        if forwarded:
+            return forwarded
+    return request.META.get("REMOTE_ADDR") or ""
+
+
 class LoginThrottleMiddleware:
     """Refuse sign-ins (the site's and the admin's) for an account or an address with too many recent failures."""
 
@@ -76,7 +86,7 @@ class LoginThrottleMiddleware:
         if request.method != "POST" or request.path not in self._paths:
             return self.get_response(request)
         account = "account:" + request.POST.get("username", "").strip().lower()[:150]
-        address = "address:" + (request.META.get("REMOTE_ADDR") or "")
+        address = "address:" + client_address(request)
         limits = ((account, settings.LOGIN_FAILURES_PER_ACCOUNT), (address, settings.LOGIN_FAILURES_PER_ADDRESS))
         keys = [(_key("login", ident, LOGIN_WINDOW_S), limit) for ident, limit in limits]
         for (key, left), limit in keys:

@@ -18,7 +18,7 @@ from training import configs
 from training.lib.endpoint import EndpointConfig, generate_endpoint
 from training.models import TrainingRun
 from training.ray_jobs import generate_on_ray, on_ray
-from training.runs import RunReporter, run_create
+from training.runs import RunReporter, run_assert_current, run_create
 
 KIND = TrainingRun.Kind.GENERATION
 BATTLE_PRIORITY = 10
@@ -74,6 +74,7 @@ def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
         else:
             outputs = _generate(checkpoint, todo, sampling, progress, reporter.log) if todo else []
         with transaction.atomic():
+            run_assert_current(run)  # a process presumed lost that wakes up adds nothing
             for prompt, output in zip(todo, outputs, strict=True):
                 if output.text.strip():
                     existing[prompt.pk], _ = services.completion_get_or_create(
@@ -81,7 +82,9 @@ def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
                     )
         by_checkpoint[checkpoint.pk] = existing
         reporter.progress((index + 1) * len(prompts), total)
-    created = _queue_battles(checkpoints, by_checkpoint, seed=settings["seed"])
+    with transaction.atomic():
+        run_assert_current(run)
+        created = _queue_battles(checkpoints, by_checkpoint, seed=settings["seed"])
     reporter.log(f"queued {created} comparisons")
     run.outputs = {"completions": sum(len(v) for v in by_checkpoint.values()), "comparisons": created}
 

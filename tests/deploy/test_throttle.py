@@ -64,3 +64,18 @@ def test_a_token_over_its_api_rate_gets_a_json_429_and_stores_nothing(client, an
     assert client.get("/api/projects", **other).status_code == 200  # per token
     settings.API_REQUESTS_PER_MINUTE = 0  # off
     assert client.get("/api/projects", **busy).status_code == 200
+
+
+def test_behind_the_proxy_the_address_is_the_one_it_appended(client, manager, settings):
+    settings.LOGIN_FAILURES_PER_ADDRESS = 3
+    settings.BEHIND_TLS_PROXY = True
+    url = reverse("login")
+    for i in range(3):  # a client that writes its own X-Forwarded-For first does not escape: the proxy's entry counts
+        client.post(url, {"username": f"g{i}", "password": "nope-nope"}, REMOTE_ADDR="10.0.0.9",
+                    HTTP_X_FORWARDED_FOR=f"1.2.3.{i}, 203.0.113.7")
+    refused = client.post(url, {"username": "manager", "password": PASSWORD}, REMOTE_ADDR="10.0.0.9",
+                          HTTP_X_FORWARDED_FOR="203.0.113.7")
+    assert refused.status_code == 429
+    other = client.post(url, {"username": "manager", "password": PASSWORD}, REMOTE_ADDR="10.0.0.9",
+                        HTTP_X_FORWARDED_FOR="198.51.100.4")
+    assert other.status_code == 302  # same proxy, another client

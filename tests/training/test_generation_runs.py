@@ -43,6 +43,25 @@ def test_generation_samples_candidate_and_incumbent_and_queues_battles(project, 
     assert {battles[0].completion_a.checkpoint_id, battles[0].completion_b.checkpoint_id} == {candidate.pk, incumbent.pk}
 
 
+def test_a_generation_process_presumed_lost_adds_no_completion_and_no_battle(project, tmp_path):
+    from training.models import TrainingRun
+
+    new, old = save_tiny_llama(tmp_path / "new", chat=True, seed=1), save_tiny_llama(tmp_path / "old", chat=True)
+    candidate = services.checkpoint_get_or_create(project=project, name="cand", uri=str(new))
+    incumbent = services.checkpoint_get_or_create(project=project, name="inc", uri=str(old), state="incumbent")
+    for i in range(3):
+        services.prompt_get_or_create(project=project, messages=f"Tell me about topic {i}")
+    run = generation_start(project=project, checkpoints=[candidate, incumbent],
+                           config={"prompts": 3, "max_new_tokens": 4}, enqueue=False)
+
+    def presumed_lost_meanwhile(run, reporter):  # a reaper queued attempt 2 while this one sampled
+        TrainingRun.objects.filter(pk=run.pk).update(state=TrainingRun.State.QUEUED, attempt=2)
+        generation_job(run, reporter)
+
+    assert run_execute(run.pk, presumed_lost_meanwhile) is None
+    assert not Completion.objects.exists() and not Comparison.objects.filter(reason="battle").exists()
+
+
 def test_generation_through_an_openai_compatible_endpoint(project, chat_server, monkeypatch):
     base_url, calls = chat_server
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
