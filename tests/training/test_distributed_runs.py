@@ -147,3 +147,30 @@ def test_a_worker_with_two_processes_retrains_the_reward_model(worker, tmp_path)
     rm = RewardModel.objects.get(project=project)
     assert run.reward_model_out == rm and rm.votes == 24 and "eval_accuracy" in rm.metrics
     assert run.steps.count() == run.total_steps > 0
+
+
+def test_a_two_process_ppo_run_through_the_app_reports_its_steps_and_publishes_one_checkpoint(project, tmp_path,
+                                                                                              artifacts):
+    from annotate import services
+    from annotate.models import Snapshot
+    from training.policy import ppo_job, ppo_start
+
+    policy = save_tiny_llama(tmp_path / "policy", chat=True)
+    base = Checkpoint.objects.create(project=project, name="base", uri=str(policy), state=Checkpoint.State.INCUMBENT)
+    for i in range(8):
+        services.prompt_get_or_create(project=project, messages=f"Say something good about topic {i}")
+    snapshot = Snapshot.objects.create(project=project, uri="file:///unused.jsonl", count=0, votes=0, sha256="0" * 64)
+    # The reward: a rule the PPO library scores with (a stored reward model would be a folder it loads).
+    scorer = RewardModel.objects.create(project=project, version=1, backbone="rule", snapshot=snapshot,
+                                        artifact_uri="rule:count:good")
+    run = ppo_start(project=project, checkpoint=base, reward_model=scorer, enqueue=False,
+                    config={"world_size": 2, "steps": 2, "batch_size": 4, "mini_batch_size": 2, "max_new_tokens": 4,
+                            "num_threads": 1})
+    run = run_execute(run.pk, ppo_job)
+    run.refresh_from_db()
+    assert run.state == TrainingRun.State.SUCCEEDED, f"{run.error}\n{run.log_tail}"
+    assert "starting 2 processes with torchrun" in run.log_tail
+    assert (run.step, run.total_steps) == (2, 2) and RunStep.objects.filter(run=run).count() == 2
+    checkpoint = Checkpoint.objects.get(pk=run.checkpoint_out_id)
+    assert checkpoint.name == f"ppo-r{run.pk}" and (Path(checkpoint.model_path) / "model.safetensors").exists()
+    assert Checkpoint.objects.filter(name__startswith="ppo-").count() == 1
