@@ -319,6 +319,21 @@ def folder_fetch(url: str) -> Path:
     return cached / _name(url)
 
 
+def blob_write(url: str, data: bytes) -> None:
+    """Write a small object (a job's spec or result) at the s3:// ``url`` in one request."""
+    s3_filesystem().pipe_file(_s3_path(url), data)
+
+
+def blob_read(url: str) -> bytes:
+    """The small object at the s3:// ``url``; FileNotFoundError when there is none."""
+    return s3_filesystem().cat_file(_s3_path(url))
+
+
+def has_manifest(url: str) -> bool:
+    """Whether the s3:// ``url`` is a completely published folder (its manifest is there)."""
+    return s3_filesystem().exists(f"{_s3_path(url)}/{MANIFEST}")
+
+
 def fetched_from(path: str) -> str | None:
     """The s3:// URL whose verified copy ``path`` is (a folder ``folder_fetch`` returned on this host), else None."""
     return _FETCHED.get(str(path))

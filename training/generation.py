@@ -18,7 +18,7 @@ from training import configs
 from training.lib.endpoint import EndpointConfig, generate_endpoint
 from training.models import TrainingRun
 from training.ray_jobs import generate_on_ray, on_ray
-from training.runs import RunReporter, run_assert_current, run_create
+from training.runs import RunReporter, run_create, run_publishing
 
 KIND = TrainingRun.Kind.GENERATION
 BATTLE_PRIORITY = 10
@@ -73,8 +73,7 @@ def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
                                       progress=progress)
         else:
             outputs = _generate(checkpoint, todo, sampling, progress, reporter.log) if todo else []
-        with transaction.atomic():
-            run_assert_current(run)  # a process presumed lost that wakes up adds nothing
+        with run_publishing(run):  # a process presumed lost that wakes up adds nothing
             for prompt, output in zip(todo, outputs, strict=True):
                 if output.text.strip():
                     existing[prompt.pk], _ = services.completion_get_or_create(
@@ -82,8 +81,7 @@ def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
                     )
         by_checkpoint[checkpoint.pk] = existing
         reporter.progress((index + 1) * len(prompts), total)
-    with transaction.atomic():
-        run_assert_current(run)
+    with run_publishing(run):
         created = _queue_battles(checkpoints, by_checkpoint, seed=settings["seed"])
     reporter.log(f"queued {created} comparisons")
     run.outputs = {"completions": sum(len(v) for v in by_checkpoint.values()), "comparisons": created}

@@ -19,14 +19,14 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from annotate.artifacts import artifact_delete, folder_publish, model_source, staging_path
+from annotate.artifacts import folder_publish, model_source, staging_path
 from annotate.models import Checkpoint, Project, Prompt, Snapshot
 from annotate.snapshots import snapshot_path
 from rewardmodel.models import RewardModel
 from training import configs
 from training.launch import out_of_process, run_ranks
 from training.models import TrainingRun
-from training.runs import RunReporter, RunTakenOver, json_safe, output_url, run_assert_current, run_create
+from training.runs import RunReporter, json_safe, output_url, run_create, run_publishing
 
 
 @contextmanager
@@ -53,20 +53,15 @@ def _lineage(run: TrainingRun) -> dict:
 def _publish(run: TrainingRun, reporter: RunReporter, out: Path, config, metrics: dict) -> Checkpoint:
     """Publish the finished folder ``out``, then insert its row."""
     url = folder_publish(out, output_url(run), progress=reporter.uploading)
-    try:
-        with transaction.atomic():
-            run_assert_current(run)  # this attempt still owns the run: one row, never a second
-            checkpoint = Checkpoint.objects.create(
-                project=run.project,
-                name=f"{run.kind}-r{run.pk}",
-                parent=run.checkpoint_in,
-                uri=url,
-                state=Checkpoint.State.CANDIDATE,
-                meta={**_lineage(run), "config": json_safe(asdict(config)), "metrics": json_safe(metrics)},
-            )
-    except RunTakenOver:
-        artifact_delete(url)  # no row will point at it
-        raise
+    with run_publishing(run, url):  # this attempt still owns the run: one row, never a second
+        checkpoint = Checkpoint.objects.create(
+            project=run.project,
+            name=f"{run.kind}-r{run.pk}",
+            parent=run.checkpoint_in,
+            uri=url,
+            state=Checkpoint.State.CANDIDATE,
+            meta={**_lineage(run), "config": json_safe(asdict(config)), "metrics": json_safe(metrics)},
+        )
     run.checkpoint_out = checkpoint
     run.outputs = {"checkpoint": checkpoint.name, "artifact_uri": checkpoint.uri}
     return checkpoint

@@ -115,7 +115,7 @@ def stage(run: TrainingRun, spec: dict[str, Any], part: str) -> str:
     store = {"data": {"url": data_url, "sha256": artifacts.file_upload(data, data_url)}, "models": models,
              "out": staged_url(run, part, "out"), "result": staged_url(run, part, "result.json")}
     spec_url = staged_url(run, part, "spec.json")
-    artifacts.s3_filesystem().pipe_file(artifacts._s3_path(spec_url), json.dumps({**spec, "store": store}).encode())
+    artifacts.blob_write(spec_url, json.dumps({**spec, "store": store}).encode())
     return spec_url
 
 
@@ -124,9 +124,8 @@ def collect(run: TrainingRun, part: str, out: Path | None) -> dict[str, Any]:
     manifest, or a file, checked by size); ``JobFailed`` when the result is not there."""
     from training.lib.distributed import JobFailed
 
-    fs = artifacts.s3_filesystem()
     try:
-        result = json.loads(fs.cat_file(artifacts._s3_path(staged_url(run, part, "result.json"))))
+        result = json.loads(artifacts.blob_read(staged_url(run, part, "result.json")))
     except FileNotFoundError:
         raise JobFailed(f"run {run.pk}'s Ray job for {part} succeeded but left no result in the store "
                         f"({staged_url(run, part)}); nothing was published") from None
@@ -134,11 +133,11 @@ def collect(run: TrainingRun, part: str, out: Path | None) -> dict[str, Any]:
         if out.is_dir():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        key = artifacts._s3_path(staged_url(run, part, "out"))
-        if fs.exists(f"{key}/{artifacts.MANIFEST}"):
-            shutil.move(artifacts.folder_fetch(staged_url(run, part, "out")), out)
+        stored = staged_url(run, part, "out")
+        if artifacts.has_manifest(stored):
+            shutil.move(artifacts.folder_fetch(stored), out)
         else:
-            fs.get_file(key, str(out))
+            out.write_bytes(artifacts.blob_read(stored))  # a generation run's JSONL
         result["out"] = str(out)
     return result
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from annotate.artifacts import _s3_path, file_fetch, file_upload, folder_fetch, folder_publish, s3_filesystem
+from annotate.artifacts import blob_read, blob_write, file_fetch, file_upload, folder_fetch, folder_publish
 from training.lib.distributed import launch_command
 
 SCRATCH = Path("flywheel-job")  # in the job's working directory
@@ -72,7 +72,7 @@ def push(spec: dict, local: dict) -> None:
         folder_publish(out, store["out"])
     elif out.is_file():
         file_upload(out, store["out"])
-    s3_filesystem().pipe_file(_s3_path(store["result"]), result)
+    blob_write(store["result"], result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("usage: python -m training.remote_job WORLD_SIZE s3://.../spec.json")
     world_size, spec_url = int(args[0]), args[1]
     configure()
-    spec = json.loads(s3_filesystem().cat_file(_s3_path(spec_url)))
+    spec = json.loads(blob_read(spec_url))
     local = pull(spec)
     (SCRATCH / "spec.json").write_text(json.dumps(local))
     command = ([sys.executable, "-m", "training.lib.distributed", str(SCRATCH / "spec.json")] if world_size == 1

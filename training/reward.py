@@ -13,7 +13,7 @@ from pathlib import Path
 from django.db import connection, transaction
 
 from annotate import sql
-from annotate.artifacts import artifact_delete, folder_publish, staging_path
+from annotate.artifacts import folder_publish, staging_path
 from annotate.models import Comparison, Project, Snapshot, Vote
 from annotate.snapshots import snapshot_freeze, snapshot_path
 from rewardmodel.models import RewardModel
@@ -21,7 +21,7 @@ from rewardmodel.services import latest_reward_model, reward_model_publish
 from training import configs
 from training.launch import out_of_process, run_ranks
 from training.models import TrainingRun
-from training.runs import RunReporter, RunTakenOver, json_safe, output_url, run_assert_current, run_create
+from training.runs import RunReporter, json_safe, output_url, run_create, run_publishing
 
 KIND = TrainingRun.Kind.REWARD_MODEL
 
@@ -45,22 +45,17 @@ def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone once published; a failed run leaves nothing behind
     reporter.log(f"held-out accuracy {metrics.get('eval_accuracy', float('nan')):.3f}")
-    try:
-        with transaction.atomic():
-            run_assert_current(run)  # this attempt still owns the run: one version, never a second
-            run.reward_model_out = reward_model_publish(
-                project=run.project,
-                snapshot=snapshot,
-                backbone=config.backbone,
-                artifact_uri=url,
-                config=asdict(config),
-                metrics=json_safe(metrics),
-                pairs=len(pairs),
-                code_version=str(meta.get("code_version", "")),
-            )
-    except RunTakenOver:
-        artifact_delete(url)  # no row will point at it
-        raise
+    with run_publishing(run, url):  # this attempt still owns the run: one version, never a second
+        run.reward_model_out = reward_model_publish(
+            project=run.project,
+            snapshot=snapshot,
+            backbone=config.backbone,
+            artifact_uri=url,
+            config=asdict(config),
+            metrics=json_safe(metrics),
+            pairs=len(pairs),
+            code_version=str(meta.get("code_version", "")),
+        )
     run.outputs = {"artifact_uri": url, "reward_model_version": run.reward_model_out.version}
 
 

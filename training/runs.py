@@ -23,7 +23,8 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from celery import signature
@@ -43,6 +44,7 @@ LOG_TAIL_LINES = 200
 # A run following a Ray job that no worker took over for this long is failed (its job may still run).
 STALE_AFTER = timedelta(minutes=15)
 HEARTBEAT_S = 15.0  # how often the thread of a running job's process refreshes the run's heartbeat
+_RUNNING_HERE: set[int] = set()  # the runs this process is executing now (run_execute)
 # A run that follows a job on a Ray cluster heartbeats every few seconds (training.ray_jobs); this long
 # without one and its watcher is gone, so another worker may take the run over and follow the same job.
 REATTACH_AFTER = timedelta(seconds=60)
@@ -94,6 +96,21 @@ def run_assert_current(run: TrainingRun) -> None:
     if current != (run.attempt, TrainingRun.State.RUNNING):
         raise RunTakenOver(f"run {run.pk} attempt {run.attempt} was presumed lost and the run started again "
                            f"(now attempt {current and current[0]}); this process publishes nothing")
+
+
+@contextmanager
+def run_publishing(run: TrainingRun, url: str = "") -> Iterator[None]:
+    """The transaction that inserts a run's output rows, entered only while ``run``'s attempt is current
+    (``run_assert_current``); when it is not, the artifact this attempt put at ``url`` is removed (no row
+    will point at it) and ``RunTakenOver`` propagates."""
+    try:
+        with transaction.atomic():
+            run_assert_current(run)
+            yield
+    except RunTakenOver:
+        if url:
+            artifact_delete(url)
+        raise
 
 
 class _Heartbeat(threading.Thread):
@@ -153,6 +170,7 @@ class RunReporter:
         self._last_flush = 0.0
         self._last_heartbeat = self._last_cancel_check = time.monotonic()
         self._min_interval_s = min_interval_s
+        self._last_upload_line = 0.0
 
     def log(self, line: str) -> None:
         self._lines = (self._lines + [line.rstrip()])[-LOG_TAIL_LINES:]
@@ -175,7 +193,7 @@ class RunReporter:
         """Progress of publishing the output (``folder_publish``'s callback): a log line every 5 s and at
         the end, the heartbeat kept fresh, and a cancel noticed (it stops the upload)."""
         now = time.monotonic()
-        if sent >= total or now - getattr(self, "_last_upload_line", 0.0) >= 5.0:
+        if sent >= total or now - self._last_upload_line >= 5.0:
             self._last_upload_line = now
             self.log(f"uploading the output: {sent / 2**20:,.1f} of {total / 2**20:,.1f} MiB"
                      f" ({100 * sent / max(total, 1):.0f}%)")
@@ -328,9 +346,6 @@ def runs_reap_stale(*, now=None) -> int:
                       f"{run.step} of {run.total_steps}"):
             handled += 1
     return handled
-
-
-_RUNNING_HERE: set[int] = set()  # the runs this process is executing now (run_execute)
 
 
 def _process_gone(pid: int, run_id: int) -> bool:
