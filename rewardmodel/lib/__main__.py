@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from rewardmodel.lib.config import RewardConfig
 from rewardmodel.lib.data import read_pairs
 from rewardmodel.lib.model import load_reward_model
-from rewardmodel.lib.ranks import join, leave
+from rewardmodel.lib.ranks import exit_rank, join, leave
 from rewardmodel.lib.runtime import add_config_options
 from rewardmodel.lib.score import score
 from rewardmodel.lib.train import train_reward_model
@@ -54,6 +53,7 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         result = train_reward_model(config, pairs, args.out, progress, snapshot_sha256=file_sha256(args.data))
+        team.barrier()  # no rank tears its connections down while rank 0 still publishes
     finally:
         bar.close()
         leave()
@@ -92,4 +92,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_rank(main())

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 
@@ -137,3 +139,19 @@ def join(device: str = "auto", *, timeout_s: float = 1800.0) -> Team:
 def leave() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def exit_rank(code: int) -> NoReturn:
+    """End this process with ``code``; the command-line entry points torchrun starts end here.
+
+    A rank of a multi-process job flushes its output and leaves through ``os._exit``, skipping the
+    interpreter's finalization: gloo's worker threads can still hold tensors then, and tearing
+    Python down under them aborts the process ("terminate called without an active exception",
+    SIGABRT) after the job's work is done, which torchrun reports as the job failing. Call it only
+    after every rank met at a barrier and `leave` ran. One process alone exits normally.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        raise SystemExit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rewardmodel.lib.ranks import Team, join, leave
+from rewardmodel.lib.ranks import Team, exit_rank, join, leave
 
 PROGRESS_PREFIX = "PROGRESS "
 
@@ -258,4 +258,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_rank(main())

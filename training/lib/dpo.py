@@ -432,6 +432,7 @@ def _publish(model: Any, tokenizer: Any, probe_example: DPOExample, pad_id: int,
 
 
 if __name__ == "__main__":
+    from rewardmodel.lib.ranks import exit_rank
     from training.lib.dpo_cli import main
 
-    raise SystemExit(main())
+    exit_rank(main())

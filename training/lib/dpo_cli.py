@@ -23,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from rewardmodel.lib.data import read_pairs
-from rewardmodel.lib.ranks import join, leave
+from rewardmodel.lib.ranks import exit_rank, join, leave
 from rewardmodel.lib.runtime import add_config_options
 from training.lib.dpo import DPOConfig, train_dpo
 
@@ -74,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         result = train_dpo(config, pairs, args.out, progress, lineage={"data": args.data, **lineage})
+        team.barrier()  # no rank tears its connections down while rank 0 still publishes
     finally:
         bar.close()
         leave()
@@ -85,4 +86,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_rank(main())

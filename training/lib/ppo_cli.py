@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from rewardmodel.lib.ranks import join, leave
+from rewardmodel.lib.ranks import exit_rank, join, leave
 from rewardmodel.lib.runtime import add_config_options
 from training.lib.generation import read_prompts
 from training.lib.ppo import train_ppo
@@ -54,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         result = train_ppo(config, prompts, args.out, progress, lineage=json.loads(args.lineage))
+        team.barrier()  # no rank tears its connections down while rank 0 still publishes
     finally:
         bar.close()
         leave()
@@ -63,4 +63,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_rank(main())
