@@ -161,6 +161,10 @@ class Comparison(models.Model):
     class State(models.TextChoices):
         OPEN = "open"
         CLOSED = "closed"
+        # Flagged by an annotator: out of everyone's queue until a manager reviews it.
+        FLAGGED = "flagged", "flagged for review"
+        # A manager upheld a flag: out of the queue, and its votes out of every export and snapshot.
+        REMOVED = "removed", "removed after review"
 
     class Reason(models.TextChoices):
         RANDOM = "random"
@@ -272,6 +276,53 @@ class Vote(models.Model):
 
     def __str__(self) -> str:
         return f"{self.annotator} → {self.choice} on {self.comparison_id}"
+
+
+class WithdrawnVote(models.Model):
+    """A vote its annotator undid (``annotate.votes.vote_withdraw``): the Vote row is gone, this
+    remembers it, so that a replay of the original request (same idempotency key) records nothing."""
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="+")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+",
+                                  db_index=False)
+    choice = models.CharField(max_length=8, choices=Vote.Choice.choices)
+    strength = models.PositiveSmallIntegerField(choices=Vote.Strength.choices, null=True, blank=True)
+    idempotency_key = models.CharField(max_length=64, blank=True)
+    voted_at = models.DateTimeField()
+    withdrawn_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["annotator", "idempotency_key"], name="withdrawn_by_key")]
+
+
+class Flag(models.Model):
+    """An annotator's report that a comparison is broken or harmful; a manager resolves it."""
+
+    class Reason(models.TextChoices):
+        BROKEN = "broken", "broken or unreadable"
+        HARMFUL = "harmful", "harmful or unsafe content"
+        PROMPT = "prompt", "the prompt itself is wrong"
+        OTHER = "other", "something else"
+
+    class Resolution(models.TextChoices):
+        RETURNED = "returned", "returned to the queue"
+        REMOVED = "removed", "removed from the project's data"
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="flags")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    resolution = models.CharField(max_length=16, choices=Resolution.choices, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["comparison", "annotator"], name="one_flag_per_annotator")]
+
+    def __str__(self) -> str:
+        return f"{self.annotator} flagged {self.comparison_id}: {self.reason}"
 
 
 class Snapshot(models.Model):

@@ -17,20 +17,21 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from annotate import sql
 from annotate.boundary import unstorable
-from annotate.models import Comparison, Lease, Vote
+from annotate.models import Comparison, Lease, Snapshot, Vote, WithdrawnVote
 from annotate.signals import votes_recorded
 
 # The comparison, its project's overlap and what this annotator already has on it: a vote
-# on it, the comparison their idempotency key was used on (a NULL key matches nothing) and
-# when their lease on it began. The row is locked (on PostgreSQL) until the vote commits.
+# on it, the comparison their idempotency key was used on (a NULL key matches nothing), when
+# their lease on it began, and when a vote sent with this key was withdrawn (undone). The row is locked (on PostgreSQL) until the vote commits.
 # The subqueries read the snapshot taken before the lock was granted; that is enough: a
 # vote that slipped in meanwhile makes the INSERT hit the unique constraints (a replay),
 # and other people's leases are counted again by the write, after the lock.
@@ -38,7 +39,8 @@ _LOCK = """
     SELECT c.state, c.vote_count, c.completion_a_id, c.completion_b_id, c.project_id, p.votes_per_comparison,
            (SELECT v.id FROM annotate_vote v WHERE v.annotator_id = %s AND v.comparison_id = c.id),
            (SELECT v.comparison_id FROM annotate_vote v WHERE v.annotator_id = %s AND v.idempotency_key = %s),
-           (SELECT l.created_at FROM annotate_lease l WHERE l.comparison_id = c.id AND l.annotator_id = %s)
+           (SELECT l.created_at FROM annotate_lease l WHERE l.comparison_id = c.id AND l.annotator_id = %s),
+           (SELECT MAX(w.withdrawn_at) FROM annotate_withdrawnvote w WHERE w.annotator_id = %s AND w.idempotency_key = %s)
     FROM annotate_comparison c JOIN annotate_project p ON p.id = c.project_id
     WHERE c.id = %s
 """
@@ -111,6 +113,22 @@ class ComparisonFull(VoteError):
 
 class IdempotencyConflict(VoteError):
     status = 409
+
+
+class NotVotable(VoteError):
+    """The comparison is out of the queue (flagged for review, or removed)."""
+
+    status = 409
+
+
+class NotAmendable(VoteError):
+    """A vote that can no longer be undone or changed (too late, or already in a snapshot)."""
+
+    status = 409
+
+
+class NoSuchVote(VoteError):
+    status = 404
 
 
 @dataclass(frozen=True)
@@ -275,12 +293,17 @@ def _earlier_vote(*, annotator_id: int, comparison_id: int, idempotency_key: str
 def _record_locked(ballot: _Ballot) -> VoteOutcome:
     me, comparison_id, now = ballot.annotator_id, ballot.comparison_id, ballot.now
     lock = _LOCK + (" FOR UPDATE OF c" if connection.features.has_select_for_update_of else "")
-    found = sql.row(lock, (me, me, ballot.idempotency_key or None, me, comparison_id))
+    key = ballot.idempotency_key or None
+    found = sql.row(lock, (me, me, key, me, me, key, comparison_id))
     if found is None:
         raise VoteError(f"comparison {comparison_id} does not exist")
-    state, vote_count, completion_a_id, completion_b_id, project_id, wanted, voted, keyed_on, leased_at = found
+    (state, vote_count, completion_a_id, completion_b_id, project_id, wanted, voted, keyed_on, leased_at,
+     withdrawn_at) = found
     if keyed_on is not None and keyed_on != comparison_id:
         raise IdempotencyConflict("idempotency_key was already used for a different comparison")
+    if withdrawn_at is not None and voted is None:
+        raise IdempotencyConflict("the vote sent with this idempotency_key was undone, so this replay recorded "
+                                  "nothing; to vote again, send a new idempotency_key")
     if voted is not None:
         return VoteOutcome(Vote.objects.get(pk=voted), created=False)
     if state != Comparison.State.OPEN or vote_count >= wanted:
@@ -316,6 +339,10 @@ def _replay_or_full(ballot: _Ballot) -> VoteOutcome:
     replay = _earlier_vote(annotator_id=ballot.annotator_id, comparison_id=ballot.comparison_id,
                            idempotency_key=ballot.idempotency_key)
     if replay is None:
+        state = Comparison.objects.filter(pk=ballot.comparison_id).values_list("state", flat=True).first()
+        if state in (Comparison.State.FLAGGED, Comparison.State.REMOVED):
+            raise NotVotable(f"comparison {ballot.comparison_id} was flagged as broken or harmful and is out of the "
+                             "queue: this vote was not recorded; take the next pair")
         expired = (Lease.objects.filter(comparison_id=ballot.comparison_id, annotator_id=ballot.annotator_id,
                                         expires_at__lte=ballot.now, skipped=False)
                    .values_list("expires_at", flat=True).first())
@@ -324,3 +351,81 @@ def _replay_or_full(ballot: _Ballot) -> VoteOutcome:
                                  "another annotator, who completed it: this vote was not recorded; take the next pair")
         raise ComparisonFull("this comparison already has all the votes it needs")
     return replay
+
+
+def _amendable(annotator, vote_id: int, now) -> tuple[Vote, Comparison]:
+    """The annotator's own vote ``vote_id``, with its comparison locked, if it may still be undone or
+    changed: a human vote, at most ``VOTE_UNDO_SECONDS`` old, and in no snapshot yet (a snapshot
+    frozen at or after the vote may hold it, and a snapshot never changes)."""
+    comparison_id = (Vote.objects.filter(pk=vote_id, annotator=annotator)
+                     .values_list("comparison_id", flat=True).first())
+    if comparison_id is None:
+        raise NoSuchVote(f"you have no vote {vote_id} (it may have been undone already)")
+    # The comparison's row lock first, as the vote path takes it; then the vote, read again under it.
+    comparison = Comparison.objects.select_for_update().select_related("project").get(pk=comparison_id)
+    vote = Vote.objects.filter(pk=vote_id, annotator=annotator).first()
+    if vote is None:
+        raise NoSuchVote(f"you have no vote {vote_id} (it may have been undone already)")
+    if vote.source != Vote.Source.HUMAN:
+        raise NotAmendable(f"vote {vote_id} is a {vote.source} vote; only votes given in the page or the API change")
+    window = settings.VOTE_UNDO_SECONDS
+    if (now - vote.created_at).total_seconds() > window:
+        raise NotAmendable(f"vote {vote_id} was given more than {window} seconds ago and is final")
+    frozen = Snapshot.objects.filter(project_id=comparison.project_id, created_at__gte=vote.created_at).first()
+    if frozen is not None:
+        raise NotAmendable(f"vote {vote_id} is already in snapshot {frozen.pk} (frozen at {frozen.created_at:%H:%M:%S} "
+                           "UTC) and is final")
+    return vote, comparison
+
+
+def vote_withdraw(*, annotator, vote_id: int, now=None) -> WithdrawnVote:
+    """Undo ``annotator``'s vote ``vote_id`` within the undo window (see ``_amendable``).
+
+    The vote is deleted and remembered as a ``WithdrawnVote`` (a replay of its request records
+    nothing), the comparison's count goes down (a comparison the vote had closed opens again), and
+    the comparison comes back to this annotator first: they hold a fresh lease on it, and give up the
+    one the page showed after the vote. Raises
+    ``NoSuchVote`` (404) or ``NotAmendable`` (409); nothing changes then.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        vote, comparison = _amendable(annotator, vote_id, now)
+        withdrawn = WithdrawnVote.objects.create(
+            comparison=comparison, annotator=annotator, choice=vote.choice, strength=vote.strength,
+            idempotency_key=vote.idempotency_key, voted_at=vote.created_at, withdrawn_at=now,
+        )
+        vote.delete()
+        count = comparison.vote_count - 1
+        state = comparison.state
+        if state == Comparison.State.CLOSED and count < comparison.project.votes_per_comparison:
+            state = Comparison.State.OPEN
+        Comparison.objects.filter(pk=comparison.pk).update(vote_count=count, state=state, full_until=None)
+        # The pair the page showed instead goes back to the queue (a hold given up: its hint is cleared,
+        # as a skip does), so the queue's held lease is the undone one.
+        shown = list(Lease.objects.filter(annotator=annotator, comparison__project_id=comparison.project_id,
+                                          expires_at__gt=now, skipped=False).values_list("comparison_id", flat=True))
+        if shown:
+            Lease.objects.filter(annotator=annotator, comparison_id__in=shown).update(expires_at=now)
+            Comparison.objects.filter(pk__in=shown, full_until__gt=now).update(full_until=None)
+        Lease.objects.update_or_create(
+            comparison=comparison, annotator=annotator,
+            defaults={"expires_at": now + timedelta(seconds=comparison.project.lease_seconds), "skipped": False,
+                      "created_at": now},
+        )
+    return withdrawn
+
+
+def vote_strength_set(*, annotator, vote_id: int, strength: int | None, now=None) -> Vote:
+    """Say (or change, or clear with None) how much better the winner of ``annotator``'s vote
+    ``vote_id`` was, within the undo window: strength can come after the choice."""
+    now = now or timezone.now()
+    if strength is not None and (isinstance(strength, bool) or not isinstance(strength, int)
+                                 or strength not in STRENGTHS):
+        raise VoteError(f"strength must be 1 (slightly), 2 (clearly) or 3 (much better), not {_shown(strength)}")
+    with transaction.atomic():
+        vote, _ = _amendable(annotator, vote_id, now)
+        if vote.choice not in (Vote.Choice.A, Vote.Choice.B):
+            raise VoteError(f"vote {vote_id} is {vote.get_choice_display()!r}: only a winner has a strength")
+        Vote.objects.filter(pk=vote.pk).update(strength=strength)
+        vote.strength = strength
+    return vote

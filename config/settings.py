@@ -274,6 +274,8 @@ REWARD_BACKBONE = env_str("REWARD_BACKBONE", "all-minilm-l6-v2")
 IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 50 * 1024 * 1024, minimum=0)
 # The longest one prompt message or completion may be (characters): a longer one is refused at import.
 TEXT_MAX_CHARS = env_int("TEXT_MAX_CHARS", 200_000, minimum=1)
+# How long an annotator may undo a vote or say how much better after voting (0: never).
+VOTE_UNDO_SECONDS = env_int("VOTE_UNDO_SECONDS", 120, minimum=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("UPLOAD_MAX_MEMORY_BYTES", 5 * 1024 * 1024, minimum=0)
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
 

@@ -18,12 +18,36 @@
   document.addEventListener("keyup", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     if (event.target.closest("textarea, input, select, [contenteditable]")) return;
-    const form = document.querySelector(".vote-form");
-    if (!form || form.classList.contains("htmx-request")) return;
-    // A key pressed right after a swap can beat htmx to the new form; process it first so the
-    // vote still goes over htmx instead of a full page load (htmx.process is idempotent).
-    if (window.htmx) window.htmx.process(form);
     const key = event.key.toLowerCase();
+    if (key === "g") {  // the guidelines panel beside the pair
+      const panel = document.querySelector("[data-guidelines]");
+      if (panel) panel.open = !panel.open;
+      return;
+    }
+    if (document.querySelector("#pair .htmx-request")) return;  // one request at a time
+    // A key pressed right after a swap can beat htmx to the new forms; process them first so they
+    // still go over htmx instead of a full page load (htmx.process is idempotent).
+    const pair = document.querySelector("#pair");
+    if (pair && window.htmx) pair.querySelectorAll("form").forEach((f) => window.htmx.process(f));
+    const last = document.querySelector("[data-last-vote]");
+    if (key === "z" && last) {
+      const undo = last.querySelector("[data-undo]");
+      if (undo) undo.click();
+      return;
+    }
+    const form = document.querySelector(".vote-form");
+    if (!form) return;
+    if (key === "f") {  // open the flag form, its first reason focused
+      const flag = document.querySelector("[data-flag]");
+      if (flag) { flag.open = true; const first = flag.querySelector("[data-flag-first]"); if (first) first.focus(); }
+      return;
+    }
+    // Right after a vote for A or B, 5-7 say how much better its winner was (strength after the
+    // choice); once it has one, they pick the strength of the next vote again.
+    if (last && !last.hasAttribute("data-has-strength")) {
+      const amend = last.querySelector(`[data-last-strength="${key}"]`);
+      if (amend) { amend.click(); return; }
+    }
     const strength = { "5": "1", "6": "2", "7": "3" }[key];
     if (strength) {
       const radio = form.querySelector(`input[name=strength][value="${strength}"]`);
