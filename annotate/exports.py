@@ -1,15 +1,23 @@
-"""Preference exports in five formats, streamed from the database with flat memory.
+"""Preference exports in seven formats, streamed from the database with flat memory.
 
 Votes are read in one query, ordered by comparison, in chunks (``.iterator``); the votes of
 one comparison are aggregated as soon as the next comparison starts, so memory holds one
-comparison (and one fetch chunk) at a time however many votes exist. docs/export-formats.md shows every format.
+comparison (and one fetch chunk) at a time however many votes exist. docs/export-formats.md
+shows every format and loads each in TRL, OpenRLHF and ``datasets``.
 
 Aggregation of a comparison's votes (``aggregate``): the majority is the single most common
 choice, counting a vote for the completion it picked (``winner``), not its display side.
 Pairwise formats (trl, trl-conversational, hh-rlhf) keep only comparisons whose majority is
 "a" or "b"; a tie or both-bad majority, or no single majority (an even split), is left out.
 ``pairs`` keeps a tie majority (and an even split without both-bad) as ``tie: true`` and drops
-both-bad. ``raw`` keeps every vote. Strength is the lower median of the majority's strengths.
+both-bad. The unpaired formats (kto, kto-conversational) write two rows per comparison: an
+a/b majority gives the winner ``label: true`` and the loser ``label: false``, a both-bad
+majority gives both ``false``; a tie or an even split gives none (a tie says nothing about
+either completion on its own). ``raw`` keeps every vote. Strength is the lower median of the
+majority's strengths.
+
+Annotators leave as keyed pseudonyms (``annotate.pseudonyms``) unless ``real_names``;
+``metadata`` adds the columns of ``META_COLUMNS``.
 """
 from __future__ import annotations
 
@@ -22,22 +30,32 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from django.db.models import QuerySet
 from django.utils.dateparse import parse_datetime
 
+from annotate.export_schema import parquet_schema
 from annotate.models import Comparison, Project, Vote
+from annotate.pseudonyms import annotator_names
 from annotate.services import InvalidInput
 
+# FORMATS are also what a frozen snapshot (a ``pairs`` file) downloads as (training.console.datasets);
+# the unpaired formats need the both-bad comparisons a snapshot does not keep, so they are exports only.
 FORMATS = ("trl", "trl-conversational", "hh-rlhf", "raw", "pairs")
+UNPAIRED = ("kto", "kto-conversational")
+EXPORT_FORMATS = FORMATS + UNPAIRED
 PAIRWISE = ("trl", "trl-conversational", "hh-rlhf")
+OUTPUTS = ("jsonl", "parquet")
 FILTERS = ("sources", "reasons", "after", "before", "closed_only")
 FILTER_LABELS = ("for", "note")  # recorded with a snapshot's filters, never applied
 CHUNK_VOTES = 2000  # votes fetched per round trip
 FLUSH_BYTES = 1 << 16  # export_stream yields about this much at a time
 PARQUET_ROWS = 5000  # rows per Parquet row group batch
 HH_LABELS = {"system": "System", "user": "Human", "assistant": "Assistant"}
+# json.dumps leaves these unescaped, and str.splitlines() splits on them: escaped, a JSONL line
+# stays one line for every reader.
+LINE_BREAKS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 VOTE_FIELDS = (
     "id",
@@ -59,8 +77,16 @@ VOTE_FIELDS = (
     "comparison__completion_a__checkpoint__name",
     "comparison__completion_b__checkpoint__name",
 )
+META_FIELDS = (
+    "comparison__reason",
+    "comparison__completion_a__sampling",
+    "comparison__completion_b__sampling",
+    "comparison__completion_a__seed",
+    "comparison__completion_b__seed",
+)
 
 Progress = Callable[[int], Any]  # called with the number of votes read since the previous call
+Names = Callable[[str], str]  # username -> what the export shows
 
 
 @dataclass(frozen=True)
@@ -113,7 +139,10 @@ def filters_clean(filters: dict | None) -> dict:
 
 
 def _when(value: Any) -> datetime | None:
-    parsed = parse_datetime(value) if isinstance(value, str) else None
+    try:
+        parsed = parse_datetime(value) if isinstance(value, str) else None
+    except ValueError:  # well formed but impossible, like 2025-02-30T00:00
+        return None
     if parsed is not None and parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed
@@ -139,41 +168,82 @@ def export_vote_count(*, project: Project, filters: dict | None = None) -> int:
     return _votes(project, filters_clean(filters)).count()
 
 
-def _has_margin(fmt: str, votes: QuerySet) -> bool:
+@dataclass(frozen=True)
+class ExportPlan:
+    """A validated export: which format, which votes, and which optional columns."""
+
+    fmt: str
+    votes: QuerySet
+    margin: bool  # TRL's margin column, on every row
+    metadata: bool
+    real_names: bool
+
+    def rows(self, progress: Progress | None = None) -> Iterator[dict]:
+        """Rows with native values (times are aware UTC datetimes), in comparison order."""
+        return _rows(self, progress)
+
+    def schema(self):
+        return parquet_schema(self.fmt, margin=self.margin, metadata=self.metadata)
+
+    def jsonl(self) -> Iterator[bytes]:
+        """The rows as JSONL bytes, in pieces of about ``FLUSH_BYTES``; memory stays flat."""
+        return jsonl_chunks(map(_jsonable, self.rows()))
+
+
+def export_plan(
+    *, project: Project, fmt: str, filters: dict | None = None, metadata: bool = False, real_names: bool = False
+) -> ExportPlan:
+    """Check the format and filters (raises InvalidInput) and say what the export will read."""
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidInput(f"format must be one of {list(EXPORT_FORMATS)}, not {fmt!r}")
+    votes = _votes(project, filters_clean(filters))
     # TRL's collator fails on a margin column with nulls, so it is on every row or on none.
-    return fmt in ("trl", "trl-conversational") and votes.filter(strength__isnull=False).exists()
+    margin = fmt in ("trl", "trl-conversational") and votes.filter(strength__isnull=False).exists()
+    return ExportPlan(fmt, votes, margin, metadata, real_names)
 
 
 def export_rows(
-    *, project: Project, fmt: str, filters: dict | None = None, progress: Progress | None = None
+    *, project: Project, fmt: str, filters: dict | None = None, progress: Progress | None = None,
+    metadata: bool = False, real_names: bool = False,
 ) -> Iterator[dict]:
-    """The rows of an export as dicts, in comparison order; see the module docstring."""
-    if fmt not in FORMATS:
-        raise InvalidInput(f"format must be one of {list(FORMATS)}, not {fmt!r}")
-    votes = _votes(project, filters_clean(filters))
-    return _rows(fmt, votes, margin=_has_margin(fmt, votes), progress=progress)
+    """The rows of an export as JSON-ready dicts (times as ISO strings), in comparison order."""
+    plan = export_plan(project=project, fmt=fmt, filters=filters, metadata=metadata, real_names=real_names)
+    return map(_jsonable, plan.rows(progress))
 
 
-def _rows(
-    fmt: str, votes: QuerySet, *, margin: bool, progress: Progress | None
-) -> Iterator[dict]:
-    for group in _groups(votes, progress):
+def _rows(plan: ExportPlan, progress: Progress | None) -> Iterator[dict]:
+    names = annotator_names(real_names=plan.real_names)
+    fields = VOTE_FIELDS + (META_FIELDS if plan.metadata else ())
+    for group in _groups(plan.votes, fields, progress):
         first = group[0]
         sides = {first["comparison__completion_a_id"]: "a", first["comparison__completion_b_id"]: "b"}
         # A vote counts for the completion it picked, whatever side it was shown on.
         choices = [sides.get(vote["winner_id"], vote["choice"]) for vote in group]
         verdict = aggregate([(choice, vote["strength"]) for choice, vote in zip(choices, group, strict=True)])
-        if fmt == "raw":
-            yield from (_raw(vote, choice, verdict) for vote, choice in zip(group, choices, strict=True))
-        elif fmt == "pairs":
+        if plan.fmt == "raw":
+            for vote, choice in zip(group, choices, strict=True):
+                yield _raw(vote, choice, verdict, names) | (_raw_meta(vote) if plan.metadata else {})
+            continue
+        meta = _comparison_meta(group, choices, names) if plan.metadata else {}
+        if plan.fmt in UNPAIRED:
+            for side, label in _labels(verdict):
+                row = unpaired_row(plan.fmt, first["comparison__prompt__messages"], _text(first, side), label)
+                yield row | (meta | _completion_meta(first, side, "") if plan.metadata else {})
+            continue
+        if plan.fmt == "pairs":
             row = _pair(first, verdict)
-            if row is not None:
-                yield row
         elif verdict.choice in ("a", "b"):
-            yield _pairwise(fmt, first, verdict, margin)
+            row = _pairwise(plan.fmt, first, verdict, plan.margin)
+        else:
+            continue
+        if row is not None:
+            if plan.metadata:
+                chosen, rejected = ("b", "a") if verdict.choice == "b" else ("a", "b")
+                row |= meta | _completion_meta(first, chosen, "_chosen") | _completion_meta(first, rejected, "_rejected")
+            yield row
 
 
-def _groups(votes: QuerySet, progress: Progress | None) -> Iterator[list[dict]]:
+def _groups(votes: QuerySet, fields: tuple[str, ...], progress: Progress | None) -> Iterator[list[dict]]:
     """The votes of each comparison, one list per comparison, from ONE query read in chunks.
 
     Measured on SQLite at 30k and 100k votes: the database's sort of the joined rows does not
@@ -182,7 +252,7 @@ def _groups(votes: QuerySet, progress: Progress | None) -> Iterator[list[dict]]:
     """
     group: list[dict] = []
     unreported = 0
-    rows = votes.order_by("comparison_id", "id").values(*VOTE_FIELDS).iterator(chunk_size=CHUNK_VOTES)
+    rows = votes.order_by("comparison_id", "id").values(*fields).iterator(chunk_size=CHUNK_VOTES)
     for vote in rows:
         if group and vote["comparison_id"] != group[0]["comparison_id"]:
             yield group
@@ -210,9 +280,22 @@ def _hh(messages: list[dict]) -> str:
     return "".join(f"\n\n{HH_LABELS[m['role']]}: {m['content']}" for m in messages) + "\n\nAssistant:"
 
 
+def _text(vote: dict, side: str) -> str:
+    return vote[f"comparison__completion_{side}__text"]
+
+
 def _texts(vote: dict, verdict: Verdict) -> tuple[str, str]:
-    a, b = vote["comparison__completion_a__text"], vote["comparison__completion_b__text"]
+    a, b = _text(vote, "a"), _text(vote, "b")
     return (b, a) if verdict.choice == "b" else (a, b)
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def response_text(value: str | list[dict]) -> str:
+    """A response as text: a string as is, a message list (``pairs`` files) as its last message's content."""
+    return value if isinstance(value, str) else value[-1]["content"]
 
 
 def _pairwise(fmt: str, vote: dict, verdict: Verdict, margin: bool) -> dict:
@@ -221,23 +304,42 @@ def _pairwise(fmt: str, vote: dict, verdict: Verdict, margin: bool) -> dict:
                         strength=verdict.strength, margin=margin)
 
 
-def pairwise_row(fmt: str, messages: list[dict], chosen: str, rejected: str, *, strength: int | None,
-                 margin: bool) -> dict:
+def pairwise_row(fmt: str, messages: list[dict], chosen: str | list[dict], rejected: str | list[dict], *,
+                 strength: int | None, margin: bool) -> dict:
     """One row of a pairwise format (trl, trl-conversational, hh-rlhf); with ``margin``, TRL's
-    ``margin`` column from the strength (0, 0.5, 1; 0 when unknown). hh-rlhf has no margin."""
+    ``margin`` column from the strength (0, 0.5, 1; 0 when unknown). hh-rlhf has no margin.
+    ``chosen``/``rejected`` are texts or one-assistant-message lists (as in a ``pairs`` file)."""
+    if fmt not in PAIRWISE:
+        raise InvalidInput(f"{fmt!r} is not a pairwise format ({', '.join(PAIRWISE)})")
+    chosen, rejected = response_text(chosen), response_text(rejected)
     if fmt == "hh-rlhf":
         return {"chosen": f"{_hh(messages)} {chosen}", "rejected": f"{_hh(messages)} {rejected}"}
     if fmt == "trl":
         row: dict[str, Any] = {"prompt": prompt_text(messages), "chosen": chosen, "rejected": rejected}
     else:
-        row = {
-            "prompt": messages,
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}],
-        }
+        row = {"prompt": messages, "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
     if margin:
         row["margin"] = 0.0 if strength is None else (strength - 1) / 2
     return row
+
+
+def _labels(verdict: Verdict) -> list[tuple[str, bool]]:
+    """KTO labels of a comparison's completions: winner desirable, loser not; both bad: neither.
+    A tie or an even split labels nothing: a tie ranks two completions, it does not grade them."""
+    if verdict.choice in ("a", "b"):
+        loser = "b" if verdict.choice == "a" else "a"
+        return [(verdict.choice, True), (loser, False)]
+    if verdict.choice == "both_bad":
+        return [("a", False), ("b", False)]
+    return []
+
+
+def unpaired_row(fmt: str, messages: list[dict], completion: str, label: bool) -> dict:
+    """One row of TRL's unpaired (KTO) format: text prompt and completion (``kto``, the prompt
+    rendered as in ``trl``) or a conversation and one assistant message (``kto-conversational``)."""
+    if fmt == "kto":
+        return {"prompt": prompt_text(messages), "completion": completion, "label": label}
+    return {"prompt": messages, "completion": _assistant(completion), "label": label}
 
 
 def _pair(vote: dict, verdict: Verdict) -> dict | None:
@@ -247,8 +349,8 @@ def _pair(vote: dict, verdict: Verdict) -> dict | None:
     return {
         "prompt_id": vote["comparison__prompt_id"],
         "prompt": vote["comparison__prompt__messages"],
-        "chosen": chosen,
-        "rejected": rejected,
+        "chosen": _assistant(chosen),
+        "rejected": _assistant(rejected),
         "tie": verdict.choice not in ("a", "b"),
         "strength": verdict.strength,
         "annotators": verdict.votes,
@@ -256,7 +358,7 @@ def _pair(vote: dict, verdict: Verdict) -> dict | None:
     }
 
 
-def _raw(vote: dict, choice: str, verdict: Verdict) -> dict:
+def _raw(vote: dict, choice: str, verdict: Verdict, names: Names) -> dict:
     return {
         "comparison_id": vote["comparison_id"],
         "prompt_id": vote["comparison__prompt_id"],
@@ -269,23 +371,80 @@ def _raw(vote: dict, choice: str, verdict: Verdict) -> dict:
         "winner": choice if choice in ("a", "b") else None,
         "strength": vote["strength"],
         "rationale": vote["rationale"],
-        "annotator": vote["annotator__username"],
+        "annotator": names(vote["annotator__username"]),
         "source": vote["source"],
         "time_spent_ms": vote["time_spent_ms"],
-        "created_at": vote["created_at"].isoformat(),
+        "created_at": vote["created_at"].astimezone(UTC),
         "majority": verdict.choice,
         "agreement": verdict.agreement,
         "votes": verdict.votes,
     }
 
 
+def _sampling(value: Any) -> str:
+    return json.dumps(value or {}, ensure_ascii=False, sort_keys=True)
+
+
+def _raw_meta(vote: dict) -> dict:
+    return {
+        "reason": vote["comparison__reason"],
+        "sampling_a": _sampling(vote["comparison__completion_a__sampling"]),
+        "sampling_b": _sampling(vote["comparison__completion_b__sampling"]),
+        "seed_a": vote["comparison__completion_a__seed"],
+        "seed_b": vote["comparison__completion_b__seed"],
+    }
+
+
+def _comparison_meta(group: list[dict], choices: list[str], names: Names) -> dict:
+    """The comparison and its votes; the lists hold one entry per vote, in the same order."""
+    first = group[0]
+    return {
+        "comparison_id": first["comparison_id"],
+        "prompt_id": first["comparison__prompt_id"],
+        "reason": first["comparison__reason"],
+        "sources": sorted({vote["source"] for vote in group}),
+        "annotator_ids": [names(vote["annotator__username"]) for vote in group],
+        "choices": choices,
+        "strengths": [vote["strength"] for vote in group],
+        "rationales": [vote["rationale"] for vote in group],
+        "time_spent_ms": [vote["time_spent_ms"] for vote in group],
+        "voted_at": [vote["created_at"].astimezone(UTC) for vote in group],
+    }
+
+
+def _completion_meta(vote: dict, side: str, suffix: str) -> dict:
+    return {
+        f"checkpoint{suffix}": vote[f"comparison__completion_{side}__checkpoint__name"],
+        f"sampling{suffix}": _sampling(vote[f"comparison__completion_{side}__sampling"]),
+        f"seed{suffix}": vote[f"comparison__completion_{side}__seed"],
+    }
+
+
+def _jsonable(row: dict) -> dict:
+    """Times as ISO 8601 strings (``created_at``, ``voted_at``); everything else is JSON already."""
+    for key in ("created_at", "voted_at"):
+        value = row.get(key)
+        if isinstance(value, datetime):
+            row[key] = value.isoformat()
+        elif isinstance(value, list):
+            row[key] = [when.isoformat() for when in value]
+    return row
+
+
 def _line(row: dict) -> bytes:
-    return (json.dumps(row, ensure_ascii=False) + "\n").encode()
+    line = json.dumps(row, ensure_ascii=False)
+    for char, escaped in LINE_BREAKS.items():
+        if char in line:
+            line = line.replace(char, escaped)
+    return (line + "\n").encode()
 
 
-def export_stream(*, project: Project, fmt: str, filters: dict | None = None) -> Iterator[bytes]:
-    """The export as JSONL bytes, yielded in pieces of about 64 KiB; memory stays flat."""
-    return jsonl_chunks(export_rows(project=project, fmt=fmt, filters=filters))
+def export_stream(
+    *, project: Project, fmt: str, filters: dict | None = None, metadata: bool = False, real_names: bool = False
+) -> Iterator[bytes]:
+    """The export as JSONL bytes, yielded in pieces of about 64 KiB; memory stays flat.
+    The format and filters are checked at the call (InvalidInput), before any byte."""
+    return export_plan(project=project, fmt=fmt, filters=filters, metadata=metadata, real_names=real_names).jsonl()
 
 
 def jsonl_chunks(rows: Iterable[dict]) -> Iterator[bytes]:
@@ -303,34 +462,9 @@ def jsonl_chunks(rows: Iterable[dict]) -> Iterator[bytes]:
         yield b"".join(buffer)
 
 
-def parquet_schema(fmt: str, *, margin: bool = False):
-    """The Arrow schema of a format; messages are list<struct<role, content>>."""
-    import pyarrow as pa  # lazily: only Parquet exports need it
-
-    text, number = pa.string(), pa.int64()
-    messages = pa.list_(pa.struct([("role", text), ("content", text)]))
-    fields = {
-        "trl": [("prompt", text), ("chosen", text), ("rejected", text)],
-        "trl-conversational": [("prompt", messages), ("chosen", messages), ("rejected", messages)],
-        "hh-rlhf": [("chosen", text), ("rejected", text)],
-        "pairs": [
-            ("prompt_id", number), ("prompt", messages), ("chosen", text), ("rejected", text),
-            ("tie", pa.bool_()), ("strength", number), ("annotators", number), ("agreement", pa.float64()),
-        ],
-        "raw": [
-            ("comparison_id", number), ("prompt_id", number), ("prompt", messages), ("a", text), ("b", text),
-            ("checkpoint_a", text), ("checkpoint_b", text), ("choice", text), ("winner", text),
-            ("strength", number), ("rationale", text), ("annotator", text), ("source", text),
-            ("time_spent_ms", number), ("created_at", text), ("majority", text), ("agreement", pa.float64()),
-            ("votes", number),
-        ],
-    }[fmt]
-    return pa.schema(fields + ([("margin", pa.float64())] if margin else []))
-
-
 def write_export(
     *, project: Project, fmt: str, path: str | os.PathLike, progress: Progress | None = None,
-    filters: dict | None = None,
+    filters: dict | None = None, metadata: bool = False, real_names: bool = False,
 ) -> int:
     """Write an export to ``path`` and return the rows written.
 
@@ -338,43 +472,41 @@ def write_export(
     The file appears complete or not at all: it is written beside ``path`` under a temporary
     name, fsynced and renamed. ``progress`` is called with votes read since its last call.
     """
-    if fmt not in FORMATS:
-        raise InvalidInput(f"format must be one of {list(FORMATS)}, not {fmt!r}")
+    plan = export_plan(project=project, fmt=fmt, filters=filters, metadata=metadata, real_names=real_names)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    votes = _votes(project, filters_clean(filters))
-    margin = _has_margin(fmt, votes)
-    rows = _rows(fmt, votes, margin=margin, progress=progress)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        if path.suffix.lower() == ".parquet":
-            count = _write_parquet(rows, temporary, parquet_schema(fmt, margin=margin))
-        else:
-            count = _write_jsonl(rows, temporary)
+        with open(temporary, "xb", buffering=1 << 20) as handle:
+            if path.suffix.lower() == ".parquet":
+                count = write_parquet(plan, handle, progress)
+            else:
+                count = _write_jsonl(map(_jsonable, plan.rows(progress)), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return count
 
 
-def _write_jsonl(rows: Iterator[dict], path: Path) -> int:
+def _write_jsonl(rows: Iterator[dict], handle: IO[bytes]) -> int:
     count = 0
-    with open(path, "xb", buffering=1 << 20) as handle:
-        for row in rows:
-            handle.write(_line(row))
-            count += 1
-        handle.flush()
-        os.fsync(handle.fileno())
+    for row in rows:
+        handle.write(_line(row))
+        count += 1
     return count
 
 
-def _write_parquet(rows: Iterator[dict], path: Path, schema) -> int:
+def write_parquet(plan: ExportPlan, handle: IO[bytes], progress: Progress | None = None) -> int:
+    """Write ``plan``'s rows as Parquet to an open binary file (left open); return the rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    schema = plan.schema()
     count, batch = 0, []
-    with pq.ParquetWriter(path, schema) as writer:
-        for row in rows:
+    with pq.ParquetWriter(handle, schema) as writer:
+        for row in plan.rows(progress):
             batch.append(row)
             if len(batch) >= PARQUET_ROWS:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
@@ -382,6 +514,4 @@ def _write_parquet(rows: Iterator[dict], path: Path, schema) -> int:
         if batch or not count:  # an empty export is still a readable file with the schema
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
             count += len(batch)
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
     return count

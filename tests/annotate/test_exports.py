@@ -11,8 +11,9 @@ import pytest
 from django.core.management import call_command
 
 from annotate import services
-from annotate.exports import FORMATS, aggregate, export_rows, export_stream, write_export
+from annotate.exports import EXPORT_FORMATS, aggregate, export_rows, export_stream, write_export
 from annotate.models import Membership, Snapshot
+from annotate.pseudonyms import pseudonym
 from annotate.services import InvalidInput
 from annotate.snapshots import snapshot_freeze, snapshot_path
 from annotate.votes import vote_record
@@ -28,6 +29,8 @@ KEYS = {
         "votes",
     },
     "pairs": {"prompt_id", "prompt", "chosen", "rejected", "tie", "strength", "annotators", "agreement"},
+    "kto": {"prompt", "completion", "label"},
+    "kto-conversational": {"prompt", "completion", "label"},
 }
 
 
@@ -44,6 +47,17 @@ def text(comparison, side: str) -> str:
     return (comparison.completion_a if side == "a" else comparison.completion_b).text
 
 
+def iso_times(table_rows: list[dict]) -> list[dict]:
+    """Parquet rows with their timestamps written as JSONL writes them (ISO 8601, UTC)."""
+    for row in table_rows:
+        for key in ("created_at", "voted_at"):
+            if isinstance(row.get(key), list):
+                row[key] = [when.isoformat() for when in row[key]]
+            elif row.get(key) is not None:
+                row[key] = row[key].isoformat()
+    return table_rows
+
+
 def rows(project, fmt: str) -> list[dict]:
     return list(export_rows(project=project, fmt=fmt))
 
@@ -58,7 +72,7 @@ def judged(project, annotator):
     return comparisons
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
 def test_every_format_has_exactly_its_keys(project, judged, fmt):
     exported = rows(project, fmt)
     assert exported
@@ -85,7 +99,7 @@ def test_pairwise_formats_keep_only_clear_winners_and_raw_keeps_every_vote(proje
         "prompt": [{"role": "user", "content": "Question 0 for demo?"}],
         "a": text(win_a, "a"), "b": text(win_a, "b"),
         "checkpoint_a": win_a.completion_a.checkpoint.name, "checkpoint_b": win_a.completion_b.checkpoint.name,
-        "choice": "a", "winner": "a", "strength": 3, "rationale": "because", "annotator": "annotator",
+        "choice": "a", "winner": "a", "strength": 3, "rationale": "because", "annotator": pseudonym("annotator"),
         "source": "human", "time_spent_ms": 1200, "created_at": None, "majority": "a", "agreement": 1.0, "votes": 1,
     }
     assert raw[2]["winner"] is None and raw[2]["strength"] is None
@@ -109,8 +123,9 @@ def test_three_voters_majority_decides_with_agreement_two_thirds(project, compar
     assert (trl["chosen"], trl["rejected"]) == (text(first, "b"), text(first, "a"))
     pairs = rows(project, "pairs")
     assert pairs[0] | {"agreement": None} == {
-        "prompt_id": first.prompt_id, "prompt": first.prompt.messages, "chosen": text(first, "b"),
-        "rejected": text(first, "a"), "tie": False, "strength": 1, "annotators": 3, "agreement": None,
+        "prompt_id": first.prompt_id, "prompt": first.prompt.messages,
+        "chosen": [{"role": "assistant", "content": text(first, "b")}],
+        "rejected": [{"role": "assistant", "content": text(first, "a")}], "tie": False, "strength": 1, "annotators": 3, "agreement": None,
     }
     assert pairs[0]["agreement"] == pytest.approx(2 / 3)
     assert pairs[1]["tie"] is True and pairs[1]["agreement"] == 0.5
@@ -148,12 +163,12 @@ def test_multi_turn_prompts_render_as_text_in_trl(project, annotator):
 def test_export_reads_votes_in_a_constant_number_of_queries(project, annotator, django_assert_max_num_queries):
     for comparison in make_comparisons(project, 30):
         vote_record(annotator=annotator, comparison_id=comparison.pk, choice="a")
-    for fmt in FORMATS:
+    for fmt in EXPORT_FORMATS:
         with django_assert_max_num_queries(3):
-            assert len(rows(project, fmt)) == 30
+            assert len(rows(project, fmt)) == (60 if fmt.startswith("kto") else 30)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
 def test_jsonl_and_parquet_files_hold_the_same_rows(project, judged, tmp_path, fmt):
     streamed = b"".join(export_stream(project=project, fmt=fmt))
     assert write_export(project=project, fmt=fmt, path=tmp_path / "out.jsonl") == len(streamed.splitlines())
@@ -161,7 +176,7 @@ def test_jsonl_and_parquet_files_hold_the_same_rows(project, judged, tmp_path, f
     count = write_export(project=project, fmt=fmt, path=tmp_path / "out.parquet")
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.num_rows == count
-    assert table.to_pylist() == [json.loads(line) for line in streamed.splitlines()]
+    assert iso_times(table.to_pylist()) == [json.loads(line) for line in streamed.splitlines()]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.parquet"]  # no temp files left
 
 
