@@ -18,15 +18,19 @@ The backbone's weights are fp32 or the stored dtype of its checkpoint (bf16;
 see `rewardmodel.lib.precision`); the heads stay fp32 and read the pooled state
 in fp32.
 
-A saved model is a folder: the backbone's `save_pretrained` files in the
-backbone checkpoint's own dtype (config.json names it), the tokenizer,
-`reward_head.safetensors` (head weight [K, H], learned tie parameter, fp32) and
-`meta.json` (config, lineage, metrics, ``dtype``).
+A saved model is a folder: an ``*ForSequenceClassification`` checkpoint whose
+K logits are the heads' rewards (backbone in the backbone checkpoint's own dtype,
+heads fp32; see `rewardmodel.lib.hf_layout`), the tokenizer, `meta.json`
+(config, lineage, metrics, ``dtype``, the learned tie parameter) and a model
+card `README.md`. Where transformers has no head that computes our rewards, and
+in folders saved before, the backbone's own files plus `reward_head.safetensors`
+(head weight [K, H], learned tie parameter, fp32) take the checkpoint's place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import subprocess
@@ -44,8 +48,9 @@ from rewardmodel.lib.config import RewardConfig
 from rewardmodel.lib.data import PairBatch, PairFormatter
 from rewardmodel.lib.precision import dtype_name, resolve_weights_dtype, stored_dtype
 
-HEAD_FILE = "reward_head.safetensors"
+HEAD_FILE = "reward_head.safetensors"  # the old layout's heads (and still where no transformers head fits)
 META_FILE = "meta.json"
+CARD_FILE = "README.md"
 #: Architectures whose attention accepts a custom 4D mask plus position ids
 #: through transformers' shared masking path (only llama is under test).
 PREFIX_SHARING_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
@@ -453,34 +458,55 @@ def code_version() -> str:
 
 
 def save_reward_model(model: RewardModel, out_dir: str | Path, meta: dict[str, Any]) -> Path:
-    """Write backbone (in `model.saved_dtype`), tokenizer, heads and meta.json into `out_dir`; returns the meta path.
+    """Write backbone (in `model.saved_dtype`), heads, tokenizer, meta.json and README.md into `out_dir`;
+    returns the meta path.
 
-    LoRA adapters are merged into the backbone first (`merge_adapters`), so the folder is the
-    same as a full run's; meta.json's ``mode`` says how it trained. The backbone's floating
+    Where transformers' head computes the same rewards (`hf_layout.sequence_classifier`), the folder is
+    an ``*ForSequenceClassification`` checkpoint (``num_labels`` = ensemble size, the heads in the
+    weights file as ``score.weight`` or ``classifier.weight``), which
+    ``AutoModelForSequenceClassification.from_pretrained`` loads; meta.json's ``layout`` is
+    "sequence_classification". Otherwise the backbone's files plus ``reward_head.safetensors``
+    ("reward_head"). LoRA adapters are merged into the backbone first (`merge_adapters`), so the folder
+    is the same as a full run's; meta.json's ``mode`` says how it trained. The backbone's floating
     parameters are cast to `model.saved_dtype` in memory first.
     """
+    from rewardmodel.lib.cards import reward_model_card
+    from rewardmodel.lib.hf_layout import sequence_classifier
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     merge_adapters(model)
     for param in model.backbone.parameters():  # parameters only: buffers stay as `from_pretrained` makes them
         if param.is_floating_point() and param.dtype != model.saved_dtype:
             param.data = param.data.to(model.saved_dtype)
-    model.backbone.save_pretrained(out, safe_serialization=True)
-    model.tokenizer.save_pretrained(out)
-    tensors = {"head.weight": model.head.weight.detach().float().cpu().contiguous(),
-               "tie_param": model.tie_param.detach().float().cpu().reshape(1)}
-    save_file(tensors, str(out / HEAD_FILE))
+    wrapper, why_not = sequence_classifier(model)
+    tokenizer = model.tokenizer
+    if wrapper is not None:
+        wrapper.save_pretrained(out, safe_serialization=True)
+        if tokenizer.pad_token_id != wrapper.config.pad_token_id:  # users pad with the token the head skips
+            tokenizer = copy.deepcopy(tokenizer)
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(wrapper.config.pad_token_id)
+        layout = {"layout": "sequence_classification", "architecture": type(wrapper).__name__}
+    else:
+        model.backbone.save_pretrained(out, safe_serialization=True)
+        save_file({"head.weight": model.head.weight.detach().float().cpu().contiguous(),
+                   "tie_param": model.tie_param.detach().float().cpu().reshape(1)}, str(out / HEAD_FILE))
+        layout = {"layout": "reward_head", "not_sequence_classification": why_not}
+    tokenizer.save_pretrained(out)
     full_meta = {
-        "format": "rewardmodel.lib/1",
+        "format": "rewardmodel.lib/2",
+        **layout,
         "pooling": model.pooling,
         "ensemble_size": model.ensemble_size,
         "max_length": model.max_length,
         "text_format": model.formatter.kind,
         "dtype": dtype_name(model.saved_dtype),
         "mode": model.mode,
+        "tie_param": float(model.tie_param.detach().float().cpu()),
         "code_version": code_version(),
         **meta,
     }
+    (out / CARD_FILE).write_text(reward_model_card(full_meta), encoding="utf-8")
     meta_path = out / META_FILE
     meta_path.write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str))
     return meta_path
@@ -488,13 +514,31 @@ def save_reward_model(model: RewardModel, out_dir: str | Path, meta: dict[str, A
 
 def load_reward_model(path: str | Path, *, device: str | torch.device | None = None,
                       dtype: torch.dtype = torch.float32) -> RewardModel:
-    """Load a folder written by `save_reward_model`, in eval mode, the backbone in `dtype` (heads fp32)."""
-    from transformers import AutoModel, AutoTokenizer
+    """Load a folder written by `save_reward_model`, in eval mode, the backbone in `dtype` (heads fp32).
+
+    Both layouts load: a sequence-classification folder (``rewardmodel.lib/2``) and the older one with
+    ``reward_head.safetensors`` (``rewardmodel.lib/1`` and unsupported backbones).
+    """
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    from rewardmodel.lib.hf_layout import head_key, read_tensor
 
     folder = Path(path)
     meta = json.loads((folder / META_FILE).read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    backbone = AutoModel.from_pretrained(folder, attn_implementation="sdpa", dtype=dtype)
+    old_layout = (folder / HEAD_FILE).is_file()
+    key = None if old_layout else head_key(folder)
+    if old_layout:
+        backbone = AutoModel.from_pretrained(folder, attn_implementation="sdpa", dtype=dtype)
+        tensors = load_file(str(folder / HEAD_FILE))
+        head, tie = tensors["head.weight"], tensors["tie_param"]
+    elif key is not None:
+        wrapper = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa", dtype=dtype)
+        backbone = getattr(wrapper, wrapper.base_model_prefix)
+        head = read_tensor(folder, key)  # as saved (fp32), not in the backbone's `dtype`
+        tie = torch.tensor(float(meta.get("tie_param", 0.0)))
+    else:
+        raise ValueError(f"{folder} holds neither {HEAD_FILE} nor a sequence-classification head")
     model = RewardModel(
         backbone,
         tokenizer,
@@ -502,10 +546,9 @@ def load_reward_model(path: str | Path, *, device: str | torch.device | None = N
         ensemble_size=int(meta["ensemble_size"]),
         max_length=int(meta["max_length"]),
     )
-    tensors = load_file(str(folder / HEAD_FILE))
     with torch.no_grad():
-        model.head.weight.copy_(tensors["head.weight"])
-        model.tie_param.copy_(tensors["tie_param"].reshape(()))
+        model.head.weight.copy_(head.float())
+        model.tie_param.copy_(tie.float().reshape(()))
     model.meta = meta
     model.saved_dtype = stored_dtype(folder)
     model.eval()

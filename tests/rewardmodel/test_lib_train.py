@@ -195,7 +195,7 @@ def test_save_load_score_round_trip(tmp_path: Path) -> None:
     meta = json.loads(Path(result.meta_path).read_text())
     assert meta["snapshot_sha256"] == "abc123" and meta["config"]["ensemble_size"] == 3
     assert meta["code_version"] and meta["metrics"]["eval_accuracy"] == result.metrics["eval_accuracy"]
-    assert (tmp_path / "out" / "model.safetensors").exists() and (tmp_path / "out" / "reward_head.safetensors").exists()
+    assert (tmp_path / "out" / "model.safetensors").exists() and (tmp_path / "out" / "README.md").exists()
 
     loaded = load_reward_model(tmp_path / "out")
     prompts, completions = [p.prompt for p in pairs], [p.chosen for p in pairs]
