@@ -6,7 +6,11 @@ with dropout off, optionally wrapped in fresh LoRA adapters.
 
 A checkpoint is a folder that `AutoModelForCausalLM.from_pretrained` and
 `AutoTokenizer.from_pretrained` load (or, for an unmerged LoRA run, a peft
-adapter folder over a recorded base), plus ``meta.json``:
+adapter folder over a recorded base), plus ``meta.json`` and a model card
+``README.md`` (`rewardmodel.lib.cards.checkpoint_card`). An adapter's
+``adapter_config.json`` names its base by a portable id (a hub id where one is
+known; ``base_model_id`` in meta.json), while meta.json's ``base_model_path``
+keeps the local folder this host loads it over. Its ``meta.json``:
 
     {"format": "training.lib.checkpoint/1", "weights": "full" | "merged" | "adapter",
      "dtype": "bfloat16" | "float32" | ..., "base_model": ..., "base_model_path": ...,
@@ -38,6 +42,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rewardmodel.lib.backbones import resolve_model
+from rewardmodel.lib.cards import checkpoint_card, portable_model_id
 from rewardmodel.lib.model import code_version
 from rewardmodel.lib.precision import dtype_name
 from training.lib.logprobs import ScoredTokens, sequence_sums, token_logprobs
@@ -55,6 +60,8 @@ __all__ = [
 ]
 
 META_FILE = "meta.json"
+CARD_FILE = "README.md"
+ADAPTER_CONFIG = "adapter_config.json"
 CHECKPOINT_FORMAT = "training.lib.checkpoint/1"
 
 
@@ -177,7 +184,10 @@ def save_checkpoint(
         tmp.mkdir()
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if weights == "adapter":
+            full_meta = _portable_adapter_base(tmp, full_meta)
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        (tmp / CARD_FILE).write_text(checkpoint_card(full_meta), encoding="utf-8")  # replaces peft's template card
         _fsync_tree(tmp)
         if verify is not None:
             verify(tmp, model)
@@ -189,6 +199,19 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _portable_adapter_base(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Point adapter_config.json's base model at a portable id (a hub id, never this host's path);
+    returns `meta` with the local path kept in ``base_model_path``, which `load_checkpoint` reads."""
+    config_file = folder / ADAPTER_CONFIG
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    local = config.get("base_model_name_or_path")
+    portable = portable_model_id(meta.get("base_model") or local)
+    if portable:
+        config["base_model_name_or_path"] = portable
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    return {**meta, "base_model_path": meta.get("base_model_path") or local, "base_model_id": portable}
 
 
 def floating_dtype(model: Any) -> torch.dtype:
