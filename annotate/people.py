@@ -122,7 +122,7 @@ def members_of(project: Project) -> list[Membership]:
 
 def _managers_locked(project: Project) -> int:
     # Lock the project row so two managers demoting each other cannot both pass the check.
-    Project.objects.select_for_update().filter(pk=project.pk).exists()
+    Project.objects.select_for_update().only("pk").get(pk=project.pk)
     return Membership.objects.filter(project=project, role=Membership.Role.MANAGER).count()
 
 
