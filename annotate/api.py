@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from annotate import access, imports, selectors
 from annotate.models import Project
 from annotate.queue import comparison_next
+from annotate.services import InvalidInput
 from annotate.tokens import Caller, caller_for_token
 from annotate.views_manage import export_response
 from annotate.votes import VoteError, vote_record
@@ -235,4 +236,7 @@ def completions_import(request: HttpRequest, slug: str) -> JsonResponse:
 @api_view
 def export(request: HttpRequest, slug: str) -> HttpResponse:
     project = access.project_for_manager(request.user, slug)
-    return export_response(project, request.GET.get("format", "trl"))
+    try:  # the same parameters as the manager's export page (views_manage.export_params)
+        return export_response(project, request.GET)
+    except InvalidInput as error:
+        return _error(400, f"nothing was exported: {error}")

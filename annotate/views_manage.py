@@ -1,13 +1,23 @@
 """Manager pages of the annotate app: project settings, imports, exports."""
 from __future__ import annotations
 
+import tempfile
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
+from django.http import (
+    FileResponse,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    QueryDict,
+    StreamingHttpResponse,
+)
 from django.shortcuts import redirect, render
 
 from annotate import access, exports, imports
 from annotate.forms import ImportForm, ProjectSettingsForm
+from annotate.models import Comparison, Vote
 from annotate.queue import comparison_hints_clear
 
 IMPORTERS = {
@@ -50,22 +60,68 @@ def import_view(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, "annotate/manage_import.html", {"project": project, "form": form})
 
 
+EXPORT_PARAMS = ("format", "output", "sources", "reasons", "after", "before", "closed_only", "metadata", "real_names")
+TRUE, FALSE = ("1", "true", "on", "yes"), ("", "0", "false", "off", "no")
+
+
 @login_required
 def export_view(request: HttpRequest, slug: str) -> HttpResponse:
     project = access.project_for_manager(request.user, slug)
-    return render(request, "annotate/manage_export.html", {"project": project, "formats": exports.FORMATS})
+    context = {"project": project, "formats": exports.EXPORT_FORMATS, "outputs": exports.OUTPUTS,
+               "sources": Vote.Source.choices, "reasons": Comparison.Reason.choices}
+    return render(request, "annotate/manage_export.html", context)
 
 
-def export_response(project, fmt: str) -> HttpResponse:
-    """A streamed JSONL download; memory stays flat however many votes there are."""
-    if fmt not in exports.FORMATS:
-        return HttpResponseBadRequest(f"format must be one of {', '.join(exports.FORMATS)}")
-    response = StreamingHttpResponse(exports.export_stream(project=project, fmt=fmt), content_type="application/jsonl")
-    response["Content-Disposition"] = f'attachment; filename="{project.slug}-{fmt}.jsonl"'
-    return response
+def _flag(query: QueryDict, name: str) -> bool:
+    value = query.get(name, "").strip().lower()
+    if value not in TRUE + FALSE:
+        raise exports.InvalidInput(f"{name} must be 1 or 0, not {value!r}")
+    return value in TRUE
+
+
+def export_params(query: QueryDict) -> dict:
+    """An export request's query, checked: ``format``, ``output`` (jsonl, parquet), the command's filters
+    (``sources`` and ``reasons`` repeated, ``after``, ``before``, ``closed_only``), ``metadata`` and
+    ``real_names``. Raises InvalidInput on anything else, so a misspelt parameter exports nothing."""
+    unknown = sorted(set(query) - set(EXPORT_PARAMS))
+    if unknown:
+        raise exports.InvalidInput(f"unknown parameters {unknown}; known: {list(EXPORT_PARAMS)}")
+    output = query.get("output", "jsonl")
+    if output not in exports.OUTPUTS:
+        raise exports.InvalidInput(f"output must be one of {list(exports.OUTPUTS)}, not {output!r}")
+    filters: dict = {key: values for key in ("sources", "reasons") if (values := [v for v in query.getlist(key) if v])}
+    filters |= {key: query[key].strip() for key in ("after", "before") if query.get(key, "").strip()}
+    if _flag(query, "closed_only"):
+        filters["closed_only"] = True
+    return {"fmt": query.get("format", "trl"), "output": output, "filters": filters,
+            "metadata": _flag(query, "metadata"), "real_names": _flag(query, "real_names")}
+
+
+def export_response(project, query: QueryDict) -> HttpResponse:
+    """A download of an export: JSONL streamed, or Parquet written to a temporary file first (its
+    footer comes last); memory stays flat either way. Raises InvalidInput before any byte is sent."""
+    params = export_params(query)
+    output = params.pop("output")
+    plan = exports.export_plan(project=project, **params)
+    name = f"{project.slug}-{plan.fmt}.{output}"
+    if output == "jsonl":
+        response = StreamingHttpResponse(plan.jsonl(), content_type="application/jsonl")
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
+    handle = tempfile.TemporaryFile()  # removed when FileResponse closes it
+    try:
+        exports.write_parquet(plan, handle)
+    except BaseException:
+        handle.close()
+        raise
+    handle.seek(0)
+    return FileResponse(handle, as_attachment=True, filename=name, content_type="application/vnd.apache.parquet")
 
 
 @login_required
 def export_download(request: HttpRequest, slug: str) -> HttpResponse:
     project = access.project_for_manager(request.user, slug)
-    return export_response(project, request.GET.get("format", "trl"))
+    try:
+        return export_response(project, request.GET)
+    except exports.InvalidInput as error:
+        return HttpResponseBadRequest(f"Nothing was exported: {error}", content_type="text/plain; charset=utf-8")
