@@ -215,3 +215,37 @@ def test_add_member_refuses_a_weak_chosen_password(project, monkeypatch, django_
     with pytest.raises(CommandError, match="NEW_USER_PASSWORD is refused"):
         call_command("add_member", project="demo", user="erin", create_user=True)
     assert not django_user_model.objects.filter(username="erin").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_managers_demoting_each_other_at_once_leave_one_manager(django_user_model):
+    import threading
+
+    from django.db import connection
+
+    from annotate import people
+    from annotate.services import InvalidInput
+
+    project = people.project_create(slug="race", name="Race")
+    ann, ben = (django_user_model.objects.create_user(username=name) for name in ("ann", "ben"))
+    for user in (ann, ben):
+        people.member_set(project=project, user=user, role="manager")
+    barrier, outcomes = threading.Barrier(2), []
+
+    def demote(user):
+        try:
+            barrier.wait()
+            people.member_set(project=project, user=user, role="annotator")
+            outcomes.append("demoted")
+        except InvalidInput:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=demote, args=(user,)) for user in (ann, ben)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes) == ["demoted", "refused"]
+    assert sorted(roles(project).values()) == ["annotator", "manager"]
