@@ -123,3 +123,18 @@ def _tensor_files(folder: Path) -> dict[str, str]:
         return {}
     with safe_open(str(single), framework="pt") as handle:
         return {key: single.name for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
+
+
+#: meta.json keys `save_reward_model` writes itself; the rest (config, lineage, metrics) carries over.
+_LAYOUT_KEYS = ("format", "layout", "architecture", "not_sequence_classification", "tie_param")
+
+
+def resave_reward_model(source: Path, out: Path) -> Path:
+    """Save the reward model in `source` (either layout) into `out` in today's layout, with its card;
+    meta.json keeps the lineage, config and metrics it had. Returns the new meta.json's path."""
+    from rewardmodel.lib.model import META_FILE, load_reward_model, save_reward_model
+
+    model = load_reward_model(source)
+    meta = {k: v for k, v in json.loads((Path(source) / META_FILE).read_text()).items() if k not in _LAYOUT_KEYS}
+    model.mode = str(meta.pop("mode", model.mode))
+    return save_reward_model(model, out, meta)
