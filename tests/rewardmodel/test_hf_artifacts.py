@@ -133,3 +133,27 @@ def test_reward_model_card_names_base_snapshot_and_metrics(tmp_path: Path) -> No
     assert "ab" * 32 in card.text
     assert f"{meta['metrics']['eval_accuracy']:.4g}" in card.text
     assert "logits.mean(-1)" in card.text
+
+
+def test_a_one_head_folder_has_the_weight_names_openrlhf_reads(tmp_path: Path) -> None:
+    """OpenRLHF (value_head_prefix="score"): the backbone under its base_model_prefix and score.weight [1, H];
+    the reward at the last attended token, which is the token the project reads."""
+    from safetensors import safe_open
+
+    out = _train(save_tiny_llama(tmp_path / "llama"), tmp_path / "rm")
+    with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
+        names = set(handle.keys())
+        head = handle.get_tensor("score.weight")
+    assert head.shape == (1, 32) and head.dtype == torch.float32
+    assert names - {"score.weight"} and all(n.startswith("model.") for n in names - {"score.weight"})
+    ours = load_reward_model(out)
+    ids = ours.formatter.encode_for_scoring(PROMPTS, COMPLETIONS, ours.max_length)
+    width = max(len(s) for s in ids)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids])
+    batch = torch.tensor([s + [0] * (width - len(s)) for s in ids])
+    with torch.no_grad():  # OpenRLHF's reading: hidden states @ head, at the last position the mask keeps
+        hidden = ours.backbone(input_ids=batch, attention_mask=mask).last_hidden_state
+        values = (hidden.float() @ head.T).squeeze(-1)
+        last = mask.shape[1] - 1 - mask.fliplr().argmax(dim=1)
+        rewards = values.gather(1, last[:, None]).squeeze(1)
+    assert rewards.tolist() == pytest.approx(score_with_uncertainty(ours, PROMPTS, COMPLETIONS)[0], abs=1e-5)
