@@ -186,9 +186,10 @@ def run_trl(args: argparse.Namespace, prompts: list, variant: str) -> dict[str, 
 
     def scorer() -> Any:
         model = AutoModelForSequenceClassification.from_pretrained(args.reward, num_labels=1, dtype=torch.float32)
-        head = load_file(str(Path(args.reward) / "reward_head.safetensors"))["head.weight"]
-        with torch.no_grad():
-            model.score.weight.copy_(head)
+        head_file = Path(args.reward) / "reward_head.safetensors"
+        if head_file.is_file():  # a folder saved before reward models were sequence-classification checkpoints
+            with torch.no_grad():
+                model.score.weight.copy_(load_file(str(head_file))["head.weight"])
         model.config.pad_token_id = tokenizer.pad_token_id
         return model
 
