@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +15,7 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from annotate import services
-from annotate.exports import export_rows, export_stream, write_export
+from annotate.exports import EXPORT_FORMATS, export_rows, export_stream, write_export
 from annotate.models import Comparison, Membership
 from annotate.pseudonyms import pseudonym
 from annotate.tokens import token_create
@@ -235,3 +237,16 @@ def test_api_export_pseudonymises_by_default_and_takes_the_page_parameters(clien
     kto = client.get(f"/api/projects/{project.slug}/export", {"format": "kto", "output": "parquet"},
                      HTTP_AUTHORIZATION=f"Bearer {token}")
     assert pq.read_table(io.BytesIO(b"".join(kto.streaming_content))).column("label").to_pylist() == [False, False]
+
+
+def test_export_docs_name_real_tests_and_the_openrlhf_flags_those_tests_reproduce():
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "export-formats.md").read_text(encoding="utf-8")
+    tests = "".join(path.read_text(encoding="utf-8") for path in (root / "tests" / "annotate").glob("test_export*.py"))
+    named = set(re.findall(r"`(test_[a-z_]+)`", doc))
+    assert len(named) >= 4 and all(f"def {name}(" in tests for name in named)
+    for flags in ("--data.prompt_key prompt --data.chosen_key chosen --data.rejected_key rejected",
+                  "--data.apply_chat_template", "--data.output_key completion --data.label_key label"):
+        assert flags in doc
+    headings = "".join(line for line in doc.splitlines() if line.startswith("### "))
+    assert all(f"`{fmt}`" in headings for fmt in EXPORT_FORMATS)  # every format has its section

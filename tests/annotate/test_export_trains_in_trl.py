@@ -174,8 +174,10 @@ def test_kto_export_trains_one_kto_step(project, annotator, tmp_path, fmt):
     assert (dataset.num_rows, sum(dataset["label"])) == (14, 6)
     model = tiny_model(tmp_path / "tiny-llama", text_corpus(dataset.to_list()))
     tokenizer = transformers.AutoTokenizer.from_pretrained(model)
-    kto = trl.KTOTrainer(model=model, args=train_args(trl.KTOConfig, tmp_path / "kto", beta=0.1),
-                         train_dataset=dataset, processing_class=tokenizer)
+    desirable = sum(dataset["label"])  # the weighting docs/export-formats.md recommends
+    config = train_args(trl.KTOConfig, tmp_path / "kto", beta=0.1,
+                        undesirable_weight=desirable / (len(dataset) - desirable))
+    kto = trl.KTOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     loss = kto.train().training_loss
     assert math.isfinite(loss) and loss > 0
 
