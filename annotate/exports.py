@@ -17,15 +17,14 @@ either completion on its own). ``raw`` keeps every vote. Strength is the lower m
 majority's strengths.
 
 Annotators leave as keyed pseudonyms (``annotate.pseudonyms``) unless ``real_names``;
-``metadata`` adds the columns of ``META_COLUMNS``.
+``metadata`` adds the columns ``annotate.export_schema.meta_columns`` names. The rows themselves are
+built in ``annotate.export_rows``.
 """
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +34,23 @@ from typing import IO, Any
 from django.db.models import QuerySet
 from django.utils.dateparse import parse_datetime
 
+from annotate.export_rows import PAIRWISE as PAIRWISE
+from annotate.export_rows import Verdict as Verdict
+from annotate.export_rows import aggregate as aggregate
+from annotate.export_rows import (
+    comparison_meta,
+    completion_meta,
+    labels_of,
+    pairwise_of,
+    raw_meta,
+    raw_row,
+    side_text,
+    snapshot_pair,
+    unpaired_row,
+)
+from annotate.export_rows import pairwise_row as pairwise_row
+from annotate.export_rows import prompt_text as prompt_text
+from annotate.export_rows import response_text as response_text
 from annotate.export_schema import parquet_schema
 from annotate.models import Comparison, Project, Vote
 from annotate.pseudonyms import annotator_names
@@ -45,14 +61,12 @@ from annotate.services import InvalidInput
 FORMATS = ("trl", "trl-conversational", "hh-rlhf", "raw", "pairs")
 UNPAIRED = ("kto", "kto-conversational")
 EXPORT_FORMATS = FORMATS + UNPAIRED
-PAIRWISE = ("trl", "trl-conversational", "hh-rlhf")
 OUTPUTS = ("jsonl", "parquet")
 FILTERS = ("sources", "reasons", "after", "before", "closed_only")
 FILTER_LABELS = ("for", "note")  # recorded with a snapshot's filters, never applied
 CHUNK_VOTES = 2000  # votes fetched per round trip
 FLUSH_BYTES = 1 << 16  # export_stream yields about this much at a time
 PARQUET_ROWS = 5000  # rows per Parquet row group batch
-HH_LABELS = {"system": "System", "user": "Human", "assistant": "Assistant"}
 # json.dumps leaves these unescaped, and str.splitlines() splits on them: escaped, a JSONL line
 # stays one line for every reader.
 LINE_BREAKS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -86,29 +100,7 @@ META_FIELDS = (
 )
 
 Progress = Callable[[int], Any]  # called with the number of votes read since the previous call
-Names = Callable[[str], str]  # username -> what the export shows
 
-
-@dataclass(frozen=True)
-class Verdict:
-    """What the votes on one comparison say together."""
-
-    choice: str | None  # the single most common choice; None when two or more share the top count
-    top: frozenset[str]  # the choices sharing the top count
-    agreement: float  # votes with the top choice / all votes
-    strength: int | None  # lower median of the majority's strengths (None if none given)
-    votes: int
-
-
-def aggregate(votes: list[tuple[str, int | None]]) -> Verdict:
-    """Aggregate ``(choice, strength)`` of a comparison's votes (choices: a, b, tie, both_bad)."""
-    counts = Counter(choice for choice, _ in votes)
-    best = max(counts.values())
-    top = frozenset(choice for choice, n in counts.items() if n == best)
-    choice = next(iter(top)) if len(top) == 1 else None
-    strengths = [s for c, s in votes if c == choice and s is not None]
-    strength = statistics.median_low(strengths) if strengths else None
-    return Verdict(choice, top, best / len(votes), strength, len(votes))
 
 
 def filters_clean(filters: dict | None) -> dict:
@@ -222,24 +214,24 @@ def _rows(plan: ExportPlan, progress: Progress | None) -> Iterator[dict]:
         verdict = aggregate([(choice, vote["strength"]) for choice, vote in zip(choices, group, strict=True)])
         if plan.fmt == "raw":
             for vote, choice in zip(group, choices, strict=True):
-                yield _raw(vote, choice, verdict, names) | (_raw_meta(vote) if plan.metadata else {})
+                yield raw_row(vote, choice, verdict, names) | (raw_meta(vote) if plan.metadata else {})
             continue
-        meta = _comparison_meta(group, choices, names) if plan.metadata else {}
+        meta = comparison_meta(group, choices, names) if plan.metadata else {}
         if plan.fmt in UNPAIRED:
-            for side, label in _labels(verdict):
-                row = unpaired_row(plan.fmt, first["comparison__prompt__messages"], _text(first, side), label)
-                yield row | (meta | _completion_meta(first, side, "") if plan.metadata else {})
+            for side, label in labels_of(verdict):
+                row = unpaired_row(plan.fmt, first["comparison__prompt__messages"], side_text(first, side), label)
+                yield row | (meta | completion_meta(first, side, "") if plan.metadata else {})
             continue
         if plan.fmt == "pairs":
-            row = _pair(first, verdict)
+            row = snapshot_pair(first, verdict)
         elif verdict.choice in ("a", "b"):
-            row = _pairwise(plan.fmt, first, verdict, plan.margin)
+            row = pairwise_of(plan.fmt, first, verdict, plan.margin)
         else:
             continue
         if row is not None:
             if plan.metadata:
                 chosen, rejected = ("b", "a") if verdict.choice == "b" else ("a", "b")
-                row |= meta | _completion_meta(first, chosen, "_chosen") | _completion_meta(first, rejected, "_rejected")
+                row |= meta | completion_meta(first, chosen, "_chosen") | completion_meta(first, rejected, "_rejected")
             yield row
 
 
@@ -266,158 +258,6 @@ def _groups(votes: QuerySet, fields: tuple[str, ...], progress: Progress | None)
         yield group
     if progress is not None and unreported:
         progress(unreported)
-
-
-def prompt_text(messages: list[dict]) -> str:
-    """A prompt as one string: a lone user message verbatim, else the turns Anthropic-HH style,
-    ending ``"\\n\\nAssistant: "`` so that prompt + response reads as the next assistant turn."""
-    if len(messages) == 1 and messages[0]["role"] == "user":
-        return messages[0]["content"]
-    return _hh(messages) + " "
-
-
-def _hh(messages: list[dict]) -> str:
-    return "".join(f"\n\n{HH_LABELS[m['role']]}: {m['content']}" for m in messages) + "\n\nAssistant:"
-
-
-def _text(vote: dict, side: str) -> str:
-    return vote[f"comparison__completion_{side}__text"]
-
-
-def _texts(vote: dict, verdict: Verdict) -> tuple[str, str]:
-    a, b = _text(vote, "a"), _text(vote, "b")
-    return (b, a) if verdict.choice == "b" else (a, b)
-
-
-def _assistant(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": text}]
-
-
-def response_text(value: str | list[dict]) -> str:
-    """A response as text: a string as is, a message list (``pairs`` files) as its last message's content."""
-    return value if isinstance(value, str) else value[-1]["content"]
-
-
-def _pairwise(fmt: str, vote: dict, verdict: Verdict, margin: bool) -> dict:
-    chosen, rejected = _texts(vote, verdict)
-    return pairwise_row(fmt, vote["comparison__prompt__messages"], chosen, rejected,
-                        strength=verdict.strength, margin=margin)
-
-
-def pairwise_row(fmt: str, messages: list[dict], chosen: str | list[dict], rejected: str | list[dict], *,
-                 strength: int | None, margin: bool) -> dict:
-    """One row of a pairwise format (trl, trl-conversational, hh-rlhf); with ``margin``, TRL's
-    ``margin`` column from the strength (0, 0.5, 1; 0 when unknown). hh-rlhf has no margin.
-    ``chosen``/``rejected`` are texts or one-assistant-message lists (as in a ``pairs`` file)."""
-    if fmt not in PAIRWISE:
-        raise InvalidInput(f"{fmt!r} is not a pairwise format ({', '.join(PAIRWISE)})")
-    chosen, rejected = response_text(chosen), response_text(rejected)
-    if fmt == "hh-rlhf":
-        return {"chosen": f"{_hh(messages)} {chosen}", "rejected": f"{_hh(messages)} {rejected}"}
-    if fmt == "trl":
-        row: dict[str, Any] = {"prompt": prompt_text(messages), "chosen": chosen, "rejected": rejected}
-    else:
-        row = {"prompt": messages, "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
-    if margin:
-        row["margin"] = 0.0 if strength is None else (strength - 1) / 2
-    return row
-
-
-def _labels(verdict: Verdict) -> list[tuple[str, bool]]:
-    """KTO labels of a comparison's completions: winner desirable, loser not; both bad: neither.
-    A tie or an even split labels nothing: a tie ranks two completions, it does not grade them."""
-    if verdict.choice in ("a", "b"):
-        loser = "b" if verdict.choice == "a" else "a"
-        return [(verdict.choice, True), (loser, False)]
-    if verdict.choice == "both_bad":
-        return [("a", False), ("b", False)]
-    return []
-
-
-def unpaired_row(fmt: str, messages: list[dict], completion: str, label: bool) -> dict:
-    """One row of TRL's unpaired (KTO) format: text prompt and completion (``kto``, the prompt
-    rendered as in ``trl``) or a conversation and one assistant message (``kto-conversational``)."""
-    if fmt == "kto":
-        return {"prompt": prompt_text(messages), "completion": completion, "label": label}
-    return {"prompt": messages, "completion": _assistant(completion), "label": label}
-
-
-def _pair(vote: dict, verdict: Verdict) -> dict | None:
-    if verdict.choice == "both_bad" or (verdict.choice is None and "both_bad" in verdict.top):
-        return None
-    chosen, rejected = _texts(vote, verdict)
-    return {
-        "prompt_id": vote["comparison__prompt_id"],
-        "prompt": vote["comparison__prompt__messages"],
-        "chosen": _assistant(chosen),
-        "rejected": _assistant(rejected),
-        "tie": verdict.choice not in ("a", "b"),
-        "strength": verdict.strength,
-        "annotators": verdict.votes,
-        "agreement": verdict.agreement,
-    }
-
-
-def _raw(vote: dict, choice: str, verdict: Verdict, names: Names) -> dict:
-    return {
-        "comparison_id": vote["comparison_id"],
-        "prompt_id": vote["comparison__prompt_id"],
-        "prompt": vote["comparison__prompt__messages"],
-        "a": vote["comparison__completion_a__text"],
-        "b": vote["comparison__completion_b__text"],
-        "checkpoint_a": vote["comparison__completion_a__checkpoint__name"],
-        "checkpoint_b": vote["comparison__completion_b__checkpoint__name"],
-        "choice": choice,
-        "winner": choice if choice in ("a", "b") else None,
-        "strength": vote["strength"],
-        "rationale": vote["rationale"],
-        "annotator": names(vote["annotator__username"]),
-        "source": vote["source"],
-        "time_spent_ms": vote["time_spent_ms"],
-        "created_at": vote["created_at"].astimezone(UTC),
-        "majority": verdict.choice,
-        "agreement": verdict.agreement,
-        "votes": verdict.votes,
-    }
-
-
-def _sampling(value: Any) -> str:
-    return json.dumps(value or {}, ensure_ascii=False, sort_keys=True)
-
-
-def _raw_meta(vote: dict) -> dict:
-    return {
-        "reason": vote["comparison__reason"],
-        "sampling_a": _sampling(vote["comparison__completion_a__sampling"]),
-        "sampling_b": _sampling(vote["comparison__completion_b__sampling"]),
-        "seed_a": vote["comparison__completion_a__seed"],
-        "seed_b": vote["comparison__completion_b__seed"],
-    }
-
-
-def _comparison_meta(group: list[dict], choices: list[str], names: Names) -> dict:
-    """The comparison and its votes; the lists hold one entry per vote, in the same order."""
-    first = group[0]
-    return {
-        "comparison_id": first["comparison_id"],
-        "prompt_id": first["comparison__prompt_id"],
-        "reason": first["comparison__reason"],
-        "sources": sorted({vote["source"] for vote in group}),
-        "annotator_ids": [names(vote["annotator__username"]) for vote in group],
-        "choices": choices,
-        "strengths": [vote["strength"] for vote in group],
-        "rationales": [vote["rationale"] for vote in group],
-        "time_spent_ms": [vote["time_spent_ms"] for vote in group],
-        "voted_at": [vote["created_at"].astimezone(UTC) for vote in group],
-    }
-
-
-def _completion_meta(vote: dict, side: str, suffix: str) -> dict:
-    return {
-        f"checkpoint{suffix}": vote[f"comparison__completion_{side}__checkpoint__name"],
-        f"sampling{suffix}": _sampling(vote[f"comparison__completion_{side}__sampling"]),
-        f"seed{suffix}": vote[f"comparison__completion_{side}__seed"],
-    }
 
 
 def _jsonable(row: dict) -> dict:
