@@ -230,11 +230,18 @@ def dataset_card(*, file_name: str, file_format: str, data_format: str, rows: in
     ])
 
 
+#: Metrics about how a run ran (speed, layout), not about the model: left out of cards (meta.json has them).
+_RUN_FIGURES = ("_seconds", "per_s", "cuda_graph", "flat_tokens", "packing", "prefix_sharing", "shared_prefix",
+                "padding_fraction", "tokens_per_s")
+
+
 def _scalars(metrics: Any) -> dict[str, Any]:
+    """The model's numeric metrics (not NaN, not the run's speed and layout figures), 4 significant digits."""
     if not isinstance(metrics, Mapping):
         return {}
     return {str(k): (f"{v:.4g}" if isinstance(v, float) else v) for k, v in sorted(metrics.items())
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+            and not any(part in str(k) for part in _RUN_FIGURES)}
 
 
 def _table(rows: Mapping[str, Any]) -> str:

@@ -157,3 +157,20 @@ def test_a_one_head_folder_has_the_weight_names_openrlhf_reads(tmp_path: Path) -
         last = mask.shape[1] - 1 - mask.fliplr().argmax(dim=1)
         rewards = values.gather(1, last[:, None]).squeeze(1)
     assert rewards.tolist() == pytest.approx(score_with_uncertainty(ours, PROMPTS, COMPLETIONS)[0], abs=1e-5)
+
+
+def test_a_tokenizer_that_pads_with_eos_gets_a_pad_token_the_head_skips(tmp_path: Path) -> None:
+    """Plain-format texts end in EOS: were EOS the pad token, transformers would read the token before it."""
+    backbone = save_tiny_llama(tmp_path / "llama")
+    tok = AutoTokenizer.from_pretrained(backbone)
+    tok.pad_token = tok.eos_token
+    tok.save_pretrained(backbone)
+    out = _train(backbone, tmp_path / "rm")
+    saved = AutoTokenizer.from_pretrained(out)
+    pad = json.loads((out / "config.json").read_text())["pad_token_id"]
+    assert pad == saved.pad_token_id != saved.eos_token_id
+    ours = load_reward_model(out)
+    ids = ours.formatter.encode_for_scoring(PROMPTS, COMPLETIONS, ours.max_length)
+    assert all(s[-1] == saved.eos_token_id for s in ids)
+    means, _ = score_with_uncertainty(ours, PROMPTS, COMPLETIONS)
+    assert _hf_rewards(out, ids, padding_side="right")[:, 0].tolist() == pytest.approx(means, abs=1e-5)
