@@ -4,3 +4,9 @@ from django.apps import AppConfig
 class AnnotateConfig(AppConfig):
     name = "annotate"
     verbose_name = "Annotation"
+
+    def ready(self) -> None:
+        from annotate.events import on_votes_recorded
+        from annotate.signals import votes_recorded
+
+        votes_recorded.connect(on_votes_recorded, dispatch_uid="annotate.events.vote_recorded")

@@ -341,6 +341,63 @@ class Snapshot(models.Model):
         return f"{self.project} snapshot {self.pk}"
 
 
+class Event(models.Model):
+    """Something that happened in a project, for the live feed and the webhooks (``annotate.events``)."""
+
+    class Type(models.TextChoices):
+        VOTE_RECORDED = "vote.recorded"
+        SNAPSHOT_FROZEN = "snapshot.frozen"
+        RUN_STATE = "run.state_changed"
+        CHECKPOINT_PUBLISHED = "checkpoint.published"
+        CHECKPOINT_PROMOTED = "checkpoint.promoted"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="events", db_index=False)
+    type = models.CharField(max_length=32, choices=Type.choices)
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "id"], name="event_feed")]
+
+
+class Webhook(models.Model):
+    """A URL that receives a project's events as signed JSON POSTs."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=500)
+    # HMAC-SHA256 key of the signature header; shown to the project's managers.
+    secret = models.CharField(max_length=64)
+    # The event types sent; empty: every type.
+    events = models.JSONField(default=list, blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def wants(self, event_type: str) -> bool:
+        return self.active and (not self.events or event_type in self.events)
+
+    def __str__(self) -> str:
+        return f"webhook {self.pk} → {self.url}"
+
+
+class WebhookDelivery(models.Model):
+    """One event sent (or being sent) to one webhook: the delivery log."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="+")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+
 class ApiToken(models.Model):
     """A bearer token; only its sha256 is stored, the token itself is shown once."""
 

@@ -1,6 +1,9 @@
 """The OpenAPI 3.1 document of the JSON API, served at ``/api/openapi.json``."""
 from __future__ import annotations
 
+from annotate.exports import EXPORT_FORMATS, OUTPUTS
+from annotate.models import Comparison, Vote
+
 _MESSAGE = {
     "type": "object",
     "required": ["role", "content"],
@@ -161,15 +164,44 @@ SPEC: dict = {
                 "summary": "Stream the preferences as JSONL (managers)",
                 "parameters": [
                     _SLUG,
-                    {
-                        "name": "format",
-                        "in": "query",
-                        "schema": {"enum": ["trl", "trl-conversational", "hh-rlhf", "raw", "pairs"]},
-                    },
+                    {"name": "format", "in": "query", "schema": {"enum": list(EXPORT_FORMATS), "default": "trl"}},
+                    {"name": "output", "in": "query", "schema": {"enum": list(OUTPUTS), "default": "jsonl"}},
+                    {"name": "sources", "in": "query", "explode": True,
+                     "schema": {"type": "array", "items": {"enum": list(Vote.Source.values)}}},
+                    {"name": "reasons", "in": "query", "explode": True,
+                     "schema": {"type": "array", "items": {"enum": list(Comparison.Reason.values)}}},
+                    {"name": "after", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "before", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "closed_only", "in": "query", "schema": {"type": "boolean"}},
+                    {"name": "metadata", "in": "query", "schema": {"type": "boolean"}},
+                    {"name": "real_names", "in": "query", "schema": {"type": "boolean"}},
                 ],
                 "responses": {
-                    "200": {"description": "JSONL", "content": {"application/jsonl": {}}},
+                    "200": {"description": "the export: JSONL streamed, or a Parquet file",
+                            "content": {"application/jsonl": {}, "application/vnd.apache.parquet": {}}},
+                    "400": _err("a bad parameter: the message names it; nothing was exported"),
+                    "401": _err("no valid bearer token"),
                     "403": _err("managers only"),
+                    "404": _err("no such project, or not a member"),
+                },
+            }
+        },
+        "/api/projects/{slug}/events": {
+            "get": {
+                "summary": "The project's events as server-sent events (members)",
+                "description": "Stored events (snapshot.frozen, run.state_changed, checkpoint.published, "
+                               "checkpoint.promoted, and vote.recorded while a webhook wants it), each with its id, "
+                               "plus votes.progress counts. The response ends after EVENTS_STREAM_SECONDS; "
+                               "reconnect with Last-Event-ID (or ?after=ID) to go on where it stopped.",
+                "parameters": [
+                    _SLUG,
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}},
+                    {"name": "after", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": {
+                    "200": {"description": "an event stream", "content": {"text/event-stream": {}}},
+                    "401": _err("no valid bearer token"),
+                    "404": _err("no such project, or not a member"),
                 },
             }
         },

@@ -6,5 +6,6 @@ Signals are sent after the transaction commits.
 """
 from django.dispatch import Signal
 
-# Sent with project_id: int and count: int (how many votes were just recorded).
+# Sent with project_id: int and count: int (how many votes were just recorded); a vote through the
+# page or the API also sends vote_ids: its id, as a one-element tuple.
 votes_recorded = Signal()

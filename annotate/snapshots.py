@@ -13,6 +13,7 @@ from pathlib import Path
 from django.utils import timezone
 
 from annotate import artifacts
+from annotate.events import event_emit
 from annotate.exports import filters_clean, write_export
 from annotate.models import Project, Snapshot
 from annotate.services import InvalidInput
@@ -44,9 +45,13 @@ def snapshot_freeze(*, project: Project, filters: dict | None = None) -> Snapsho
         sha256 = artifacts.sha256_file(partial)
         artifacts.file_publish(partial, url)
         published = True
-        return Snapshot.objects.create(
+        snapshot = Snapshot.objects.create(
             project=project, uri=url, format=FORMAT, count=count, votes=votes, sha256=sha256, filters=filters,
         )
+        event_emit(project_id=project.pk, type="snapshot.frozen", data={
+            "snapshot": snapshot.pk, "rows": count, "votes": votes, "sha256": sha256, "format": FORMAT,
+            "filters": filters})
+        return snapshot
     except BaseException:
         # No row, no file: a snapshot exists only when both do.
         if published:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotate import views, views_manage, views_people, views_review
+from annotate import views, views_events, views_manage, views_people, views_review
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -13,6 +13,8 @@ urlpatterns = [
     path("p/<slug:slug>/votes/<int:vote_id>/strength/", views.vote_strength, name="vote-strength"),
     path("p/<slug:slug>/manage/flags/", views_review.flags_view, name="manage-flags"),
     path("p/<slug:slug>/manage/flags/resolve/", views_review.flag_resolve, name="manage-flags-resolve"),
+    path("p/<slug:slug>/manage/webhooks/", views_events.webhooks_view, name="manage-webhooks"),
+    path("p/<slug:slug>/events/", views_events.events_page_stream, name="events-stream"),
     path("p/<slug:slug>/manage/", views_manage.settings_view, name="manage-settings"),
     path("p/<slug:slug>/manage/import/", views_manage.import_view, name="manage-import"),
     path("p/<slug:slug>/manage/export/", views_manage.export_view, name="manage-export"),

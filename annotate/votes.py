@@ -162,7 +162,8 @@ class _Ballot:
 
 def _created(vote_id: int, values: list, project_id: int) -> VoteOutcome:
     """A vote just written: announce it once the transaction commits, answer with the row."""
-    transaction.on_commit(lambda: votes_recorded.send(sender=Vote, project_id=project_id, count=1))
+    transaction.on_commit(lambda: votes_recorded.send(sender=Vote, project_id=project_id, count=1,
+                                                      vote_ids=(vote_id,)))
     return VoteOutcome(_saved_vote(vote_id, values), created=True)
 
 

@@ -7,6 +7,7 @@ ImproperlyConfigured naming it, its value and what is accepted.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -45,6 +46,19 @@ def env_bool(name: str, default: bool = False) -> bool:
         return False
     refuse(name, os.environ[name],
            "use 1/0, true/false, yes/no or on/off (any case), or leave it empty for the default")
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    value = _env_set(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is None or not math.isfinite(number) or number < minimum:
+        refuse(name, os.environ[name], f"use a number, {minimum:g} or more, or leave it empty for the default")
+    return number
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
@@ -274,8 +288,17 @@ REWARD_BACKBONE = env_str("REWARD_BACKBONE", "all-minilm-l6-v2")
 IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 50 * 1024 * 1024, minimum=0)
 # The longest one prompt message or completion may be (characters): a longer one is refused at import.
 TEXT_MAX_CHARS = env_int("TEXT_MAX_CHARS", 200_000, minimum=1)
+# The key of the pseudonyms that stand for annotators in exports (annotate.pseudonyms); empty: from SECRET_KEY.
+# Set it to keep pseudonyms stable across a SECRET_KEY rotation, or to give two deployments the same ones.
+EXPORT_PSEUDONYM_KEY = env_str("EXPORT_PSEUDONYM_KEY")
 # How long an annotator may undo a vote or say how much better after voting (0: never).
 VOTE_UNDO_SECONDS = env_int("VOTE_UNDO_SECONDS", 120, minimum=0)
+# Webhooks (annotate.events): attempts per delivery, the first retry's wait (doubling after), the request timeout.
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
+WEBHOOK_BACKOFF_S = env_float("WEBHOOK_BACKOFF_S", 10.0)
+WEBHOOK_TIMEOUT_S = env_float("WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1)
+# How long one server-sent-events response lasts before the browser reconnects (Last-Event-ID).
+EVENTS_STREAM_SECONDS = env_int("EVENTS_STREAM_SECONDS", 300, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("UPLOAD_MAX_MEMORY_BYTES", 5 * 1024 * 1024, minimum=0)
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
 

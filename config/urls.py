@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from annotate import api
+from annotate import api, views_events
 from config.health import healthz
 from config.openapi import openapi
 from training import api as training_api
@@ -15,6 +15,7 @@ api_patterns = [
     path("projects/<slug:slug>/prompts", api.prompts_import, name="api-prompts"),
     path("projects/<slug:slug>/completions", api.completions_import, name="api-completions"),
     path("projects/<slug:slug>/export", api.export, name="api-export"),
+    path("projects/<slug:slug>/events", views_events.events_api, name="api-events"),
     path("projects/<slug:slug>/reward-models/train", training_api.reward_model_train, name="api-rm-train"),
     path("projects/<slug:slug>/reward-models", training_api.reward_models, name="api-reward-models"),
     path("projects/<slug:slug>/runs", training_api.runs_start, name="api-runs-start"),

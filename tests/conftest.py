@@ -83,6 +83,14 @@ def celery_broker(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_webhook_lookups():
+    # annotate.events remembers per project id whether a webhook wants votes; ids repeat across tests.
+    from annotate import events
+
+    events._wants_votes.clear()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_throttle_counters():
     # The throttles count in the cache (each process's memory here): no test inherits another's counts.
     from django.core.cache import cache

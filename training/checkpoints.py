@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.db.models import Count, F
 
+from annotate.events import event_emit
 from annotate.models import Checkpoint, Comparison, Project, Vote
 from training.lib.ranking import Ranking, Rating, rank
 from training.models import Promotion, TrainingRun
@@ -137,6 +138,10 @@ def checkpoint_promote(*, checkpoint: Checkpoint, by, override_reason: str = "")
         ).update(state=Checkpoint.State.RETIRED)
         checkpoint.state = Checkpoint.State.INCUMBENT
         checkpoint.save(update_fields=["state"])
+        event_emit(project_id=checkpoint.project_id, type="checkpoint.promoted", data={
+            "checkpoint": checkpoint.pk, "name": checkpoint.name,
+            "previous": board.incumbent and board.incumbent.name, "overridden": not allowed,
+            "score": rating and rating.score, "lower": rating and rating.lower, "upper": rating and rating.upper})
         return Promotion.objects.create(
             checkpoint=checkpoint,
             previous=board.incumbent,

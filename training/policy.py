@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import transaction
 
 from annotate.artifacts import folder_publish, model_source, staging_path
+from annotate.events import event_emit
 from annotate.models import Checkpoint, Project, Prompt, Snapshot
 from annotate.snapshots import snapshot_path
 from rewardmodel.models import RewardModel
@@ -64,6 +65,9 @@ def _publish(run: TrainingRun, reporter: RunReporter, out: Path, config, metrics
         )
     run.checkpoint_out = checkpoint
     run.outputs = {"checkpoint": checkpoint.name, "artifact_uri": checkpoint.uri}
+    event_emit(project_id=run.project_id, type="checkpoint.published", data={
+        "checkpoint": checkpoint.pk, "name": checkpoint.name, "run": run.pk, "uri": checkpoint.uri,
+        "parent": run.checkpoint_in and run.checkpoint_in.name})
     return checkpoint
 
 

@@ -35,6 +35,7 @@ from django.db.models.functions import Concat
 from django.utils import timezone
 
 from annotate.artifacts import artifact_delete, artifact_url, staging_path
+from annotate.events import event_emit
 from annotate.models import Project
 from config.celery import app as celery_app
 from training.models import RunStep, TrainingRun
@@ -144,7 +145,18 @@ def run_create(
     run = TrainingRun.objects.create(project=project, kind=kind, config=config or {}, reason=reason, **inputs)
     if enqueue:
         transaction.on_commit(lambda: run_enqueue(run.pk))
+    _announce(run.pk)
     return run
+
+
+def _announce(*run_ids: int) -> None:
+    """A ``run.state_changed`` event for each run, with its state as stored now (annotate.events)."""
+    fields = ("id", "project_id", "kind", "state", "attempt", "error", "checkpoint_out_id", "reward_model_out_id")
+    for row in TrainingRun.objects.filter(pk__in=run_ids).values(*fields):
+        event_emit(project_id=row["project_id"], type="run.state_changed", data={
+            "run": row["id"], "kind": row["kind"], "state": row["state"], "attempt": row["attempt"],
+            "error": row["error"][-500:], "checkpoint": row["checkpoint_out_id"],
+            "reward_model": row["reward_model_out_id"]})
 
 
 def run_enqueue(run_id: int) -> None:
@@ -229,12 +241,13 @@ def _claim(run_id: int) -> TrainingRun | None:
         worker_pid=os.getpid(),
     )
     if not claimed:
-        TrainingRun.objects.filter(pk=run_id, state=TrainingRun.State.QUEUED, cancel_requested=True).update(
-            state=TrainingRun.State.CANCELLED, finished_at=now
-        )
+        if TrainingRun.objects.filter(pk=run_id, state=TrainingRun.State.QUEUED, cancel_requested=True).update(
+                state=TrainingRun.State.CANCELLED, finished_at=now):
+            _announce(run_id)
         if runs_reap_dead_here(run_id=run_id, enqueue=False):  # delivered again: the process running it died
             return _claim(run_id)  # queued again as its next attempt: this delivery runs it
         return _take_over(run_id)
+    _announce(run_id)
     return TrainingRun.objects.select_related("project").get(pk=run_id)
 
 
@@ -274,6 +287,8 @@ def _finish(run: TrainingRun, state: str, *, error: str = "") -> None:
     if not finished:
         log.warning("run %s attempt %s ended %s after the run had started again; left as it is", run.pk,
                     run.attempt, state)
+    else:
+        _announce(run.pk)
 
 
 def run_execute(
@@ -316,9 +331,9 @@ def run_execute(
 def run_cancel(*, run: TrainingRun) -> TrainingRun:
     """Ask a run to stop: a queued run is cancelled now, a running one at its next step."""
     TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)
-    TrainingRun.objects.filter(pk=run.pk, state=TrainingRun.State.QUEUED).update(
-        state=TrainingRun.State.CANCELLED, finished_at=timezone.now()
-    )
+    if TrainingRun.objects.filter(pk=run.pk, state=TrainingRun.State.QUEUED).update(
+            state=TrainingRun.State.CANCELLED, finished_at=timezone.now()):
+        _announce(run.pk)
     run.refresh_from_db()
     return run
 
@@ -332,12 +347,14 @@ def runs_reap_stale(*, now=None) -> int:
     """
     now = now or timezone.now()
     stale = TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, heartbeat_at__lt=now - STALE_AFTER)
-    handled = stale.exclude(ray_job_id="").update(
+    abandoned = list(stale.exclude(ray_job_id="").values_list("pk", flat=True))
+    handled = stale.filter(pk__in=abandoned).update(
         state=TrainingRun.State.FAILED,
         finished_at=now,
         error=Concat(Value(f"no worker followed this run's Ray job for more than {STALE_AFTER}; stop it on the "
                            "cluster if it still runs: ray job stop "), F("ray_job_id")),
     )
+    _announce(*abandoned)
     silent = TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, ray_job_id="",
                                         heartbeat_at__lt=now - lost_after()).select_related("project")
     for run in silent:
@@ -400,14 +417,18 @@ def _lost(run: TrainingRun, why: str, *, enqueue: bool = True) -> bool:
             if moved:
                 RunStep.objects.filter(run_id=run.pk).delete()
         if moved:
+            _announce(run.pk)
             log.warning("run %s: %s", run.pk, line)
             if enqueue:
                 transaction.on_commit(lambda: run_enqueue(run.pk))
         return bool(moved)
-    return bool(current.update(
+    failed = current.update(
         state=TrainingRun.State.FAILED, finished_at=timezone.now(),
         error=f"{why}; nothing was published. That was attempt {run.attempt} of {attempts} (RUN_MAX_ATTEMPTS); "
-              "retry the run to train again."))
+              "retry the run to train again.")
+    if failed:
+        _announce(run.pk)
+    return bool(failed)
 
 
 def _remove_partial_outputs(run: TrainingRun) -> None:

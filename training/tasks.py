@@ -13,6 +13,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.db import connection
 
+from annotate.events import webhooks_resume
 from training.jobs import job_for_kind
 from training.loop import after_run
 from training.models import TrainingRun
@@ -47,6 +48,7 @@ def _recover_forever() -> None:
         time.sleep(RECOVER_EVERY_S)
         try:
             runs_recover()
+            webhooks_resume()  # deliveries whose queued retry was lost (a broker outage, a worker's restart)
         except Exception:  # noqa: BLE001 - the database may be away for a while: try again next minute
             log.warning("recovering lost runs failed", exc_info=True)
         finally:

@@ -171,7 +171,14 @@ def test_a_flag_takes_the_pair_out_of_every_queue_until_a_manager_returns_it(cli
     assert comparison_next(project=project, annotator=annotator).pk != first.pk
 
 
-def test_a_removed_pair_stays_out_of_the_queue(client, project, annotator, manager, comparisons):
+def test_a_removed_pair_stays_out_of_the_queue_and_its_votes_out_of_the_data(client, project, annotator, manager,
+                                                                              comparisons, settings, tmp_path):
+    from annotate.exports import export_rows
+
+    settings.ARTIFACTS_DIR = tmp_path
+    other = user_with_role(project=project, username="other", password=PASSWORD, role=Membership.Role.ANNOTATOR)
+    for comparison in comparisons[:2]:
+        vote_record(annotator=other, comparison_id=comparison.pk, choice="a")  # voted before anyone flagged it
     review.comparison_flag(comparison=comparisons[0], annotator=annotator, reason="broken")
     review.comparison_flag(comparison=comparisons[0], annotator=annotator, reason="broken")  # twice: one flag
     assert Flag.objects.count() == 1
@@ -181,6 +188,8 @@ def test_a_removed_pair_stays_out_of_the_queue(client, project, annotator, manag
     assert Comparison.objects.get(pk=comparisons[0].pk).state == Comparison.State.REMOVED
     page = client.get(reverse("manage-flags", args=[project.slug])).content.decode()
     assert "data-no-flags" in page
+    assert [r["comparison_id"] for r in export_rows(project=project, fmt="raw")] == [comparisons[1].pk]
+    assert snapshots.snapshot_freeze(project=project).count == 1
 
 
 @pytest.mark.parametrize("data, message", [

@@ -1,0 +1,14 @@
+"""Celery tasks of the annotate app: webhook deliveries (``annotate.events``)."""
+from __future__ import annotations
+
+from celery import shared_task
+
+from annotate.events import DELIVER, _enqueue, delivery_attempt
+
+
+@shared_task(name=DELIVER, queue="default", acks_late=True, ignore_result=True)
+def webhook_deliver(delivery_id: int) -> None:
+    """Try one delivery; a retry is queued again with its countdown (the backoff), not slept through."""
+    retry_in = delivery_attempt(delivery_id)
+    if retry_in is not None:
+        _enqueue(delivery_id, countdown=retry_in)
