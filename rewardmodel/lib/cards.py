@@ -91,7 +91,7 @@ def reward_model_card(meta: Mapping[str, Any]) -> str:
         "---",
         "library_name: transformers",
         "pipeline_tag: text-classification",
-        *([f"base_model: {json.dumps(base)}"] if base else []),
+        *_base_model_field(base),
         "tags:",
         "- reward-model",
         f"- {PROJECT_TAG}",
@@ -161,7 +161,7 @@ def checkpoint_card(meta: Mapping[str, Any]) -> str:
         "---",
         f"library_name: {'peft' if adapter else 'transformers'}",
         "pipeline_tag: text-generation",
-        *([f"base_model: {json.dumps(base)}"] if base else []),
+        *_base_model_field(base),
         "tags:",
         f"- {PROJECT_TAG}",
         *([f"- {json.dumps(kind)}"] if kind else []),
@@ -233,6 +233,12 @@ def dataset_card(*, file_name: str, file_format: str, data_format: str, rows: in
 #: Metrics about how a run ran (speed, layout), not about the model: left out of cards (meta.json has them).
 _RUN_FIGURES = ("_seconds", "per_s", "cuda_graph", "flat_tokens", "packing", "prefix_sharing", "shared_prefix",
                 "padding_fraction", "tokens_per_s")
+
+
+def _base_model_field(base: str | None) -> list[str]:
+    """The front matter's ``base_model``, only for an owner/name hub id: the Hub rejects a card whose
+    base_model names no model on it (a bare folder name stays in the card's table)."""
+    return [f"base_model: {json.dumps(base)}"] if base and "/" in base else []
 
 
 def _scalars(metrics: Any) -> dict[str, Any]:

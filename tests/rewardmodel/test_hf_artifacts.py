@@ -128,7 +128,8 @@ def test_reward_model_card_names_base_snapshot_and_metrics(tmp_path: Path) -> No
     meta = json.loads((out / "meta.json").read_text())
     card = ModelCard.load(out / "README.md")  # the Hub's own parser reads the front matter
     assert card.data.library_name == "transformers" and "reward-model" in card.data.tags
-    assert card.data.base_model == "llama"  # the folder's name, never an absolute local path
+    assert card.data.base_model is None  # a local folder has no hub id: the Hub would reject its name here
+    assert "| base model | llama |" in card.text  # the folder's name, never an absolute local path
     assert str(tmp_path) not in (out / "README.md").read_text()
     assert "ab" * 32 in card.text
     assert f"{meta['metrics']['eval_accuracy']:.4g}" in card.text

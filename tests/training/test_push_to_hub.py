@@ -99,7 +99,8 @@ def test_a_reward_model_uploads_its_folder_and_card_and_loads_in_transformers(hu
     assert {"README.md", "config.json", "model.safetensors", "meta.json", "tokenizer.json"} <= sent
     assert _sha(hub.uploaded / "model.safetensors") == _sha(folder / "model.safetensors")
     card = (hub.uploaded / "README.md").read_text()
-    assert reward_model.snapshot.sha256 in card and "tiny-llama" in _front_matter(card)["base_model"]
+    assert reward_model.snapshot.sha256 in card and "| base model | tiny-llama |" in card
+    assert _front_matter(card)["library_name"] == "transformers" and "reward-model" in _front_matter(card)["tags"]
     ours = load_reward_model(folder)
     prompts, completions = ["hello world", "the cat"], ["a good answer", "a bad answer"]
     ids = ours.formatter.encode_for_scoring(prompts, completions, ours.max_length)
@@ -158,7 +159,8 @@ def test_an_old_adapter_checkpoint_uploads_with_a_portable_base_and_a_card(hub, 
     sent = json.loads((hub.uploaded / "adapter_config.json").read_text())
     assert sent["base_model_name_or_path"] == "tiny-llama"
     card = (hub.uploaded / "README.md").read_text()
-    assert _front_matter(card)["base_model"] == "tiny-llama" and "ef" * 32 in card and "| project | demo |" in card
+    assert _front_matter(card)["library_name"] == "peft" and "| base model | tiny-llama |" in card
+    assert "ef" * 32 in card and "| project | demo |" in card
     assert str(tmp_path) not in card
     assert {"adapter_model.safetensors", "meta.json", "tokenizer.json"} <= {p.name for p in hub.uploaded.iterdir()}
 
