@@ -52,7 +52,7 @@ from annotate.export_rows import pairwise_row as pairwise_row
 from annotate.export_rows import prompt_text as prompt_text
 from annotate.export_rows import response_text as response_text
 from annotate.export_schema import parquet_schema
-from annotate.models import Comparison, Project, Vote
+from annotate.models import Comparison, Exclusion, Project, Vote
 from annotate.pseudonyms import annotator_names
 from annotate.services import InvalidInput
 
@@ -140,9 +140,15 @@ def _when(value: Any) -> datetime | None:
     return parsed
 
 
-def _votes(project: Project, filters: dict) -> QuerySet:
-    # A comparison a manager removed after a flag (annotate.review) is in no export and no snapshot.
+def _votes(project: Project, filters: dict, *, training: bool = True) -> QuerySet:
+    """The votes an export reads. A comparison a manager removed after a flag (annotate.review) is in no
+    export; a training export (every format but ``raw``, which is for audits) also leaves out gold
+    comparisons and the votes of people the gold rule or a manager excluded (annotate.gold)."""
     votes = Vote.objects.filter(comparison__project=project).exclude(comparison__state=Comparison.State.REMOVED)
+    if training:
+        votes = votes.exclude(comparison__state=Comparison.State.GOLD)
+        excluded = Exclusion.objects.filter(project=project, lifted_at__isnull=True).values("user_id")
+        votes = votes.exclude(annotator_id__in=excluded)
     if "sources" in filters:
         votes = votes.filter(source__in=filters["sources"])
     if "reasons" in filters:
@@ -158,7 +164,7 @@ def _votes(project: Project, filters: dict) -> QuerySet:
 
 def export_vote_count(*, project: Project, filters: dict | None = None) -> int:
     """How many votes an export with these filters reads (for a progress bar's total)."""
-    return _votes(project, filters_clean(filters)).count()
+    return _votes(project, filters_clean(filters)).count()  # what a snapshot (a training export) reads
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,7 @@ def export_plan(
     """Check the format and filters (raises InvalidInput) and say what the export will read."""
     if fmt not in EXPORT_FORMATS:
         raise InvalidInput(f"format must be one of {list(EXPORT_FORMATS)}, not {fmt!r}")
-    votes = _votes(project, filters_clean(filters))
+    votes = _votes(project, filters_clean(filters), training=fmt != "raw")
     # TRL's collator fails on a margin column with nulls, so it is on every row or on none.
     margin = fmt in ("trl", "trl-conversational") and votes.filter(strength__isnull=False).exists()
     return ExportPlan(fmt, votes, margin, metadata, real_names)

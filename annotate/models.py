@@ -29,6 +29,10 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def default_training_sources() -> list[str]:
+    return ["human", "imported", "simulated"]
+
+
 class Project(models.Model):
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=200)
@@ -41,6 +45,23 @@ class Project(models.Model):
     )
     lease_seconds = models.PositiveIntegerField(
         default=600, help_text="How long a comparison stays reserved for the annotator who was shown it."
+    )
+    # Gold comparisons (annotate.gold): the share of each annotator's pairs drawn from gold, and the rule
+    # that leaves a person's votes out of training: gold accuracy below gold_threshold after gold_min_votes.
+    gold_rate = models.FloatField(default=0.05, help_text="Share of each annotator's pairs that are gold (0 to 0.5).")
+    gold_threshold = models.FloatField(
+        default=0.7, help_text="Gold accuracy below which a person's votes leave the training data."
+    )
+    gold_min_votes = models.PositiveSmallIntegerField(
+        default=10, help_text="Gold votes a person gives before the threshold applies."
+    )
+    # How many gold comparisons the project has (kept by annotate.gold): the queue, which has the project
+    # row in hand, draws gold only when there is some, at no cost to projects without it.
+    gold_count = models.PositiveIntegerField(default=0, editable=False)
+    # Which vote sources train: people (human, imported) and simulated oracles by default; AI-judge votes opt in.
+    training_sources = models.JSONField(
+        default=default_training_sources, blank=True,
+        help_text="Vote sources that reach training snapshots (human, imported, simulated, ai).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
@@ -165,6 +186,9 @@ class Comparison(models.Model):
         FLAGGED = "flagged", "flagged for review"
         # A manager upheld a flag: out of the queue, and its votes out of every export and snapshot.
         REMOVED = "removed", "removed after review"
+        # A comparison with a known answer (annotate.gold): served to everyone at the project's gold rate,
+        # never counted against the overlap, never in training data.
+        GOLD = "gold", "gold (known answer)"
 
     class Reason(models.TextChoices):
         RANDOM = "random"
@@ -189,6 +213,10 @@ class Comparison(models.Model):
     # full (votes plus live leases reach the overlap), so the queue's scan steps over it without
     # counting leases. It may be earlier than the truth (NULL or past: count), never later.
     full_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # Gold only: the right choice ("a" or "b"), and how the pair was made (imported, or the degradation
+    # applied to the worse side, with its details).
+    gold_answer = models.CharField(max_length=8, blank=True)
+    gold_method = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = ComparisonQuerySet.as_manager()
@@ -276,6 +304,27 @@ class Vote(models.Model):
 
     def __str__(self) -> str:
         return f"{self.annotator} → {self.choice} on {self.comparison_id}"
+
+
+class Exclusion(models.Model):
+    """A person whose votes are left out of training data in a project, and why; lifted when a manager
+    reinstates them (the row stays: every exclusion is on the record)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="exclusions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    reason = models.TextField()
+    gold_votes = models.PositiveIntegerField(default=0)
+    gold_correct = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+", help_text="Empty: the gold rule excluded them.")
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lifted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="+")
+    lift_reason = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "user"], name="exclusion_by_person")]
 
 
 class WithdrawnVote(models.Model):

@@ -35,6 +35,7 @@ in a statement of its own).
 from __future__ import annotations
 
 import json
+import random
 from datetime import timedelta
 
 from django.db import connection, transaction
@@ -195,16 +196,42 @@ def _reserve(*, project: Project, annotator, now):
     return comparison if lease is not None else _RETRY
 
 
+# Gold (annotate.gold): a comparison with a known answer, for anyone who has neither voted on it nor been
+# shown it, in random order; no overlap applies. Parameters: project, state, annotator, annotator.
+_GOLD = _DISPLAY + """
+    WHERE c.project_id = %s AND c.state = %s
+      AND NOT EXISTS (SELECT 1 FROM annotate_vote v WHERE v.comparison_id = c.id AND v.annotator_id = %s)
+      AND NOT EXISTS (SELECT 1 FROM annotate_lease s WHERE s.comparison_id = c.id AND s.annotator_id = %s)
+    ORDER BY RANDOM() LIMIT 1
+"""
+
+
+def _gold(*, project: Project, annotator, now, holds_lease: bool | None) -> Comparison | None:
+    """A gold comparison leased to ``annotator``, unless they hold a pair already (a reload shows it again)."""
+    if holds_lease or (holds_lease is None and sql.row(_ANY_HELD, (annotator.pk, now, False)) is not None):
+        return None
+    gold = _first(_GOLD, (project.pk, Comparison.State.GOLD, annotator.pk, annotator.pk))
+    if gold is not None:
+        Lease.objects.update_or_create(comparison_id=gold.pk, annotator=annotator, defaults={
+            "expires_at": now + timedelta(seconds=project.lease_seconds), "skipped": False, "created_at": now})
+    return gold
+
+
 def comparison_next(*, project: Project, annotator, now=None, holds_lease: bool | None = None) -> Comparison | None:
     """Reserve and return the next comparison for ``annotator``, or None when nothing is left.
 
     Calling it again before voting returns the same comparison (the live lease),
-    so a reload never burns a slot. The comparison carries what the page shows, read with it:
+    so a reload never burns a slot. With probability ``project.gold_rate`` a gold comparison
+    (``annotate.gold``) comes instead, when the annotator holds no pair and has gold left to see. The comparison carries what the page shows, read with it:
     ``prompt_messages`` (the prompt's list of role/content messages), ``text_a`` and ``text_b``.
     ``holds_lease`` is whether the annotator holds any live, unskipped lease, when the
     caller has already read it (False skips looking for a held comparison); None: look.
     """
     now = now or timezone.now()
+    if project.gold_count and project.gold_rate > 0 and random.random() < project.gold_rate:
+        gold = _gold(project=project, annotator=annotator, now=now, holds_lease=holds_lease)
+        if gold is not None:
+            return gold
     if connection.vendor == "postgresql":
         fast = _first(_CLAIM_FAST, (project.pk, annotator.pk, now, project.votes_per_comparison,
                                     project.lease_seconds, holds_lease is not False))

@@ -189,7 +189,9 @@ def comparisons_build(
 
     Each pair of checkpoints on a prompt gets one comparison (its first completion of each).
     """
-    completions = Completion.objects.filter(prompt__project=project).only("id", "prompt_id", "checkpoint_id")
+    # The texts gold made (annotate.gold's checkpoint) are never paired with anything else.
+    completions = (Completion.objects.filter(prompt__project=project).exclude(checkpoint__name="gold")
+                   .only("id", "prompt_id", "checkpoint_id"))
     if prompt_ids is not None:
         completions = completions.filter(prompt_id__in=list(prompt_ids))
     by_prompt: dict[int, dict[int, Completion]] = {}

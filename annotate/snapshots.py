@@ -24,11 +24,17 @@ FORMAT = "pairs"
 def snapshot_freeze(*, project: Project, filters: dict | None = None) -> Snapshot:
     """Freeze the project's current ``pairs`` export (optionally filtered, see
     ``exports.filters_clean``) to ``<ARTIFACTS_URL>/snapshots/<slug>/<timestamp>-<rows>.jsonl``.
+    Without a ``sources`` filter it keeps the project's ``training_sources`` (people and simulated
+    oracles by default, not AI judges); like every training export it leaves out gold comparisons and
+    excluded people (``annotate.gold``).
 
     The file's sha256 and row count are stored on the returned row; ``votes`` counts the
     votes read to build it. Reads take no lock: votes recorded meanwhile may or may not be
     included, and ``votes`` says exactly how many were.
     """
+    filters = dict(filters or {})
+    # Training data: the project's chosen vote sources unless the caller names some (AI-judge votes opt in).
+    filters.setdefault("sources", list(project.training_sources))
     filters = filters_clean(filters)
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S%fZ")  # microseconds: two freezes never share a name
     votes = 0

@@ -24,7 +24,7 @@ PREFIX = "fw_"
 # The user's columns a request needs; any other field loads on first access.
 _USER_FIELDS = ("id", "username", "is_active", "is_staff", "is_superuser")
 # The project's columns the queue and the vote need.
-_PROJECT_FIELDS = ("id", "slug", "votes_per_comparison", "retrain_threshold", "lease_seconds")
+_PROJECT_FIELDS = ("id", "slug", "votes_per_comparison", "retrain_threshold", "lease_seconds", "gold_rate", "gold_count")
 
 
 def _hash(raw: str) -> str:

@@ -307,6 +307,8 @@ def _record_locked(ballot: _Ballot) -> VoteOutcome:
                                   "nothing; to vote again, send a new idempotency_key")
     if voted is not None:
         return VoteOutcome(Vote.objects.get(pk=voted), created=False)
+    if state == Comparison.State.GOLD:
+        return _record_gold(ballot, completion_a_id, completion_b_id, project_id, leased_at)
     if state != Comparison.State.OPEN or vote_count >= wanted:
         return _replay_or_full(ballot)
     time_spent_ms = ballot.time_spent_ms
@@ -331,6 +333,32 @@ def _record_locked(ballot: _Ballot) -> VoteOutcome:
             sql.execute(_UNLEASE, (comparison_id, me))
     if inserted is None:
         return _replay_or_full(ballot)
+    return _created(inserted[0], values, project_id)
+
+
+def _record_gold(ballot: _Ballot, completion_a_id: int, completion_b_id: int, project_id: int,
+                 leased_at) -> VoteOutcome:
+    """A vote on a gold comparison: no overlap applies (everyone may answer it); then the gold rule."""
+    from annotate.gold import gold_check  # gold builds on services, which the vote path does not need
+
+    time_spent_ms = ballot.time_spent_ms
+    if time_spent_ms is None and leased_at is not None:
+        time_spent_ms = max(0, int((ballot.now - _aware(leased_at)).total_seconds() * 1000))
+    values = ballot.values(winner_id={"a": completion_a_id, "b": completion_b_id}.get(ballot.choice),
+                           time_spent_ms=time_spent_ms)
+    prepared = [f.get_db_prep_save(v, connection) for f, v in zip(_VOTE_FIELDS, values, strict=True)]
+    inserted = sql.row(_INSERT, prepared)
+    sql.execute("UPDATE annotate_comparison SET vote_count = vote_count + 1 WHERE id = %s", (ballot.comparison_id,))
+    sql.execute(_UNLEASE, (ballot.comparison_id, ballot.annotator_id))
+
+    def check() -> None:
+        from django.contrib.auth import get_user_model
+
+        from annotate.models import Project
+
+        gold_check(project=Project.objects.get(pk=project_id), user=get_user_model()(pk=ballot.annotator_id))
+
+    transaction.on_commit(check)
     return _created(inserted[0], values, project_id)
 
 

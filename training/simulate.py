@@ -10,9 +10,9 @@ from django.contrib.auth import get_user_model
 
 from annotate import services
 from annotate.models import Membership, Project, Vote
-from annotate.queue import comparison_next
+from annotate.queue import comparison_next, comparison_skip
 from annotate.votes import vote_record
-from training.lib.oracles import with_noise
+from training.lib.oracles import DISAGREE, NO_VOTE, UNPARSEABLE, with_noise
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,10 @@ class SimulationResult:
     votes: int
     ties: int
     annotator: str
+    # Pairs the oracle gave no vote on (skipped): an LLM judge that contradicted itself when the
+    # answers were swapped, or whose reply was not A, B or TIE.
+    disagreed: int = 0
+    unparseable: int = 0
 
 
 def simulated_annotator(*, project: Project, oracle_name: str, username: str | None = None):
@@ -50,6 +54,7 @@ def simulate_votes(
     user = simulated_annotator(project=project, oracle_name=oracle.name, username=username)
     source = Vote.Source.AI if oracle.is_ai else Vote.Source.SIMULATED
     cast = ties = 0
+    abstained = {DISAGREE: 0, UNPARSEABLE: 0}
     while cast < votes:
         comparison = comparison_next(project=project, annotator=user)
         if comparison is None:
@@ -57,10 +62,15 @@ def simulate_votes(
         # The queue's one read carries what a person sees: the prompt and both answers.
         verdict = oracle.judge([comparison.prompt_messages], [comparison.text_a], [comparison.text_b])
         choice = with_noise(verdict, noise, rng)[0]
+        if choice in NO_VOTE:  # no vote: the pair goes back to the queue for others, never to this oracle
+            abstained[choice] += 1
+            comparison_skip(comparison=comparison, annotator=user)
+            continue
         vote_record(annotator=user, comparison_id=comparison.pk, choice=choice, source=source,
                     idempotency_key=f"sim-{comparison.pk}")
         cast += 1
         ties += choice == "tie"
         if progress:
             progress(cast, votes)
-    return SimulationResult(votes=cast, ties=ties, annotator=user.username)
+    return SimulationResult(votes=cast, ties=ties, annotator=user.username, disagreed=abstained[DISAGREE],
+                            unparseable=abstained[UNPARSEABLE])

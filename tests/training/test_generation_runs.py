@@ -81,7 +81,9 @@ def test_rule_oracles():
     assert judge([[]] * 2, ["tiny", "a much longer answer"], ["a longer answer", "x"]) == ["a", "b"]
     assert parse_oracle("contains:please").judge([[]], ["no"], ["Please do"]) == ["b"]
     assert parse_oracle("regex:\\d+").judge([[]], ["7 days"], ["a week"]) == ["a"]
-    assert parse_verdict(" b.") == "b" and parse_verdict("TIE") == "tie" and parse_verdict("hmm") == "tie"
+    assert parse_verdict(" b.") == "b" and parse_verdict("TIE") == "tie" and parse_verdict("[[A]]") == "a"
+    # Anything else is no verdict at all, never a tie: not even a reply that happens to contain "a".
+    assert {parse_verdict(r) for r in ("hmm", "A is a bit better than B", "", "both")} == {"unparseable"}
     with pytest.raises(ValueError, match="unknown oracle"):
         parse_oracle("vibes")
 
@@ -203,3 +205,27 @@ def test_worker_settings_read_the_environment_and_refuse_what_they_cannot_read(t
         assert result.returncode != 0 and "ImproperlyConfigured" in result.stderr, result.stderr
         message = result.stderr.strip().splitlines()[-1]
         assert f"{name}={bad!r} is not valid: use " in message, message
+
+
+def test_the_judge_votes_only_when_both_orders_agree(project, judge_server):
+    make_comparisons(project, 6, texts=("a long detailed answer", "short"))
+    # A position-biased judge: always "A", whichever answer is first. Swapping the answers exposes it.
+    biased = simulate_votes(project=project, votes=6, oracle=parse_oracle(f"judge:{judge_server(lambda m: 'A')}#j"))
+    assert (biased.votes, biased.disagreed, biased.unparseable) == (0, 6, 0)
+    assert not Vote.objects.exists()
+    # A judge that reads: the short answer, wherever it stands. Both orders agree on every pair.
+    def reads(message):
+        return "A" if "Answer A:\nshort" in message else "B"
+    fair = simulate_votes(project=project, votes=6, oracle=parse_oracle(f"judge:{judge_server(reads)}#fair"),
+                          username="fair-judge")
+    assert (fair.votes, fair.disagreed, fair.unparseable) == (6, 0, 0)
+    assert all(v.winner.text.startswith("short") and v.source == "ai" for v in Vote.objects.all())
+
+
+def test_an_unreadable_judge_reply_is_no_vote_and_is_counted(project, judge_server):
+    make_comparisons(project, 3)
+    out = StringIO()
+    url = judge_server(lambda m: "I think the first one, probably.")
+    call_command("simulate_annotators", "--project", "demo", "--votes", "3", "--oracle", f"judge:{url}#x", stdout=out)
+    assert not Vote.objects.exists()
+    assert "cast 0 votes" in out.getvalue() and "3 whose reply was not A, B or TIE" in out.getvalue()

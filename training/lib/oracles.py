@@ -10,6 +10,10 @@ Pure: no Django. An oracle judges a batch of (prompt, answer A, answer B) and re
 - ``judge:BASE_URL#MODEL``: an LLM judge at an OpenAI-compatible endpoint (RLAIF).
 
 When neither or both answers satisfy a rule, the rule calls a tie.
+
+The LLM judge is asked twice per pair, once in each order (answers swapped), and its verdict stands
+only when both agree; otherwise it says ``DISAGREE``. A reply that is not exactly A, B or TIE is
+``UNPARSEABLE``, never a tie. Neither is a vote: the simulated annotator skips the pair and counts it.
 """
 from __future__ import annotations
 
@@ -24,7 +28,10 @@ import httpx
 from training.lib.endpoint import EndpointConfig, chat_once
 
 Message = dict[str, str]
-Verdict = str  # "a" | "b" | "tie"
+Verdict = str  # "a" | "b" | "tie", or one of NO_VOTE
+UNPARSEABLE = "unparseable"
+DISAGREE = "disagree"
+NO_VOTE = (UNPARSEABLE, DISAGREE)
 
 
 @dataclass(frozen=True)
@@ -88,9 +95,18 @@ def _judge_messages(prompt: Sequence[Message], a: str, b: str) -> list[Message]:
 
 
 def parse_verdict(text: str) -> Verdict:
-    """The first A / B / TIE token in a judge's reply; anything else counts as a tie."""
-    match = re.search(r"\b(TIE|A|B)\b", text.strip().upper())
-    return {"A": "a", "B": "b"}.get(match.group(1), "tie") if match else "tie"
+    """The judge's reply read strictly: A, B or TIE (case, surrounding quotes, brackets, a final full
+    stop and an "Answer" prefix aside); anything else is UNPARSEABLE, never a tie."""
+    token = re.sub(r"^(ANSWER\s*)?", "", text.strip().upper().strip("\"'*[]().: \n\t"))
+    return {"A": "a", "B": "b", "TIE": "tie"}.get(token.strip("\"'*[]().: "), UNPARSEABLE)
+
+
+def order_checked(first: Verdict, swapped: Verdict) -> Verdict:
+    """One verdict from two asks, the second with the answers swapped: it stands only if both agree."""
+    if UNPARSEABLE in (first, swapped):
+        return UNPARSEABLE
+    back = {"a": "b", "b": "a", "tie": "tie"}[swapped]
+    return first if first == back else DISAGREE
 
 
 def judge_oracle(base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 4) -> Oracle:
@@ -98,12 +114,14 @@ def judge_oracle(base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KE
                             max_new_tokens=4, concurrency=concurrency)
 
     def judge(prompts, answers_a, answers_b) -> list[Verdict]:
+        # Both orders of every pair, at most ``concurrency`` requests in flight.
+        asks = [(p, a, b) for p, a, b in zip(prompts, answers_a, answers_b, strict=True)]
+        asks += [(p, b, a) for p, a, b in zip(prompts, answers_a, answers_b, strict=True)]
         with httpx.Client() as client, ThreadPoolExecutor(max_workers=concurrency) as pool:
-            replies = pool.map(
-                lambda item: chat_once(client, config, _judge_messages(*item), seed=0)[0],
-                zip(prompts, answers_a, answers_b, strict=True),
-            )
-            return [parse_verdict(r) for r in replies]
+            verdicts = [parse_verdict(r) for r in pool.map(
+                lambda item: chat_once(client, config, _judge_messages(*item), seed=0)[0], asks)]
+        n = len(prompts)
+        return [order_checked(first, swapped) for first, swapped in zip(verdicts[:n], verdicts[n:], strict=True)]
 
     return Oracle(name=f"judge:{base_url}#{model}", judge=judge, is_ai=True)
 
@@ -137,4 +155,4 @@ def parse_oracle(spec: str) -> Oracle:
 def with_noise(verdicts: list[Verdict], noise: float, rng: random.Random) -> list[Verdict]:
     """Flip each A/B verdict with probability ``noise`` (label noise of a simulated person)."""
     flip = {"a": "b", "b": "a", "tie": "tie"}
-    return [flip[v] if rng.random() < noise else v for v in verdicts]
+    return [flip.get(v, v) if rng.random() < noise else v for v in verdicts]

@@ -37,4 +37,7 @@ class Command(BaseCommand):
             except ValueError as error:
                 raise CommandError(str(error)) from None
         left = "" if result.votes == votes else " (the queue ran out)"
-        self.stdout.write(f"{result.annotator} cast {result.votes} votes, {result.ties} ties{left}.")
+        abstained = (f"; no vote on {result.disagreed} pairs where the judge contradicted itself with the answers "
+                     f"swapped and {result.unparseable} whose reply was not A, B or TIE"
+                     if result.disagreed or result.unparseable else "")
+        self.stdout.write(f"{result.annotator} cast {result.votes} votes, {result.ties} ties{abstained}{left}.")
