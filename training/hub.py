@@ -135,9 +135,9 @@ def _stage_reward_model(project: Project, version: str, into: Path) -> tuple[str
         resave_reward_model(source, into)
     else:
         _link_files(source, into, skip={"README.md"})
-        card = source / "README.md"
-        text = card.read_text(encoding="utf-8") if card.is_file() else reward_model_card(_read_meta(source))
-        (into / "README.md").write_text(text, encoding="utf-8")
+    lineage = {"project": project.slug, "version": row.version, "snapshot": row.snapshot_id, "votes": row.votes,
+               "pairs": row.pairs}
+    (into / "README.md").write_text(reward_model_card(_read_meta(into), lineage), encoding="utf-8")
     return "model", f"reward model v{number} of {project.slug}"
 
 

@@ -48,13 +48,15 @@ def portable_model_id(name_or_path: str | None) -> str | None:
     return path.name
 
 
-def reward_model_card(meta: Mapping[str, Any]) -> str:
-    """README.md for a reward-model folder, from its meta.json (`rewardmodel.lib.model.save_reward_model`)."""
+def reward_model_card(meta: Mapping[str, Any], lineage: Mapping[str, Any] | None = None) -> str:
+    """README.md for a reward-model folder, from its meta.json (`rewardmodel.lib.model.save_reward_model`);
+    `lineage` (project, version, ... as the app knows them) heads the card's lineage table."""
     config = meta.get("config") or {}
     base = portable_model_id(config.get("backbone"))
     heads = int(meta.get("ensemble_size", 1))
     native = meta.get("layout") == "sequence_classification"
     rows = {
+        **dict(lineage or {}),
         "base model": base,
         "data snapshot sha256": meta.get("snapshot_sha256"),
         "loss": config.get("loss"),

@@ -100,6 +100,7 @@ def test_a_reward_model_uploads_its_folder_and_card_and_loads_in_transformers(hu
     assert _sha(hub.uploaded / "model.safetensors") == _sha(folder / "model.safetensors")
     card = (hub.uploaded / "README.md").read_text()
     assert reward_model.snapshot.sha256 in card and "| base model | tiny-llama |" in card
+    assert "| project | demo |" in card and "| version | 1 |" in card and f"| votes | {reward_model.votes} |" in card
     assert _front_matter(card)["library_name"] == "transformers" and "reward-model" in _front_matter(card)["tags"]
     ours = load_reward_model(folder)
     prompts, completions = ["hello world", "the cat"], ["a good answer", "a bad answer"]
