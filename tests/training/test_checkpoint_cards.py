@@ -74,3 +74,14 @@ def test_portable_ids_of_hub_ids_aliases_and_folders(tiny: Path) -> None:
     assert portable_model_id("all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
     assert portable_model_id(str(tiny)) == "llama"
     assert portable_model_id("") is None
+
+
+def test_an_adapter_trained_on_another_host_loads_over_its_base_by_name(tiny: Path, tmp_path: Path) -> None:
+    """meta.json's base_model_path is the training host's folder; elsewhere the base loads by its name."""
+    model, tok, path = _adapter_policy(tiny)
+    meta = {"kind": "dpo", "base_model": path, "base_model_path": str(tmp_path / "gone" / "llama")}
+    out = save_checkpoint(model, tok, tmp_path / "ckpt", meta, merge_lora=False)
+    reloaded, _, _ = load_checkpoint(out)
+    ids = torch.tensor([[2, 30, 31, 32, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -269,7 +269,9 @@ def load_checkpoint(
     if meta.get("weights") == "adapter":
         from peft import PeftModel  # adapter checkpoints only: peft takes seconds to import
 
-        base_path = meta.get("base_model_path") or _resolve(meta["base_model"])
+        base_path = meta.get("base_model_path")
+        if not (base_path and os.path.isdir(base_path)):  # trained on another host: the base by its name
+            base_path = _resolve(meta.get("base_model") or meta["base_model_id"])
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, attn_implementation="sdpa")
         model = PeftModel.from_pretrained(base, folder, autocast_adapter_dtype=False)
     else:
