@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from annotate.models import Project
+from annotate.models import Project, Vote
 
 IMPORT_KINDS = [
     ("prompts", "Prompts (JSONL with prompt or messages, or CSV)"),
@@ -12,10 +12,35 @@ IMPORT_KINDS = [
 
 
 class ProjectSettingsForm(forms.ModelForm):
+    training_sources = forms.MultipleChoiceField(
+        choices=Vote.Source.choices, widget=forms.CheckboxSelectMultiple, required=True,
+        help_text="Votes of these sources reach training snapshots. AI feedback is off by default: tick it to "
+                  "train on the LLM judge's votes too.",
+    )
+
     class Meta:
         model = Project
-        fields = ["name", "guidelines", "votes_per_comparison", "retrain_threshold", "lease_seconds"]
+        fields = ["name", "guidelines", "votes_per_comparison", "retrain_threshold", "lease_seconds",
+                  "training_sources", "gold_rate", "gold_threshold", "gold_min_votes"]
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 10})}
+
+    def clean_gold_rate(self) -> float:
+        value = self.cleaned_data["gold_rate"]
+        if not 0.0 <= value <= 0.5:
+            raise forms.ValidationError("Between 0 (no gold) and 0.5.")
+        return value
+
+    def clean_gold_threshold(self) -> float:
+        value = self.cleaned_data["gold_threshold"]
+        if not 0.0 <= value <= 1.0:
+            raise forms.ValidationError("An accuracy between 0 and 1 (0 never excludes anyone).")
+        return value
+
+    def clean_gold_min_votes(self) -> int:
+        value = self.cleaned_data["gold_min_votes"]
+        if not 1 <= value <= 1000:
+            raise forms.ValidationError("Between 1 and 1,000 gold votes.")
+        return value
 
     def clean_votes_per_comparison(self) -> int:
         value = self.cleaned_data["votes_per_comparison"]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from annotate import artifacts
 from annotate.events import event_emit
 from annotate.exports import filters_clean, write_export
-from annotate.models import Project, Snapshot
+from annotate.models import Comparison, Exclusion, Project, Snapshot, Vote
 from annotate.services import InvalidInput
 
 FORMAT = "pairs"
@@ -65,6 +66,29 @@ def snapshot_freeze(*, project: Project, filters: dict | None = None) -> Snapsho
         else:
             partial.unlink(missing_ok=True)
         raise
+
+
+def snapshot_left_out(project: Project) -> list[tuple[str, int]]:
+    """What a snapshot frozen now would leave out, and why: (reason, votes) for each reason that applies,
+    in the order the rules apply (one aggregate query)."""
+    sources = list(project.training_sources)
+    excluded = Exclusion.objects.filter(project=project, lifted_at__isnull=True).values("user_id")
+    removed = Q(comparison__state=Comparison.State.REMOVED)
+    is_gold = Q(comparison__state=Comparison.State.GOLD) & ~removed
+    by_person = Q(annotator_id__in=excluded) & ~removed & ~is_gold
+    by_source = ~Q(source__in=sources) & ~removed & ~is_gold & ~Q(annotator_id__in=excluded)
+    counts = Vote.objects.filter(comparison__project=project).aggregate(
+        removed=Count("id", filter=removed), gold=Count("id", filter=is_gold),
+        people=Count("id", filter=by_person), sources=Count("id", filter=by_source),
+    )
+    named = ", ".join(sources) or "none"
+    reasons = [
+        ("on pairs a manager removed after a flag", counts["removed"]),
+        ("on gold pairs (checks, never trained on)", counts["gold"]),
+        ("by people excluded from training (gold rule or a manager)", counts["people"]),
+        (f"from sources the project does not train on (it trains on: {named})", counts["sources"]),
+    ]
+    return [(reason, n) for reason, n in reasons if n]
 
 
 def snapshot_path(snapshot: Snapshot) -> Path:

@@ -254,3 +254,51 @@ def annotator_report(
         )
     stats.sort(key=lambda s: (-s.votes, s.username))
     return stats, _agreement_from(profiles)
+
+
+@dataclass(frozen=True)
+class JudgeAgreement:
+    """On comparisons that an AI judge and at least two people voted on: how often the judge picks the
+    people's majority, next to how often a person picks the other people's majority (leave-one-out)."""
+
+    comparisons: int
+    judge: float | None
+    judge_compared: int
+    people: float | None
+    people_compared: int
+
+
+def judge_agreement(*, project: Project) -> JudgeAgreement:
+    """``JudgeAgreement`` of the project (one query). Comparisons where the people are split count for
+    neither side."""
+    rows = (Vote.objects.filter(comparison__project=project, source__in=[Vote.Source.HUMAN, Vote.Source.AI])
+            .order_by("comparison_id").values_list("comparison_id", "source", "choice"))
+    judge = [0, 0]
+    people = [0, 0]
+    shared = 0
+    for _, group in groupby(rows, key=itemgetter(0)):
+        group = list(group)
+        humans = [choice for _, source, choice in group if source == Vote.Source.HUMAN]
+        judges = [choice for _, source, choice in group if source == Vote.Source.AI]
+        if not judges or len(humans) < 2:
+            continue
+        shared += 1
+        majority = _unique_majority(Counter(humans))
+        if majority is not None:
+            judge[0] += sum(choice == majority for choice in judges)
+            judge[1] += len(judges)
+        for i, choice in enumerate(humans):
+            others = _unique_majority(Counter(humans[:i] + humans[i + 1:]))
+            if others is not None:
+                people[0] += choice == others
+                people[1] += 1
+    return JudgeAgreement(comparisons=shared, judge=judge[0] / judge[1] if judge[1] else None,
+                          judge_compared=judge[1], people=people[0] / people[1] if people[1] else None,
+                          people_compared=people[1])
+
+
+def _unique_majority(counts: Counter) -> str | None:
+    ranked = counts.most_common(2)
+    if not ranked or (len(ranked) == 2 and ranked[0][1] == ranked[1][1]):
+        return None
+    return ranked[0][0]

@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from annotate import access, review, selectors
-from annotate.models import Comparison, Flag, Vote
+from annotate.models import Comparison, Exclusion, Flag, Vote
 from annotate.queue import comparison_next, comparison_skip
 from annotate.services import InvalidInput
 from annotate.votes import VoteError, vote_record, vote_strength_set, vote_withdraw
@@ -74,6 +74,8 @@ def _render_next(request: HttpRequest, project, *, status: int = 200) -> HttpRes
         "strengths": Vote.Strength.choices,
         "last_vote": _last_vote(request, project),
         "flag_reasons": Flag.Reason.choices,
+        # The gold rule (annotate.gold) or a manager left this person's votes out of the training data.
+        "excluded": Exclusion.objects.filter(project=project, user=request.user, lifted_at__isnull=True).exists(),
     }
     template = "annotate/compare.html#pair" if request.htmx else "annotate/compare.html"
     return render(request, template, context, status=status)

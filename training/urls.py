@@ -23,4 +23,5 @@ urlpatterns = [
         name="console-snapshot-download",
     ),
     path("p/<slug:slug>/console/annotators/", views.annotators, name="console-annotators"),
+    path("p/<slug:slug>/console/annotators/standing/", views.annotator_standing, name="console-annotator-standing"),
 ]

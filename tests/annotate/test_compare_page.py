@@ -16,10 +16,11 @@ from annotate import services
 POSTGRESQL = connection.vendor == "postgresql"
 # Session, user, project, membership; then the queue: on PostgreSQL one call of
 # annotate_claim_fast, on SQLite the lease probe, SAVEPOINT, candidate (with its prompt and both
-# texts), lease upsert, full mark, RELEASE; then the progress line: votes, comparisons left.
-FIRST_VIEW = 7 if POSTGRESQL else 12
+# texts), lease upsert, full mark, RELEASE; then the progress line: votes, comparisons left; then
+# whether the gold rule left this person's votes out of training (annotate.gold).
+FIRST_VIEW = 8 if POSTGRESQL else 13
 # A reload: the same, but the queue finds the held lease (on SQLite: probe, held comparison).
-RELOAD = 7 if POSTGRESQL else 8
+RELOAD = 8 if POSTGRESQL else 9
 
 
 @pytest.fixture

@@ -169,3 +169,45 @@ def test_training_snapshots_leave_ai_votes_out_unless_the_project_opts_in(projec
     project.training_sources = ["human", "ai"]
     project.save()
     assert snapshots.snapshot_freeze(project=project).votes == 2
+
+
+def test_the_gold_command_generates_imports_and_reports(answered, annotator, tmp_path):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    out = StringIO()
+    call_command("gold", "--project", "demo", "--generate", "3", stdout=out)
+    assert "3 gold pairs made" in out.getvalue() and "demo: 3 gold pairs, served at 5%" in out.getvalue()
+    path = tmp_path / "gold.jsonl"
+    path.write_text('{"prompt": "2+2?", "chosen": "4", "rejected": "5"}\n\n{"prompt": "x", "chosen": "y", "rejected": "z"}\n')
+    call_command("gold", "--project", "demo", "--import", str(path), stdout=out)
+    assert "2 gold pairs imported" in out.getvalue()
+    shown = Comparison.objects.filter(state="gold").first()
+    vote_record(annotator=annotator, comparison_id=shown.pk, choice=shown.gold_answer)
+    call_command("gold", "--project", "demo", stdout=(report := StringIO()))
+    assert "annotator: 100% of 1 (95% 21%–100%)" in report.getvalue()
+    path.write_text("not json\n")
+    with pytest.raises(CommandError, match="line 1: not valid JSON"):
+        call_command("gold", "--project", "demo", "--import", str(path))
+    with pytest.raises(CommandError, match="gold methods must be drawn from"):
+        call_command("gold", "--project", "demo", "--generate", "2", "--methods", "vibes")
+
+
+def test_managers_set_the_gold_rule_and_the_training_sources_on_the_settings_page(client, project, manager):
+    from django.urls import reverse
+
+    client.force_login(manager)
+    url = reverse("manage-settings", args=[project.slug])
+    form = {"name": "Demo", "guidelines": "", "votes_per_comparison": 1, "retrain_threshold": 200,
+            "lease_seconds": 600, "training_sources": ["human", "ai"], "gold_rate": 0.1, "gold_threshold": 0.8,
+            "gold_min_votes": 20}
+    assert client.post(url, form).status_code == 302
+    project.refresh_from_db()
+    assert (project.training_sources, project.gold_rate, project.gold_threshold, project.gold_min_votes) == (
+        ["human", "ai"], 0.1, 0.8, 20)
+    for field, value, message in [("gold_rate", 0.9, "Between 0 (no gold) and 0.5."),
+                                  ("training_sources", ["robots"], "Select a valid choice"),
+                                  ("gold_min_votes", 0, "Between 1 and 1,000 gold votes.")]:
+        response = client.post(url, {**form, field: value})
+        assert response.status_code == 200 and message in response.content.decode()

@@ -8,6 +8,7 @@ the live panels (run progress, the runs table) poll with htmx and stop with
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -19,11 +20,11 @@ from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from annotate import access, stats
+from annotate import access, gold, stats
 from annotate.exports import FORMATS
-from annotate.models import Checkpoint, Snapshot, Vote
+from annotate.models import Checkpoint, Exclusion, Snapshot, Vote
 from annotate.services import InvalidInput
-from annotate.snapshots import snapshot_freeze
+from annotate.snapshots import snapshot_freeze, snapshot_left_out
 from training import checkpoints
 from training.console import datasets, figures, selectors
 from training.console.forms import START_FORMS, FreezeForm, PromoteForm, RunFilterForm
@@ -48,7 +49,8 @@ def dashboard(request: HttpRequest, slug: str) -> HttpResponse:
     runs_reap_stale()  # one indexed UPDATE: runs whose worker died stop showing as running
     data = selectors.dashboard(project)
     charts = {"votes": figures.votes_per_day(data), "queue": figures.queue_depth(data)}
-    return render(request, "training/dashboard.html", {"project": project, "data": data, "charts": charts})
+    return render(request, "training/dashboard.html", {"project": project, "data": data, "charts": charts,
+                                                       "left_out": snapshot_left_out(project)})
 
 
 @login_required
@@ -214,11 +216,61 @@ def snapshot_download(request: HttpRequest, slug: str, snapshot_id: int) -> Http
     return response
 
 
+ANNOTATOR_SORTS = {
+    "votes": lambda r: -r.stats.votes,
+    "agreement": lambda r: (r.stats.agreement is None, r.stats.agreement or 0.0),
+    "gold": lambda r: (r.gold is None or not r.gold.votes, r.gold.accuracy if r.gold and r.gold.votes else 0.0),
+    "bias": lambda r: -abs((r.stats.a_share if r.stats.a_share is not None else 0.5) - 0.5),
+    "excluded": lambda r: (r.exclusion is None, r.stats.username),
+    "name": lambda r: r.stats.username,
+}
+
+
+@dataclass(frozen=True)
+class _AnnotatorRow:
+    stats: stats.AnnotatorStats
+    gold: gold.GoldAccuracy | None
+    exclusion: Exclusion | None
+
+
 @login_required
 def annotators(request: HttpRequest, slug: str) -> HttpResponse:
     project = access.project_for_manager(request.user, slug)
     every_source = request.GET.get("sources") == "all"
-    rows, agreement = stats.annotator_report(project=project, sources=None if every_source else [Vote.Source.HUMAN])
+    sort = request.GET.get("sort") if request.GET.get("sort") in ANNOTATOR_SORTS else "votes"
+    figures_rows, agreement = stats.annotator_report(project=project,
+                                                     sources=None if every_source else [Vote.Source.HUMAN])
+    scores = gold.gold_accuracy(project=project)
+    excluded = {e.user_id: e for e in Exclusion.objects.filter(project=project, lifted_at__isnull=True)}
+    rows = sorted((_AnnotatorRow(r, scores.get(r.user_id), excluded.get(r.user_id)) for r in figures_rows),
+                  key=ANNOTATOR_SORTS[sort])
+    history = Exclusion.objects.filter(project=project).select_related("user", "created_by", "lifted_by") \
+        .order_by("-created_at")[:20]
     context = {"project": project, "rows": rows, "agreement": agreement, "every_source": every_source,
-               "chart": figures.agreement_by_annotator(rows, agreement)}
+               "sort": sort, "query": "sources=all&" if every_source else "", "history": history,
+               "judge": stats.judge_agreement(project=project),
+               "chart": figures.agreement_by_annotator(figures_rows, agreement)}
     return render(request, "training/annotators.html", context)
+
+
+@login_required
+@require_POST
+def annotator_standing(request: HttpRequest, slug: str) -> HttpResponse:
+    """Exclude a person's votes from the training data (with a reason), or reinstate them."""
+    project = access.project_for_manager(request.user, slug)
+    raw = request.POST.get("user", "")
+    user_id = int(raw) if raw.isdecimal() and len(raw) < 19 else raw
+    try:
+        if request.POST.get("action") == "reinstate":
+            gold.exclusion_lift(project=project, user_id=user_id, by=request.user,
+                                reason=request.POST.get("reason", ""))
+            messages.success(request, "Reinstated: their votes count in the next snapshot.")
+        elif request.POST.get("action") == "exclude":
+            gold.exclusion_add(project=project, user_id=user_id, by=request.user,
+                               reason=request.POST.get("reason", ""))
+            messages.success(request, "Excluded: their votes leave the next snapshot.")
+        else:
+            raise InvalidInput("action must be exclude or reinstate")
+    except InvalidInput as error:
+        return HttpResponse(f"Nothing changed: {error}", status=400, content_type="text/plain; charset=utf-8")
+    return redirect("console-annotators", slug=project.slug)
