@@ -1,6 +1,17 @@
-"""The JSON API: bearer-token auth, thin views over the same services as the web pages.
+"""The annotation side of the JSON API (django-ninja): thin routes over the same services as the pages.
 
-Described by ``annotate.openapi.SPEC`` at ``/api/openapi.json``.
+``config.api`` mounts this router and ``training.api``'s under ``/api/`` and generates the OpenAPI
+document from them (``/api/openapi.json``). Why django-ninja and not Django REST framework with
+drf-spectacular: the API is a dozen function views over services that already validate; ninja
+keeps them functions (one decorator each), generates OpenAPI 3.1 from type hints and pydantic v2
+(installed already), and adds less per request than DRF's class views, parsers, renderers and
+content negotiation, which matters on the vote path (docs/benchmarks.md). DRF's strengths
+(browsable API, model serializers, viewsets over models) fit an API that exposes models for
+editing, which this one does not.
+
+The hot pair (next comparison, vote) answers with a ``JsonResponse`` built by hand, as before:
+ninja passes a response through, so its pydantic validation is not paid per vote; the schemas
+still describe those answers, and a test validates real answers against the generated document.
 """
 from __future__ import annotations
 
@@ -13,74 +24,37 @@ from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from ninja import Query, Router, Status
 
 from annotate import access, imports, selectors
-from annotate.models import Project
-from annotate.queue import comparison_next
+from annotate import api_schemas as s
+from annotate.api_common import (
+    BEARER,
+    BEARER_COMPARISON,
+    BEARER_PROJECT,
+    PageIn,
+    body_doc,
+    json_body,
+    page,
+    query_doc,
+    too_big_message,
+    wants_next,
+)
+from annotate.api_problems import ApiError, problem, problems
+from annotate.exports import EXPORT_FORMATS, OUTPUTS
+from annotate.models import Comparison, Project, Snapshot, Vote
+from annotate.queue import comparison_next, comparison_skip
 from annotate.services import InvalidInput
 from annotate.tokens import Caller, caller_for_token
 from annotate.views_manage import export_response
-from annotate.votes import VoteError, vote_record
+from annotate.votes import ComparisonFull, IdempotencyConflict, NotVotable, VoteError, vote_record
 from config.throttle import api_call_allowed
 
 log = logging.getLogger(__name__)
+router = Router(tags=["annotation"])
 
-
-def _error(status: int, message: str) -> JsonResponse:
-    return JsonResponse({"error": message}, status=status)
-
-
-def api_view(view=None, *, scope: str = ""):
-    """Authenticate by ``Authorization: Bearer <token>`` and turn access errors into JSON.
-
-    With ``scope="project"`` (the URL's ``slug``) or ``scope="comparison"`` (its
-    ``comparison_id``), the token lookup also reads that project and the caller's role
-    in it, in the same statement, as ``request.caller`` (a ``tokens.Caller``).
-    """
-    if view is None:
-        return lambda view: api_view(view, scope=scope)
-
-    @csrf_exempt  # Bearer tokens are not sent by browsers on their own, so CSRF does not apply.
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        try:
-            return authenticated(request, *args, **kwargs)
-        except (OperationalError, InterfaceError):  # the database restarts, or is out of reach
-            log.warning("API %s %s: the database did not answer", request.method, request.path, exc_info=True)
-            response = _error(503, "the database is unreachable for the moment; nothing was stored; try again")
-            response["Retry-After"] = "1"
-            return response
-        except RequestDataTooBig:
-            return _error(413, f"the request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes "
-                               "(UPLOAD_MAX_MEMORY_BYTES); nothing was stored")
-
-    def authenticated(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        header = request.META.get("HTTP_AUTHORIZATION", "")
-        scheme, _, raw = header.partition(" ")
-        caller = None
-        if scheme.lower() == "bearer":
-            caller = caller_for_token(
-                raw.strip(),
-                slug=kwargs.get("slug") if scope == "project" else None,
-                comparison_id=kwargs.get("comparison_id") if scope == "comparison" else None,
-            )
-        if caller is None:
-            response = _error(401, "a valid bearer token is required (python manage.py create_api_token USER)")
-            response["WWW-Authenticate"] = "Bearer"
-            return response
-        refused = api_call_allowed(raw.strip())
-        if refused is not None:
-            return refused
-        request.user, request.caller = caller.user, caller
-        try:
-            return view(request, *args, **kwargs)
-        except Http404 as error:
-            return _error(404, str(error) or "not found")
-        except PermissionDenied as error:
-            return _error(403, str(error) or "forbidden")
-
-    return wrapper
+_VOTE_CODES = ((ComparisonFull, "comparison_full"), (IdempotencyConflict, "idempotency_conflict"),
+               (NotVotable, "not_votable"))
 
 
 def _annotator_project(caller: Caller) -> Project:
@@ -89,47 +63,6 @@ def _annotator_project(caller: Caller) -> Project:
     if not caller.may_annotate():
         raise Http404("No such project.")
     return caller.project
-
-
-def _json_body(request: HttpRequest, *, limit: int | None = None):
-    """The body as JSON. With ``limit`` (an import's IMPORT_MAX_BYTES) it is read from the stream up to
-    that many bytes, instead of Django's in-memory limit for every request body."""
-    if limit is None:
-        raw = request.body
-    else:
-        raw = request.read(limit + 1)
-        if len(raw) > limit:
-            raise _TooBig(f"the request body is over {limit:,} bytes (IMPORT_MAX_BYTES); nothing was imported: "
-                          "send the rows in several requests")
-    try:
-        return json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise _BadRequest("the request body is not valid JSON") from None
-    except RecursionError:
-        raise _BadRequest("the request body is nested too deeply") from None
-
-
-class _BadRequest(Exception):
-    pass
-
-
-class _TooBig(Exception):
-    pass
-
-
-@require_GET
-@api_view
-def projects(request: HttpRequest) -> JsonResponse:
-    rows = list(access.projects_of(request.user))
-    counts = selectors.project_counts([p.pk for p in rows])
-    return JsonResponse(
-        {
-            "projects": [
-                {"slug": p.slug, "name": p.name, "role": p.my_role, **counts[p.pk]}
-                for p in rows
-            ]
-        }
-    )
 
 
 def _comparison_json(comparison) -> dict:
@@ -142,9 +75,29 @@ def _comparison_json(comparison) -> dict:
     }
 
 
-@require_GET
-@api_view(scope="project")
-def comparison_next_view(request: HttpRequest, slug: str) -> HttpResponse:
+def _next_json(caller: Caller, project: Project) -> dict | None:
+    following = comparison_next(project=project, annotator=caller.user, holds_lease=caller.holds_lease)
+    return None if following is None else _comparison_json(following)
+
+
+_NEXT_QUERY = {"parameters": [{"name": "next", "in": "query", "required": False, "schema": {"type": "boolean"},
+                               "description": 'same as "next": true in the body'}]}
+
+
+@router.get("/projects", auth=BEARER, url_name="api-projects", response={200: s.ProjectPage},
+            summary="The caller's projects with counts")
+def projects(request: HttpRequest, params: Query[PageIn]):
+    rows = access.projects_of(request.user)
+    body = page(request, rows, params, "projects", lambda p: p)
+    counts = selectors.project_counts([p.pk for p in body["projects"]])
+    body["projects"] = [{"slug": p.slug, "name": p.name, "role": p.my_role, **counts[p.pk]} for p in body["projects"]]
+    return body
+
+
+@router.get("/projects/{slug:slug}/comparisons/next", auth=BEARER_PROJECT, url_name="api-next",
+            response={200: s.Comparison, 204: None, **problems(404)},
+            summary="Reserve the next comparison for the caller (members)")
+def comparison_next_view(request: HttpRequest, slug: str):
     caller = request.caller
     project = _annotator_project(caller)
     comparison = comparison_next(project=project, annotator=caller.user, holds_lease=caller.holds_lease)
@@ -153,25 +106,23 @@ def comparison_next_view(request: HttpRequest, slug: str) -> HttpResponse:
     return JsonResponse(_comparison_json(comparison))
 
 
-def _wants_next(request: HttpRequest, body: dict) -> bool:
-    flag = request.GET.get("next", "")
-    return body.get("next") is True or flag.lower() in {"1", "true", "yes"}
-
-
-@require_POST
-@api_view(scope="comparison")
-def vote(request: HttpRequest, comparison_id: int) -> JsonResponse:
-    """Record a vote; with ``"next": true`` in the body (or ``?next=1``) the answer also carries
-    the next comparison of the project (``"next": null`` when nothing is left), so an annotation
-    client needs one request per pair instead of two."""
+@router.post("/comparisons/{int:comparison_id}/vote", auth=BEARER_COMPARISON, url_name="api-vote",
+             response={201: s.Vote, 200: s.Vote, **problems(400, 404, 409, 413)},
+             summary="Vote on a comparison (idempotent with idempotency_key)",
+             openapi_extra={**body_doc(s.VoteIn), **_NEXT_QUERY})
+def vote(request: HttpRequest, comparison_id: int):
+    """With `"next": true` in the body (or `?next=1`) the answer also carries the caller's next
+    comparison of the project (`"next": null` when nothing is left), so an annotation client needs
+    one request per pair. A replay (200) answers with the same reserved next comparison; errors carry
+    no next."""
     caller = request.caller
     if not caller.comparison_exists:
         raise Http404(f"comparison {comparison_id} does not exist")
     project = _annotator_project(caller)
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError("invalid_request", 'the body must be a JSON object like {"choice": "a"}')
     try:
-        body = _json_body(request)
-        if not isinstance(body, dict):
-            raise _BadRequest('the body must be a JSON object like {"choice": "a"}')
         outcome = vote_record(
             annotator=caller.user,
             comparison_id=comparison_id,
@@ -181,62 +132,154 @@ def vote(request: HttpRequest, comparison_id: int) -> JsonResponse:
             time_spent_ms=body.get("time_spent_ms"),
             idempotency_key="" if body.get("idempotency_key") is None else body["idempotency_key"],
         )
-    except _BadRequest as error:
-        return _error(400, str(error))
     except VoteError as error:
-        return _error(error.status, str(error))
-    vote = outcome.vote
-    payload = {
-        "id": vote.pk,
-        "comparison": vote.comparison_id,
-        "choice": vote.choice,
-        "winner": vote.winner_id,
-        "strength": vote.strength,
-        "created": outcome.created,
-    }
-    if _wants_next(request, body):
+        code = next((c for kind, c in _VOTE_CODES if isinstance(error, kind)), None)
+        raise ApiError(code or ("invalid_vote" if error.status == 400 else "conflict" if error.status == 409
+                                else "not_found"), str(error), status=error.status) from None
+    cast = outcome.vote
+    payload = {"id": cast.pk, "comparison": cast.comparison_id, "choice": cast.choice, "winner": cast.winner_id,
+               "strength": cast.strength, "created": outcome.created}
+    if wants_next(request, body):
         # After the vote's own transaction (and its retrain check) has committed. The lease the
         # vote released does not count; one held on another pair is handed out again.
-        following = comparison_next(project=project, annotator=caller.user, holds_lease=caller.holds_lease)
-        payload["next"] = None if following is None else _comparison_json(following)
+        payload["next"] = _next_json(caller, project)
     return JsonResponse(payload, status=201 if outcome.created else 200)
 
 
-def _rows_import(request: HttpRequest, slug: str, importer) -> JsonResponse:
+@router.post("/comparisons/{int:comparison_id}/skip", auth=BEARER_COMPARISON, url_name="api-skip",
+             response={200: s.Skipped, **problems(400, 404)}, exclude_unset=True,
+             summary="Skip a comparison: release the caller's lease; it is not offered to them again (members)",
+             openapi_extra={**body_doc(s.SkipIn, "optional"), **_NEXT_QUERY})
+def skip(request: HttpRequest, comparison_id: int):
+    caller = request.caller
+    if not caller.comparison_exists:
+        raise Http404(f"comparison {comparison_id} does not exist")
+    project = _annotator_project(caller)
+    body = json_body(request) if request.content_type == "application/json" else None  # optional
+    if body is not None and not isinstance(body, dict):
+        raise ApiError("invalid_request", 'the body must be empty or a JSON object like {"next": true}')
+    comparison = Comparison.objects.only("id").get(pk=comparison_id)
+    comparison_skip(comparison=comparison, annotator=caller.user)
+    payload = {"comparison": comparison_id, "skipped": True}
+    if wants_next(request, body):
+        payload["next"] = _next_json(caller, project)
+    return payload
+
+
+def _rows_import(request: HttpRequest, slug: str, importer) -> Status:
     project = access.project_for_manager(request.user, slug)
-    try:
-        body = _json_body(request, limit=settings.IMPORT_MAX_BYTES)
-    except _BadRequest as error:
-        return _error(400, str(error))
-    except _TooBig as error:
-        return _error(413, str(error))
+    body = json_body(request, limit=settings.IMPORT_MAX_BYTES)
     rows = body.get("items") if isinstance(body, dict) else body
     if not isinstance(rows, list):
-        return _error(400, 'send a JSON list of rows, or {"items": [...]}')
+        raise ApiError("invalid_request", 'send a JSON list of rows, or {"items": [...]}')
     try:
         result = importer(project=project, rows=rows)
     except imports.InvalidInput as error:
-        return _error(400, f"nothing was imported: {error}")
-    return JsonResponse(result.as_dict(), status=201)
+        raise ApiError("invalid_request", f"nothing was imported: {error}") from None
+    return Status(201, result.as_dict())
 
 
-@require_POST
-@api_view
-def prompts_import(request: HttpRequest, slug: str) -> JsonResponse:
+_IMPORT_ERRORS = problems(400, 403, 404, 413)
+
+
+@router.post("/projects/{slug:slug}/prompts", auth=BEARER, url_name="api-prompts",
+             response={201: s.ImportResult, **_IMPORT_ERRORS},
+             summary="Add prompts (managers): a list of {prompt} or {messages}, or {\"items\": [...]}",
+             openapi_extra=body_doc(s.PromptRow, rows=True))
+def prompts_import(request: HttpRequest, slug: str):
     return _rows_import(request, slug, imports.import_prompt_rows)
 
 
-@require_POST
-@api_view
-def completions_import(request: HttpRequest, slug: str) -> JsonResponse:
+@router.post("/projects/{slug:slug}/completions", auth=BEARER, url_name="api-completions",
+             response={201: s.ImportResult, **_IMPORT_ERRORS},
+             summary="Add completions (managers): a list of {prompt, checkpoint, text}, or {\"items\": [...]}",
+             openapi_extra=body_doc(s.CompletionRow, rows=True))
+def completions_import(request: HttpRequest, slug: str):
     return _rows_import(request, slug, imports.import_completion_rows)
 
 
-@require_GET
-@api_view
-def export(request: HttpRequest, slug: str) -> HttpResponse:
+# Parsed by views_manage.export_params, shared with the export page (its messages name each parameter).
+_EXPORT_QUERY = [
+    query_doc("format", {"enum": list(EXPORT_FORMATS), "default": "trl"}),
+    query_doc("output", {"enum": list(OUTPUTS), "default": "jsonl"}),
+    {**query_doc("sources", {"type": "array", "items": {"enum": list(Vote.Source.values)}}), "explode": True},
+    {**query_doc("reasons", {"type": "array", "items": {"enum": list(Comparison.Reason.values)}}), "explode": True},
+    query_doc("after", {"type": "string", "format": "date-time"}),
+    query_doc("before", {"type": "string", "format": "date-time"}),
+    query_doc("closed_only", {"type": "boolean"}),
+    query_doc("metadata", {"type": "boolean"}),
+    query_doc("real_names", {"type": "boolean"}, "annotators' names instead of pseudonyms"),
+]
+_EXPORT_OK = {"description": "the export: JSONL streamed, or a Parquet file",
+              "content": {"application/jsonl": {}, "application/vnd.apache.parquet": {}}}
+
+
+@router.get("/projects/{slug:slug}/export", auth=BEARER, url_name="api-export",
+            response={200: None, **problems(400, 403, 404)},
+            summary="Stream the preferences as JSONL or Parquet (managers)",
+            openapi_extra={"parameters": _EXPORT_QUERY, "responses": {"200": _EXPORT_OK}})
+def export(request: HttpRequest, slug: str):
     project = access.project_for_manager(request.user, slug)
     try:  # the same parameters as the manager's export page (views_manage.export_params)
         return export_response(project, request.GET)
     except InvalidInput as error:
-        return _error(400, f"nothing was exported: {error}")
+        raise ApiError("invalid_parameters", f"nothing was exported: {error}") from None
+
+
+@router.get("/projects/{slug:slug}/snapshots", auth=BEARER, url_name="api-snapshots",
+            response={200: s.SnapshotPage, **problems(400, 403, 404)},
+            summary="The project's frozen dataset snapshots, newest first (managers)")
+def snapshots(request: HttpRequest, slug: str, params: Query[PageIn]):
+    project = access.project_for_manager(request.user, slug)
+    rows = Snapshot.objects.filter(project=project).order_by("-created_at", "-id")
+    return page(request, rows, params, "snapshots", lambda snap: snap)
+
+
+def api_view(view=None, *, scope: str = ""):
+    """The same bearer-token rules for a plain Django view (the event stream, which streams its own
+    response): ``request.caller`` as with the routes, every refusal a problem (api_problems)."""
+    if view is None:
+        return lambda view: api_view(view, scope=scope)
+
+    @csrf_exempt  # Bearer tokens are not sent by browsers on their own, so CSRF does not apply.
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        try:
+            header = request.META.get("HTTP_AUTHORIZATION", "")
+            scheme, _, raw = header.partition(" ")
+            caller = None
+            if scheme.lower() == "bearer":
+                caller = caller_for_token(
+                    raw.strip(),
+                    slug=kwargs.get("slug") if scope == "project" else None,
+                    comparison_id=kwargs.get("comparison_id") if scope == "comparison" else None,
+                )
+            if caller is None:
+                return unauthenticated(request)
+            refused = api_call_allowed(raw.strip())
+            if refused is not None:
+                return problem(request, "throttled", json.loads(refused.content)["error"],
+                               headers={"Retry-After": refused["Retry-After"]})
+            request.user, request.caller = caller.user, caller
+            return view(request, *args, **kwargs)
+        except Http404 as error:
+            return problem(request, "not_found", str(error) or "not found")
+        except PermissionDenied as error:
+            return problem(request, "forbidden", str(error) or "forbidden")
+        except (OperationalError, InterfaceError):  # the database restarts, or is out of reach
+            return database_unavailable(request)
+        except RequestDataTooBig:
+            return problem(request, "payload_too_large", too_big_message())
+
+    return wrapper
+
+
+def unauthenticated(request: HttpRequest) -> JsonResponse:
+    return problem(request, "not_authenticated", "a valid bearer token is required "
+                   "(python manage.py create_api_token USER)", headers={"WWW-Authenticate": "Bearer"})
+
+
+def database_unavailable(request: HttpRequest) -> JsonResponse:
+    log.warning("API %s %s: the database did not answer", request.method, request.path, exc_info=True)
+    return problem(request, "database_unavailable", "the database is unreachable for the moment; nothing was "
+                   "stored; try again", headers={"Retry-After": "1"})

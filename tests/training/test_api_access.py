@@ -1,4 +1,5 @@
-"""Every training API route, for every kind of caller: annotators reach none of them."""
+"""Every training API route (and the snapshots), for every kind of caller: annotators reach none of them,
+as they reach none of the console's pages."""
 from __future__ import annotations
 
 import json
@@ -22,6 +23,10 @@ def routes(run):
         ("post", "/api/projects/demo/runs", {"kind": "reward_model"}, 202),
         ("get", f"/api/runs/{run.pk}", None, 200),
         ("post", f"/api/runs/{run.pk}/cancel", None, 200),
+        ("get", "/api/projects/demo/runs", None, 200),
+        ("get", "/api/projects/demo/checkpoints", None, 200),
+        ("get", "/api/projects/demo/snapshots", None, 200),
+        ("get", "/api/projects/demo/leaderboard", None, 200),
     ]
 
 
