@@ -40,6 +40,25 @@ def aggregate(votes: list[tuple[str, int | None]]) -> Verdict:
     return Verdict(choice, top, best / len(votes), strength, len(votes))
 
 
+def model_verdict(votes: list[tuple[str, int | None]], p_a: float | None) -> tuple[Verdict, float | None]:
+    """The reliability model's verdict (``annotate.reliability``) and its confidence, from P(a is better).
+
+    The model decides the side whenever the majority is, or includes, a side ("a", "b", or a split
+    with one of them). Where the majority is tie or both bad only, the people said there is no side
+    to learn: that verdict stands, as it does for a comparison the fit has not seen (``p_a`` None)
+    and for an exact 0.5; the confidence is then None. Strength is the lower median of the
+    strengths given for the side chosen; agreement the share of votes for it.
+    """
+    verdict = aggregate(votes)
+    if p_a is None or p_a == 0.5 or verdict.top <= {"tie", "both_bad"}:
+        return verdict, None
+    choice = "a" if p_a > 0.5 else "b"
+    strengths = [s for c, s in votes if c == choice and s is not None]
+    agreement = sum(c == choice for c, _ in votes) / len(votes)
+    strength = statistics.median_low(strengths) if strengths else None
+    return Verdict(choice, frozenset({choice}), agreement, strength, len(votes)), max(p_a, 1 - p_a)
+
+
 
 def prompt_text(messages: list[dict]) -> str:
     """A prompt as one string: a lone user message verbatim, else the turns Anthropic-HH style,

@@ -21,8 +21,9 @@ def meta_columns(fmt: str) -> tuple[str, ...]:
     return COMPARISON_META + (UNPAIRED_META if fmt.startswith("kto") else PAIR_META)
 
 
-def parquet_schema(fmt: str, *, margin: bool = False, metadata: bool = False):
-    """The Arrow schema of a format, with TRL's ``margin`` and the metadata columns when asked."""
+def parquet_schema(fmt: str, *, margin: bool = False, metadata: bool = False, confidence: bool = False):
+    """The Arrow schema of a format, with TRL's ``margin``, the reliability model's ``confidence`` and the
+    metadata columns when asked."""
     import pyarrow as pa  # lazily: only Parquet exports need it
 
     text, number, real, flag = pa.string(), pa.int64(), pa.float64(), pa.bool_()
@@ -48,6 +49,8 @@ def parquet_schema(fmt: str, *, margin: bool = False, metadata: bool = False):
     }[fmt]
     if margin:
         base.append(("margin", real))
+    if confidence:
+        base.append(("confidence", real))
     if metadata:
         types = {
             "comparison_id": number, "prompt_id": number, "reason": text, "sources": pa.list_(text),

@@ -19,6 +19,11 @@ majority's strengths.
 Annotators leave as keyed pseudonyms (``annotate.pseudonyms``) unless ``real_names``;
 ``metadata`` adds the columns ``annotate.export_schema.meta_columns`` names. The rows themselves are
 built in ``annotate.export_rows``.
+
+``aggregation="model"`` takes each comparison's side from the latest reliability fit's posterior
+instead of the majority (``export_rows.model_verdict``; ``annotate.reliability``), and
+``confidence`` adds the posterior's confidence to every row of a format other than ``raw``
+(null where the model did not decide). ``majority`` stays the default.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ from annotate.export_rows import (
     comparison_meta,
     completion_meta,
     labels_of,
+    model_verdict,
     pairwise_of,
     raw_meta,
     raw_row,
@@ -52,8 +58,9 @@ from annotate.export_rows import pairwise_row as pairwise_row
 from annotate.export_rows import prompt_text as prompt_text
 from annotate.export_rows import response_text as response_text
 from annotate.export_schema import parquet_schema
-from annotate.models import Comparison, Exclusion, Project, Vote
+from annotate.models import Comparison, Exclusion, Project, ReliabilityFit, Vote
 from annotate.pseudonyms import annotator_names
+from annotate.reliability import AGGREGATIONS, fit_posteriors, latest_fit
 from annotate.services import InvalidInput
 
 # FORMATS are also what a frozen snapshot (a ``pairs`` file) downloads as (training.console.datasets);
@@ -176,13 +183,16 @@ class ExportPlan:
     margin: bool  # TRL's margin column, on every row
     metadata: bool
     real_names: bool
+    posteriors: dict[int, float] | None = None  # model aggregation: comparison id -> P(a is better)
+    confidence: bool = False
+    fit: ReliabilityFit | None = None
 
     def rows(self, progress: Progress | None = None) -> Iterator[dict]:
         """Rows with native values (times are aware UTC datetimes), in comparison order."""
         return _rows(self, progress)
 
     def schema(self):
-        return parquet_schema(self.fmt, margin=self.margin, metadata=self.metadata)
+        return parquet_schema(self.fmt, margin=self.margin, metadata=self.metadata, confidence=self.confidence)
 
     def jsonl(self) -> Iterator[bytes]:
         """The rows as JSONL bytes, in pieces of about ``FLUSH_BYTES``; memory stays flat."""
@@ -190,23 +200,41 @@ class ExportPlan:
 
 
 def export_plan(
-    *, project: Project, fmt: str, filters: dict | None = None, metadata: bool = False, real_names: bool = False
+    *, project: Project, fmt: str, filters: dict | None = None, metadata: bool = False, real_names: bool = False,
+    aggregation: str = "majority", confidence: bool = False, fit: ReliabilityFit | None = None,
 ) -> ExportPlan:
-    """Check the format and filters (raises InvalidInput) and say what the export will read."""
+    """Check the format, filters and aggregation (raises InvalidInput) and say what the export will read.
+    ``fit``: the reliability fit model aggregation reads (default: the project's latest)."""
     if fmt not in EXPORT_FORMATS:
         raise InvalidInput(f"format must be one of {list(EXPORT_FORMATS)}, not {fmt!r}")
+    if aggregation not in AGGREGATIONS:
+        raise InvalidInput(f"aggregation must be one of {list(AGGREGATIONS)}, not {aggregation!r}")
+    if not isinstance(confidence, bool):
+        raise InvalidInput("confidence must be true or false")
+    if confidence and aggregation != "model":
+        raise InvalidInput("confidence is the reliability model's: ask for it with aggregation=model")
+    if fmt == "raw" and aggregation != "majority":
+        raise InvalidInput("raw keeps every vote: aggregation=model applies to the other formats")
     votes = _votes(project, filters_clean(filters), training=fmt != "raw")
     # TRL's collator fails on a margin column with nulls, so it is on every row or on none.
     margin = fmt in ("trl", "trl-conversational") and votes.filter(strength__isnull=False).exists()
-    return ExportPlan(fmt, votes, margin, metadata, real_names)
+    posteriors = None
+    if aggregation == "model":
+        fit = fit or latest_fit(project)
+        if fit is None:
+            raise InvalidInput(f"project {project.slug} has no reliability fit yet: run `manage.py fit_reliability "
+                               f"--project {project.slug}` (one also runs by itself after enough votes)")
+        posteriors = fit_posteriors(fit)
+    return ExportPlan(fmt, votes, margin, metadata, real_names, posteriors, confidence, fit)
 
 
 def export_rows(
     *, project: Project, fmt: str, filters: dict | None = None, progress: Progress | None = None,
-    metadata: bool = False, real_names: bool = False,
+    metadata: bool = False, real_names: bool = False, aggregation: str = "majority", confidence: bool = False,
 ) -> Iterator[dict]:
     """The rows of an export as JSON-ready dicts (times as ISO strings), in comparison order."""
-    plan = export_plan(project=project, fmt=fmt, filters=filters, metadata=metadata, real_names=real_names)
+    plan = export_plan(project=project, fmt=fmt, filters=filters, metadata=metadata, real_names=real_names,
+                       aggregation=aggregation, confidence=confidence)
     return map(_jsonable, plan.rows(progress))
 
 
@@ -218,7 +246,12 @@ def _rows(plan: ExportPlan, progress: Progress | None) -> Iterator[dict]:
         sides = {first["comparison__completion_a_id"]: "a", first["comparison__completion_b_id"]: "b"}
         # A vote counts for the completion it picked, whatever side it was shown on.
         choices = [sides.get(vote["winner_id"], vote["choice"]) for vote in group]
-        verdict = aggregate([(choice, vote["strength"]) for choice, vote in zip(choices, group, strict=True)])
+        said = [(choice, vote["strength"]) for choice, vote in zip(choices, group, strict=True)]
+        if plan.posteriors is None:
+            verdict, sure = aggregate(said), None
+        else:
+            verdict, sure = model_verdict(said, plan.posteriors.get(first["comparison_id"]))
+        extra = {"confidence": sure} if plan.confidence else {}
         if plan.fmt == "raw":
             for vote, choice in zip(group, choices, strict=True):
                 yield raw_row(vote, choice, verdict, names) | (raw_meta(vote) if plan.metadata else {})
@@ -227,7 +260,7 @@ def _rows(plan: ExportPlan, progress: Progress | None) -> Iterator[dict]:
         if plan.fmt in UNPAIRED:
             for side, label in labels_of(verdict):
                 row = unpaired_row(plan.fmt, first["comparison__prompt__messages"], side_text(first, side), label)
-                yield row | (meta | completion_meta(first, side, "") if plan.metadata else {})
+                yield row | extra | (meta | completion_meta(first, side, "") if plan.metadata else {})
             continue
         if plan.fmt == "pairs":
             row = snapshot_pair(first, verdict)
@@ -236,6 +269,7 @@ def _rows(plan: ExportPlan, progress: Progress | None) -> Iterator[dict]:
         else:
             continue
         if row is not None:
+            row |= extra
             if plan.metadata:
                 chosen, rejected = ("b", "a") if verdict.choice == "b" else ("a", "b")
                 row |= meta | completion_meta(first, chosen, "_chosen") | completion_meta(first, rejected, "_rejected")
@@ -287,11 +321,13 @@ def _line(row: dict) -> bytes:
 
 
 def export_stream(
-    *, project: Project, fmt: str, filters: dict | None = None, metadata: bool = False, real_names: bool = False
+    *, project: Project, fmt: str, filters: dict | None = None, metadata: bool = False, real_names: bool = False,
+    aggregation: str = "majority", confidence: bool = False,
 ) -> Iterator[bytes]:
     """The export as JSONL bytes, yielded in pieces of about 64 KiB; memory stays flat.
-    The format and filters are checked at the call (InvalidInput), before any byte."""
-    return export_plan(project=project, fmt=fmt, filters=filters, metadata=metadata, real_names=real_names).jsonl()
+    The format, filters and aggregation are checked at the call (InvalidInput), before any byte."""
+    return export_plan(project=project, fmt=fmt, filters=filters, metadata=metadata, real_names=real_names,
+                       aggregation=aggregation, confidence=confidence).jsonl()
 
 
 def jsonl_chunks(rows: Iterable[dict]) -> Iterator[bytes]:
@@ -312,6 +348,7 @@ def jsonl_chunks(rows: Iterable[dict]) -> Iterator[bytes]:
 def write_export(
     *, project: Project, fmt: str, path: str | os.PathLike, progress: Progress | None = None,
     filters: dict | None = None, metadata: bool = False, real_names: bool = False,
+    aggregation: str = "majority", confidence: bool = False, fit: ReliabilityFit | None = None,
 ) -> int:
     """Write an export to ``path`` and return the rows written.
 
@@ -319,7 +356,8 @@ def write_export(
     The file appears complete or not at all: it is written beside ``path`` under a temporary
     name, fsynced and renamed. ``progress`` is called with votes read since its last call.
     """
-    plan = export_plan(project=project, fmt=fmt, filters=filters, metadata=metadata, real_names=real_names)
+    plan = export_plan(project=project, fmt=fmt, filters=filters, metadata=metadata, real_names=real_names,
+                       aggregation=aggregation, confidence=confidence, fit=fit)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

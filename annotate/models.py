@@ -63,6 +63,15 @@ class Project(models.Model):
         default=default_training_sources, blank=True,
         help_text="Vote sources that reach training snapshots (human, imported, simulated, ai).",
     )
+    # How a comparison's votes become one label in snapshots (annotate.reliability): the majority, or the
+    # reliability model's posterior (Dawid–Skene over the votes, gold as known answers).
+    aggregation = models.CharField(
+        max_length=16, choices=[("majority", "majority"), ("model", "reliability model")], default="majority",
+        help_text="How snapshots aggregate votes: the majority, or the reliability model's posterior.",
+    )
+    reliability_every = models.PositiveIntegerField(
+        default=200, help_text="New votes since the last reliability fit that trigger a new fit (0: only on demand)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
 
@@ -374,10 +383,45 @@ class Flag(models.Model):
         return f"{self.annotator} flagged {self.comparison_id}: {self.reason}"
 
 
+class ReliabilityFit(models.Model):
+    """One fit of the annotator reliability model over a project's votes (``annotate.reliability``).
+
+    ``people`` holds, per annotator id (as a string), competence, position bias, tie rate, votes and
+    gold votes; each comparison's posterior is a ``ComparisonPosterior`` row."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="reliability_fits")
+    method = models.CharField(max_length=32, default="dawid-skene")
+    fitted_at = models.DateTimeField(default=timezone.now)
+    votes = models.PositiveIntegerField(default=0)
+    comparisons = models.PositiveIntegerField(default=0)
+    gold_comparisons = models.PositiveIntegerField(default=0)
+    last_vote_id = models.BigIntegerField(default=0, help_text="The newest vote the fit read.")
+    people = models.JSONField(default=dict)
+    stats = models.JSONField(default=dict, help_text="Iterations, convergence, log-likelihood, class prior.")
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "-fitted_at"], name="reliability_latest")]
+
+
+class ComparisonPosterior(models.Model):
+    """A comparison's answer under one reliability fit: P(a is better) and the confidence of the answer."""
+
+    fit = models.ForeignKey(ReliabilityFit, on_delete=models.CASCADE, related_name="posteriors", db_index=False)
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="+")
+    p_a = models.FloatField()
+    confidence = models.FloatField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["fit", "comparison"], name="one_posterior_per_fit")]
+
+
 class Snapshot(models.Model):
     """An immutable, frozen export of a project's preferences: a file plus this row."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="snapshots")
+    aggregation = models.CharField(max_length=16, default="majority")
+    reliability_fit = models.ForeignKey(ReliabilityFit, null=True, blank=True, on_delete=models.SET_NULL,
+                                        related_name="+", help_text="The fit whose posteriors labelled the pairs.")
     uri = models.CharField(max_length=500)
     format = models.CharField(max_length=32, default="pairs")
     count = models.PositiveIntegerField()

@@ -17,12 +17,13 @@ from annotate import artifacts
 from annotate.events import event_emit
 from annotate.exports import filters_clean, write_export
 from annotate.models import Comparison, Exclusion, Project, Snapshot, Vote
+from annotate.reliability import AGGREGATIONS, fit_for_snapshot
 from annotate.services import InvalidInput
 
 FORMAT = "pairs"
 
 
-def snapshot_freeze(*, project: Project, filters: dict | None = None) -> Snapshot:
+def snapshot_freeze(*, project: Project, filters: dict | None = None, aggregation: str | None = None) -> Snapshot:
     """Freeze the project's current ``pairs`` export (optionally filtered, see
     ``exports.filters_clean``) to ``<ARTIFACTS_URL>/snapshots/<slug>/<timestamp>-<rows>.jsonl``.
     Without a ``sources`` filter it keeps the project's ``training_sources`` (people and simulated
@@ -32,7 +33,15 @@ def snapshot_freeze(*, project: Project, filters: dict | None = None) -> Snapsho
     The file's sha256 and row count are stored on the returned row; ``votes`` counts the
     votes read to build it. Reads take no lock: votes recorded meanwhile may or may not be
     included, and ``votes`` says exactly how many were.
+
+    ``aggregation`` (default: the project's) is ``majority`` or ``model``; with ``model`` each pair's
+    side comes from the reliability fit (a new fit first when the latest has not read the newest vote,
+    ``annotate.reliability.fit_for_snapshot``), every row carries its ``confidence``, and the row
+    records the fit.
     """
+    aggregation = aggregation or project.aggregation
+    if aggregation not in AGGREGATIONS:
+        raise InvalidInput(f"aggregation must be one of {list(AGGREGATIONS)}, not {aggregation!r}")
     filters = dict(filters or {})
     # Training data: the project's chosen vote sources unless the caller names some (AI-judge votes opt in).
     filters.setdefault("sources", list(project.training_sources))
@@ -45,7 +54,9 @@ def snapshot_freeze(*, project: Project, filters: dict | None = None) -> Snapsho
         votes += n
 
     partial = artifacts.staging_path(artifacts.artifact_url("snapshots", project.slug, f"{stamp}.jsonl"))
-    count = write_export(project=project, fmt=FORMAT, path=partial, progress=count_votes, filters=filters)
+    fit = fit_for_snapshot(project) if aggregation == "model" else None
+    count = write_export(project=project, fmt=FORMAT, path=partial, progress=count_votes, filters=filters,
+                         aggregation=aggregation, confidence=fit is not None, fit=fit)
     url = artifacts.artifact_url("snapshots", project.slug, f"{stamp}-{count}.jsonl")
     published = False
     try:
@@ -54,10 +65,11 @@ def snapshot_freeze(*, project: Project, filters: dict | None = None) -> Snapsho
         published = True
         snapshot = Snapshot.objects.create(
             project=project, uri=url, format=FORMAT, count=count, votes=votes, sha256=sha256, filters=filters,
+            aggregation=aggregation, reliability_fit=fit,
         )
         event_emit(project_id=project.pk, type="snapshot.frozen", data={
             "snapshot": snapshot.pk, "rows": count, "votes": votes, "sha256": sha256, "format": FORMAT,
-            "filters": filters})
+            "filters": filters, "aggregation": aggregation})
         return snapshot
     except BaseException:
         # No row, no file: a snapshot exists only when both do.

@@ -72,6 +72,10 @@ class RewardConfig(ConfigBase):
         learn from them with one extra learned tie parameter.
     ensemble_size: number of scalar heads on the shared backbone (>= 1); with
         more than one, each head trains on its own bootstrap resample.
+    weight_by_confidence: weight each pair's loss by 2 * confidence - 1, where
+        confidence is the annotator reliability model's posterior of its chosen
+        side (snapshots aggregated with ``model`` carry it): a sure pair counts
+        fully, a coin flip not at all, a pair without one counts fully.
     eval_fraction: share of PROMPTS (not pairs) held out for evaluation.
     pooling: "auto" = first ([CLS]) token for encoders, last real token for
         causal LMs; "mean" averages real tokens.
@@ -133,6 +137,7 @@ class RewardConfig(ConfigBase):
     margin_scale: float = 1.0
     loss: LossName = "bt"
     ensemble_size: int = 1
+    weight_by_confidence: bool = False
     eval_fraction: float = 0.1
     pooling: Pooling = "auto"
     prefix_sharing: Literal["auto", "on", "off"] = "auto"

@@ -3,7 +3,9 @@
 Two input shapes are accepted, one JSON object per line:
 
 * our snapshot: ``{"prompt_id", "prompt", "chosen", "rejected", "tie",
-  "strength", "annotators", "agreement"}`` (strength 1/2/3 or null);
+  "strength", "annotators", "agreement"[, "confidence"]}`` (strength 1/2/3 or
+  null; confidence: the reliability model's posterior of the chosen side, 0.5
+  to 1, in snapshots aggregated by that model);
 * TRL's: ``{"prompt", "chosen", "rejected"[, "margin"]}`` where each value is
   a string or a list of chat messages (a conversational response is a list
   holding one assistant message). Without "prompt" (implicit prompt), a
@@ -61,6 +63,14 @@ class PreferencePair:
     agreement: float | None = None
     annotators: int | None = None
     prompt_id: str | int | None = None
+    confidence: float | None = None  # P(chosen is the better one), from the annotator reliability model
+
+    def confidence_weight(self) -> float:
+        """The pair's weight when training weights by confidence: 2 * confidence - 1, so a sure pair
+        counts fully and a coin flip not at all; 1 when the pair has no confidence."""
+        if self.confidence is None:
+            return 1.0
+        return min(1.0, max(0.0, 2.0 * float(self.confidence) - 1.0))
 
     def group_key(self) -> str:
         """Identity of the prompt, used to keep one prompt's pairs on one side of a split."""
@@ -126,6 +136,7 @@ def parse_pair(record: Mapping[str, Any]) -> PreferencePair:
         agreement=number("agreement", float),
         annotators=number("annotators", int),
         prompt_id=record.get("prompt_id"),
+        confidence=number("confidence", float),
     )
 
 
@@ -178,6 +189,7 @@ class EncodedPair:
     margin: float = 0.0
     strength: int | None = None
     agreement: float | None = None
+    weight: float = 1.0  # the pair's confidence weight (PreferencePair.confidence_weight)
     prompt_truncated: bool = False
     response_truncated: bool = False
 
@@ -336,6 +348,7 @@ def _truncate(
         margin=pair.margin_value(margin_scale),
         strength=pair.strength,
         agreement=pair.agreement,
+        weight=pair.confidence_weight(),
         prompt_truncated=prompt_cut,
         response_truncated=response_cut,
     )

@@ -210,7 +210,8 @@ class _Run:
     `train_all`: every encoded training pair; `train_set`: those the loss learns from (ties dropped
     unless the loss models them); `batches`: index lists into `train_set`, all epochs in order;
     `shares`: this rank's part of each batch (the whole batch alone, see `training.lib.distributed`);
-    `boot`: bootstrap weights [len(train_set), ensemble_size], or None for one head; `forward`: the
+    `boot`: per-pair loss weights [len(train_set), ensemble_size] (bootstrap resample counts for an
+    ensemble, times the confidence weights with `weight_by_confidence`), or None for neither; `forward`: the
     model or its compiled self. (The CUDA-graphed steps hold `whole_step`, so they live beside the
     run, not in it: no reference cycle keeps the model's memory after the run.)
     """
@@ -307,6 +308,11 @@ def _setup(config: RewardConfig, pairs: Iterable[PreferencePair | Mapping[str, A
     if config.ensemble_size > 1:
         generator = torch.Generator().manual_seed(config.seed)
         boot = torch.poisson(torch.ones(len(train_set), config.ensemble_size), generator=generator)
+    if config.weight_by_confidence:
+        confidence = torch.tensor([[p.weight] for p in train_set], dtype=torch.float32)
+        if not confidence.any():
+            raise ValueError("weight_by_confidence: every training pair has weight 0 (confidence 0.5 or none above)")
+        boot = confidence.expand(-1, config.ensemble_size).clone() if boot is None else boot * confidence
     total_steps = math.ceil(len(batches) / config.grad_accum)
     if not team.solo and config.cuda_graphs == "on":
         raise ValueError("cuda_graphs='on' needs one process: a step of several ranks sums gradients between them")
