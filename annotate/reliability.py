@@ -121,14 +121,15 @@ def reliability_due(project_id: int) -> int | None:
     return new if new >= every else None
 
 
-def reliability_fit_enqueue(project_id: int) -> None:
+def reliability_fit_enqueue(project_id: int, *, force: bool = False) -> None:
+    """Queue a fit; with ``force`` it fits whether due or not (the console's button)."""
     from celery import signature
 
     from config.celery import app
 
     if app.conf.task_always_eager and FIT_TASK not in app.tasks:
         app.autodiscover_tasks(["annotate"], force=True)  # eager: the task runs here, so it must be known
-    signature(FIT_TASK, args=[project_id], app=app).apply_async(queue="default")
+    signature(FIT_TASK, args=[project_id], kwargs={"force": force}, app=app).apply_async(queue="default")
 
 
 def on_votes_recorded(sender, *, project_id: int, count: int = 1, **_) -> None:
@@ -139,8 +140,12 @@ def on_votes_recorded(sender, *, project_id: int, count: int = 1, **_) -> None:
         reliability_fit_enqueue(project_id)
 
 
-def fit_if_due(project_id: int) -> ReliabilityFit | None:
-    """The task's body: fit when still due (a queued task may find that another already fitted)."""
+def fit_if_due(project_id: int, *, force: bool = False) -> ReliabilityFit | None:
+    """The task's body: fit when still due (a queued task may find that another already fitted), or
+    with ``force`` whenever there are votes to fit."""
+    if force:
+        project = Project.objects.get(pk=project_id)
+        return reliability_fit(project=project) if fit_votes(project).exists() else None
     if reliability_due(project_id) is None:
         return None
     return reliability_fit(project=Project.objects.get(pk=project_id))

@@ -17,6 +17,7 @@ def webhook_deliver(delivery_id: int) -> None:
 
 
 @shared_task(name=FIT_TASK, queue="default", acks_late=True, ignore_result=True)
-def reliability_fit_task(project_id: int) -> None:
-    """Fit the annotator reliability model of a project that has enough new votes (annotate.reliability)."""
-    fit_if_due(project_id)
+def reliability_fit_task(project_id: int, force: bool = False) -> None:
+    """Fit the annotator reliability model of a project that has enough new votes, or now with ``force``
+    (the console's button) (annotate.reliability)."""
+    fit_if_due(project_id, force=force)

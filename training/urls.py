@@ -24,4 +24,5 @@ urlpatterns = [
     ),
     path("p/<slug:slug>/console/annotators/", views.annotators, name="console-annotators"),
     path("p/<slug:slug>/console/annotators/standing/", views.annotator_standing, name="console-annotator-standing"),
+    path("p/<slug:slug>/console/annotators/fit/", views.annotators_fit, name="console-annotators-fit"),
 ]

@@ -20,7 +20,7 @@ from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from annotate import access, gold, stats
+from annotate import access, gold, reliability, stats
 from annotate.exports import FORMATS
 from annotate.models import Checkpoint, Exclusion, Snapshot, Vote
 from annotate.services import InvalidInput
@@ -222,6 +222,7 @@ ANNOTATOR_SORTS = {
     "gold": lambda r: (r.gold is None or not r.gold.votes, r.gold.accuracy if r.gold and r.gold.votes else 0.0),
     "bias": lambda r: -abs((r.stats.a_share if r.stats.a_share is not None else 0.5) - 0.5),
     "excluded": lambda r: (r.exclusion is None, r.stats.username),
+    "competence": lambda r: (r.reliability is None, r.reliability["competence"] if r.reliability else 0.0),
     "name": lambda r: r.stats.username,
 }
 
@@ -231,6 +232,7 @@ class _AnnotatorRow:
     stats: stats.AnnotatorStats
     gold: gold.GoldAccuracy | None
     exclusion: Exclusion | None
+    reliability: dict | None = None  # this person in the latest reliability fit (annotate.reliability)
 
 
 @login_required
@@ -242,15 +244,27 @@ def annotators(request: HttpRequest, slug: str) -> HttpResponse:
                                                      sources=None if every_source else [Vote.Source.HUMAN])
     scores = gold.gold_accuracy(project=project)
     excluded = {e.user_id: e for e in Exclusion.objects.filter(project=project, lifted_at__isnull=True)}
-    rows = sorted((_AnnotatorRow(r, scores.get(r.user_id), excluded.get(r.user_id)) for r in figures_rows),
-                  key=ANNOTATOR_SORTS[sort])
+    fit = reliability.latest_fit(project)
+    people = fit.people if fit else {}
+    rows = sorted((_AnnotatorRow(r, scores.get(r.user_id), excluded.get(r.user_id), people.get(str(r.user_id)))
+                   for r in figures_rows), key=ANNOTATOR_SORTS[sort])
     history = Exclusion.objects.filter(project=project).select_related("user", "created_by", "lifted_by") \
         .order_by("-created_at")[:20]
     context = {"project": project, "rows": rows, "agreement": agreement, "every_source": every_source,
                "sort": sort, "query": "sources=all&" if every_source else "", "history": history,
-               "judge": stats.judge_agreement(project=project),
+               "judge": stats.judge_agreement(project=project), "fit": fit,
                "chart": figures.agreement_by_annotator(figures_rows, agreement)}
     return render(request, "training/annotators.html", context)
+
+
+@login_required
+@require_POST
+def annotators_fit(request: HttpRequest, slug: str) -> HttpResponse:
+    """Queue a fit of the annotator reliability model now."""
+    project = access.project_for_manager(request.user, slug)
+    reliability.reliability_fit_enqueue(project.pk, force=True)
+    messages.success(request, "A reliability fit is queued: reload in a moment for its figures.")
+    return redirect("console-annotators", slug=project.slug)
 
 
 @login_required
