@@ -84,7 +84,7 @@ _NEXT_QUERY = {"parameters": [{"name": "next", "in": "query", "required": False,
                                "description": 'same as "next": true in the body'}]}
 
 
-@router.get("/projects", auth=BEARER, url_name="api-projects", response={200: s.ProjectPage},
+@router.get("/projects", auth=BEARER, url_name="api-projects", response={200: s.ProjectPage, **problems(400)},
             summary="The caller's projects with counts")
 def projects(request: HttpRequest, params: Query[PageIn]):
     rows = access.projects_of(request.user)
@@ -158,7 +158,9 @@ def skip(request: HttpRequest, comparison_id: int):
     body = json_body(request) if request.content_type == "application/json" else None  # optional
     if body is not None and not isinstance(body, dict):
         raise ApiError("invalid_request", 'the body must be empty or a JSON object like {"next": true}')
-    comparison = Comparison.objects.only("id").get(pk=comparison_id)
+    comparison = Comparison.objects.only("id").filter(pk=comparison_id).first()
+    if comparison is None:  # removed since the token's statement read it
+        raise Http404(f"comparison {comparison_id} does not exist")
     comparison_skip(comparison=comparison, annotator=caller.user)
     payload = {"comparison": comparison_id, "skipped": True}
     if wants_next(request, body):

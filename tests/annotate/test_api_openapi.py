@@ -62,6 +62,8 @@ def test_every_operation_lists_its_errors_as_problems(spec):
                 if int(status) >= 400:
                     for media in ("application/json", "application/problem+json"):
                         assert answer["content"][media]["schema"] == {"$ref": "#/components/schemas/Problem"}
+            if any(p["name"] == "limit" for p in operation.get("parameters", [])):
+                assert "400" in answers, (path, method)  # a bad page parameter is a 400
     paths = spec["paths"]
     assert {"400", "401", "404", "409", "413", "429"} <= set(paths["/api/comparisons/{comparison_id}/vote"]["post"]
                                                              ["responses"])
