@@ -125,7 +125,12 @@ def document() -> dict:
     problem_ref = {"$ref": "#/components/schemas/Problem"}
     for operations in schema["paths"].values():
         for operation in operations.values():
-            answers = operation["responses"]
+            # Ninja keys its answers by int, openapi_extra by str: merge them (the extra's fields win).
+            answers = {str(status): answer for status, answer in operation["responses"].items()
+                       if isinstance(status, int)}
+            for status, answer in operation["responses"].items():
+                if isinstance(status, str):
+                    answers[status] = {**answers.get(status, {}), **answer}
             if operation.get("security"):
                 answers.setdefault("401", {"description": "no valid bearer token"})
                 answers.setdefault("429", {"description": "the token made too many calls this minute "
@@ -137,6 +142,7 @@ def document() -> dict:
                     answer["description"] = answer.get("description") or TITLES.get(int(status), "error")
                     answer["content"] = {media: {"schema": problem_ref}
                                          for media in ("application/json", "application/problem+json")}
+            operation["responses"] = dict(sorted(answers.items()))
     return schema
 
 
