@@ -48,6 +48,7 @@ BENCHMARKS = {
                            "--batch-size", "8", "--mini-batch-size", "4", "--ppo-epochs", "2",
                            "--max-new-tokens", "16", "--runs", "ours,trl-best"],
     "loop": [PY, "bench/loop.py"],
+    "reliability": [PY, "bench/reliability.py", "--seeds", "0,1,2", "--overlap", "3,5"],
     "split_topology": [PY, "bench/split_topology.py"],
     # Restarts the machine's PostgreSQL part way: nothing else may use it meanwhile.
     "soak": [PY, "bench/soak.py"],
