@@ -10,8 +10,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "training"
-# The heavy imports: the libraries (torch), and Ray's Jobs client (only a worker with RUN_BACKEND=ray calls it).
-LAZY_ALLOWED = ("training.lib", "rewardmodel.lib", "tqdm", "ray.job_submission")
+# The heavy imports: the libraries (torch), Ray's Jobs client (only a worker with RUN_BACKEND=ray calls it), and
+# the Hub's client (only manage.py push_to_hub calls it: training.hub).
+LAZY_ALLOWED = ("training.lib", "rewardmodel.lib", "tqdm", "ray.job_submission", "huggingface_hub")
 
 
 def _modules() -> dict[str, ast.Module]:
