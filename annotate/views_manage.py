@@ -60,7 +60,8 @@ def import_view(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, "annotate/manage_import.html", {"project": project, "form": form})
 
 
-EXPORT_PARAMS = ("format", "output", "sources", "reasons", "after", "before", "closed_only", "metadata", "real_names")
+EXPORT_PARAMS = ("format", "output", "sources", "reasons", "after", "before", "closed_only", "metadata", "real_names",
+                 "aggregation", "confidence")
 TRUE, FALSE = ("1", "true", "on", "yes"), ("", "0", "false", "off", "no")
 
 
@@ -81,8 +82,9 @@ def _flag(query: QueryDict, name: str) -> bool:
 
 def export_params(query: QueryDict) -> dict:
     """An export request's query, checked: ``format``, ``output`` (jsonl, parquet), the command's filters
-    (``sources`` and ``reasons`` repeated, ``after``, ``before``, ``closed_only``), ``metadata`` and
-    ``real_names``. Raises InvalidInput on anything else, so a misspelt parameter exports nothing."""
+    (``sources`` and ``reasons`` repeated, ``after``, ``before``, ``closed_only``), ``metadata``,
+    ``real_names``, ``aggregation`` (majority, model) and ``confidence``. Raises InvalidInput on anything
+    else, so a misspelt parameter exports nothing."""
     unknown = sorted(set(query) - set(EXPORT_PARAMS))
     if unknown:
         raise exports.InvalidInput(f"unknown parameters {unknown}; known: {list(EXPORT_PARAMS)}")
@@ -94,7 +96,8 @@ def export_params(query: QueryDict) -> dict:
     if _flag(query, "closed_only"):
         filters["closed_only"] = True
     return {"fmt": query.get("format", "trl"), "output": output, "filters": filters,
-            "metadata": _flag(query, "metadata"), "real_names": _flag(query, "real_names")}
+            "metadata": _flag(query, "metadata"), "real_names": _flag(query, "real_names"),
+            "aggregation": query.get("aggregation", "majority"), "confidence": _flag(query, "confidence")}
 
 
 def export_response(project, query: QueryDict) -> HttpResponse:

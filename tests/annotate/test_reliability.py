@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.urls import reverse
 
 from annotate import dawid_skene, reliability, snapshots
 from annotate.exports import export_rows, write_export
@@ -229,3 +230,17 @@ def test_the_command_fits_and_names_people(project, django_user_model, capsys):
     call_command("fit_reliability", "--project", "demo", "--json")
     people = json.loads(capsys.readouterr().out)["people"]
     assert people["dan"]["position_bias"] > 0.4 and people["ann"]["competence"] > people["cat"]["competence"]
+
+
+def test_the_export_page_downloads_model_labels_with_their_confidence(client, project, manager, django_user_model):
+    crowd(project, django_user_model, {"ann": CAREFUL, "bob": CAREFUL, "cat": SPAMMER}, n=8)
+    client.force_login(manager)
+    url = reverse("manage-export-download", args=[project.slug])
+    refused = client.get(url, {"format": "trl", "aggregation": "model"})
+    assert refused.status_code == 400 and "no reliability fit yet" in refused.content.decode()
+    reliability.reliability_fit(project=project)
+    response = client.get(url, {"format": "trl", "aggregation": "model", "confidence": "1"})
+    assert response.status_code == 200
+    rows = [json.loads(line) for line in b"".join(response.streaming_content).decode().splitlines()]
+    assert len(rows) == 8 and all(0.5 < row["confidence"] <= 1 for row in rows)
+    assert client.get(url, {"format": "trl", "confidence": "1"}).status_code == 400
