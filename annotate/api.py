@@ -211,6 +211,9 @@ _EXPORT_QUERY = [
     query_doc("closed_only", {"type": "boolean"}),
     query_doc("metadata", {"type": "boolean"}),
     query_doc("real_names", {"type": "boolean"}, "annotators' names instead of pseudonyms"),
+    query_doc("aggregation", {"enum": ["majority", "model"], "default": "majority"},
+              "how several votes on a pair become one label: the majority, or the reliability model's posterior"),
+    query_doc("confidence", {"type": "boolean"}, "a confidence column (with aggregation=model)"),
 ]
 _EXPORT_OK = {"description": "the export: JSONL streamed, or a Parquet file",
               "content": {"application/jsonl": {}, "application/vnd.apache.parquet": {}}}

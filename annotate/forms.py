@@ -21,7 +21,8 @@ class ProjectSettingsForm(forms.ModelForm):
     class Meta:
         model = Project
         fields = ["name", "guidelines", "votes_per_comparison", "retrain_threshold", "lease_seconds",
-                  "training_sources", "gold_rate", "gold_threshold", "gold_min_votes"]
+                  "training_sources", "gold_rate", "gold_threshold", "gold_min_votes", "aggregation",
+                  "reliability_every"]
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 10})}
 
     def clean_gold_rate(self) -> float:

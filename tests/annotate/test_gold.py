@@ -201,11 +201,11 @@ def test_managers_set_the_gold_rule_and_the_training_sources_on_the_settings_pag
     url = reverse("manage-settings", args=[project.slug])
     form = {"name": "Demo", "guidelines": "", "votes_per_comparison": 1, "retrain_threshold": 200,
             "lease_seconds": 600, "training_sources": ["human", "ai"], "gold_rate": 0.1, "gold_threshold": 0.8,
-            "gold_min_votes": 20}
+            "gold_min_votes": 20, "aggregation": "model", "reliability_every": 50}
     assert client.post(url, form).status_code == 302
     project.refresh_from_db()
-    assert (project.training_sources, project.gold_rate, project.gold_threshold, project.gold_min_votes) == (
-        ["human", "ai"], 0.1, 0.8, 20)
+    assert (project.training_sources, project.gold_rate, project.gold_threshold, project.gold_min_votes,
+            project.aggregation, project.reliability_every) == (["human", "ai"], 0.1, 0.8, 20, "model", 50)
     for field, value, message in [("gold_rate", 0.9, "Between 0 (no gold) and 0.5."),
                                   ("training_sources", ["robots"], "Select a valid choice"),
                                   ("gold_min_votes", 0, "Between 1 and 1,000 gold votes.")]:

@@ -142,7 +142,8 @@ def test_raising_the_overlap_reopens_full_comparisons_at_once(client, project, a
     form = {"name": project.name, "guidelines": project.guidelines, "votes_per_comparison": 2,
             "retrain_threshold": project.retrain_threshold, "lease_seconds": project.lease_seconds,
             "training_sources": project.training_sources, "gold_rate": project.gold_rate,
-            "gold_threshold": project.gold_threshold, "gold_min_votes": project.gold_min_votes}
+            "gold_threshold": project.gold_threshold, "gold_min_votes": project.gold_min_votes,
+            "aggregation": project.aggregation, "reliability_every": project.reliability_every}
     assert client.post(reverse("manage-settings", args=[project.slug]), form).status_code == 302
     project.refresh_from_db()
     assert comparison_next(project=project, annotator=other) == only
