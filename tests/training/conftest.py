@@ -8,23 +8,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 
-@pytest.fixture
-def chat_server():
-    """A real HTTP server speaking the OpenAI chat-completions protocol, answering by rule."""
-    calls = []
+def _serve(answer):
+    """A real HTTP server on 127.0.0.1 whose POSTs get ``answer(handler, body)``: (status, reply text or None)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            calls.append((self.path, body, self.headers.get("Authorization")))
-            if len(calls) == 1:  # the first request fails: the client must retry
-                self.send_response(503)
+            status, text = answer(self, body)
+            self.send_response(status)
+            if text is None:
                 self.end_headers()
                 return
-            last = body["messages"][-1]["content"]
-            text = "B" if "Answer B:\nshort" in last else "A" if "Answer A:\nshort" in last else f"Echo: {last[:40]}"
             payload = json.dumps({"choices": [{"message": {"content": text}}], "usage": {"completion_tokens": 3}})
-            self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             self.wfile.write(payload.encode())
@@ -33,9 +28,24 @@ def chat_server():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", calls
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+@pytest.fixture
+def chat_server():
+    """A real HTTP server speaking the OpenAI chat-completions protocol, answering by rule."""
+    calls = []
+
+    def answer(handler, body):
+        calls.append((handler.path, body, handler.headers.get("Authorization")))
+        if len(calls) == 1:  # the first request fails: the client must retry
+            return 503, None
+        last = body["messages"][-1]["content"]
+        return 200, "B" if "Answer B:\nshort" in last else "A" if "Answer A:\nshort" in last else f"Echo: {last[:40]}"
+
+    server, url = _serve(answer)
+    yield url, calls
     server.shutdown()
 
 
@@ -45,22 +55,9 @@ def judge_server():
     servers = []
 
     def start(reply):
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                payload = json.dumps({"choices": [{"message": {"content": reply(body["messages"][-1]["content"])}}]})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(payload.encode())
-
-            def log_message(self, *args):
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server, url = _serve(lambda handler, body: (200, reply(body["messages"][-1]["content"])))
         servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/v1"
+        return url
 
     yield start
     for server in servers:
