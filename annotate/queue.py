@@ -63,11 +63,11 @@ _DISPLAY = f"""
 
 # Most requests hold no lease (voting deletes it), so a one-table probe goes first.
 _ANY_HELD = "SELECT 1 FROM annotate_lease WHERE annotator_id = %s AND expires_at > %s AND skipped = %s LIMIT 1"
-# The annotator's live lease in this project whose comparison is still open and unvoted.
+# The annotator's live lease in this project whose comparison is still open (or gold) and unvoted.
 _HELD = _DISPLAY + """
     JOIN annotate_lease l ON l.comparison_id = c.id
     WHERE l.annotator_id = %s AND l.expires_at > %s AND l.skipped = %s
-      AND c.project_id = %s AND c.state = %s
+      AND c.project_id = %s AND c.state IN (%s, %s)
       AND NOT EXISTS (SELECT 1 FROM annotate_vote v WHERE v.comparison_id = c.id AND v.annotator_id = %s)
     ORDER BY l.created_at
     LIMIT 1
@@ -163,7 +163,8 @@ def _first(query: str, params: tuple) -> Comparison | None:
 def _held_lease(*, project: Project, annotator, now, probe: bool) -> Comparison | None:
     if probe and sql.row(_ANY_HELD, (annotator.pk, now, False)) is None:
         return None
-    return _first(_HELD, (annotator.pk, now, False, project.pk, Comparison.State.OPEN, annotator.pk))
+    return _first(_HELD, (annotator.pk, now, False, project.pk, Comparison.State.OPEN, Comparison.State.GOLD,
+                          annotator.pk))
 
 
 def _reserve(*, project: Project, annotator, now):
@@ -222,7 +223,9 @@ def comparison_next(*, project: Project, annotator, now=None, holds_lease: bool 
 
     Calling it again before voting returns the same comparison (the live lease),
     so a reload never burns a slot. With probability ``project.gold_rate`` a gold comparison
-    (``annotate.gold``) comes instead, when the annotator holds no pair and has gold left to see. The comparison carries what the page shows, read with it:
+    (``annotate.gold``) comes instead, when the annotator holds no pair and has gold left to see; a
+    held gold pair comes back on a reload like any other. The comparison carries what the page shows,
+    read with it:
     ``prompt_messages`` (the prompt's list of role/content messages), ``text_a`` and ``text_b``.
     ``holds_lease`` is whether the annotator holds any live, unskipped lease, when the
     caller has already read it (False skips looking for a held comparison); None: look.
@@ -232,6 +235,13 @@ def comparison_next(*, project: Project, annotator, now=None, holds_lease: bool 
         gold = _gold(project=project, annotator=annotator, now=now, holds_lease=holds_lease)
         if gold is not None:
             return gold
+    if project.gold_count and holds_lease is not False and connection.vendor == "postgresql":
+        # PostgreSQL's one-call claim knows only open pairs; in a project with gold, a held gold pair
+        # must come back on a reload too, so the held lease is looked up here first.
+        held = _held_lease(project=project, annotator=annotator, now=now, probe=holds_lease is None)
+        if held is not None:
+            return held
+        holds_lease = False
     if connection.vendor == "postgresql":
         fast = _first(_CLAIM_FAST, (project.pk, annotator.pk, now, project.votes_per_comparison,
                                     project.lease_seconds, holds_lease is not False))

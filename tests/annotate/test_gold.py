@@ -211,3 +211,16 @@ def test_managers_set_the_gold_rule_and_the_training_sources_on_the_settings_pag
                                   ("gold_min_votes", 0, "Between 1 and 1,000 gold votes.")]:
         response = client.post(url, {**form, field: value})
         assert response.status_code == 200 and message in response.content.decode()
+
+
+def test_a_reload_shows_the_held_gold_pair_again(answered, annotator):
+    services.comparisons_build(project=answered)
+    gold.gold_generate(project=answered, count=2, seed=0)
+    answered.refresh_from_db()
+    answered.gold_rate = 0.5
+    with mock.patch("annotate.queue.random.random", return_value=0.2):
+        shown = comparison_next(project=answered, annotator=annotator)
+    assert shown.state == "gold"
+    for draw in (0.2, 0.9):  # whatever the next draw says, a reload shows the same pair
+        with mock.patch("annotate.queue.random.random", return_value=draw):
+            assert comparison_next(project=answered, annotator=annotator).pk == shown.pk
