@@ -13,6 +13,12 @@ from typing import Any
 MAX_DEPTH = 20
 
 
+def form_id(raw: str):
+    """A form field that should hold a database id: the int, or the raw text for the service to refuse by
+    name (a number too long for a 64-bit id stays text, so it cannot overflow a query)."""
+    return int(raw) if raw.isdecimal() and len(raw) < 19 else raw
+
+
 def unstorable(value: Any, field: str, *, depth: int = 0) -> tuple[str, str] | None:
     """(field path, what is wrong) for the first thing in ``value`` no column can hold; None when all can."""
     if depth > MAX_DEPTH:

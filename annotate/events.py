@@ -36,6 +36,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import transaction
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from annotate.models import Event, Project, Vote, Webhook, WebhookDelivery
@@ -248,5 +249,5 @@ def last_vote_id(project: Project) -> int:
 
 def votes_since(project: Project, after: int) -> tuple[int, int]:
     """How many votes of the project have an id above ``after``, and the highest id (``after`` if none)."""
-    ids = list(Vote.objects.filter(comparison__project=project, pk__gt=after).values_list("pk", flat=True)[:100_000])
-    return len(ids), max(ids, default=after)
+    new = Vote.objects.filter(comparison__project=project, pk__gt=after).aggregate(n=Count("pk"), last=Max("pk"))
+    return new["n"], new["last"] or after

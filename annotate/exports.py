@@ -154,7 +154,7 @@ def _votes(project: Project, filters: dict, *, training: bool = True) -> QuerySe
     votes = Vote.objects.filter(comparison__project=project).exclude(comparison__state=Comparison.State.REMOVED)
     if training:
         votes = votes.exclude(comparison__state=Comparison.State.GOLD)
-        excluded = Exclusion.objects.filter(project=project, lifted_at__isnull=True).values("user_id")
+        excluded = Exclusion.objects.standing(project).values("user_id")
         votes = votes.exclude(annotator_id__in=excluded)
     if "sources" in filters:
         votes = votes.filter(source__in=filters["sources"])

@@ -217,12 +217,12 @@ def gold_accuracy(*, project: Project, since=None) -> dict[int, GoldAccuracy]:
 
 def excluded_ids(project: Project) -> set[int]:
     """The people whose votes are out of the project's training data now."""
-    return set(Exclusion.objects.filter(project=project, lifted_at__isnull=True).values_list("user_id", flat=True))
+    return set(Exclusion.objects.standing(project).values_list("user_id", flat=True))
 
 
 def gold_check(*, project: Project, user) -> Exclusion | None:
     """Apply the gold rule to ``user`` after a gold vote: the new Exclusion, or None."""
-    if Exclusion.objects.filter(project=project, user=user, lifted_at__isnull=True).exists():
+    if Exclusion.objects.standing(project).filter(user=user).exists():
         return None
     lifted = (Exclusion.objects.filter(project=project, user=user).exclude(lifted_at=None)
               .order_by("-lifted_at").values_list("lifted_at", flat=True).first())
@@ -240,7 +240,7 @@ def gold_check(*, project: Project, user) -> Exclusion | None:
 def exclusion_lift(*, project: Project, user_id, by, reason: str = "") -> Exclusion:
     if not isinstance(reason, str) or len(reason) > 2000 or unstorable(reason, "reason"):
         raise InvalidInput("the reason must be plain text of at most 2,000 characters")
-    exclusion = Exclusion.objects.filter(project=project, user_id=user_id, lifted_at__isnull=True).first() \
+    exclusion = Exclusion.objects.standing(project).filter(user_id=user_id).first() \
         if isinstance(user_id, int) else None
     if exclusion is None:
         raise InvalidInput(f"nobody with id {user_id!r:.20} is excluded in {project.slug}")
@@ -255,6 +255,6 @@ def exclusion_add(*, project: Project, user_id, by, reason: str) -> Exclusion:
         raise InvalidInput("give a reason: plain text of at most 2,000 characters")
     if not isinstance(user_id, int) or not project.memberships.filter(user_id=user_id).exists():
         raise InvalidInput(f"nobody with id {user_id!r:.20} is a member of {project.slug}")
-    if Exclusion.objects.filter(project=project, user_id=user_id, lifted_at__isnull=True).exists():
+    if Exclusion.objects.standing(project).filter(user_id=user_id).exists():
         raise InvalidInput("this person is excluded already")
     return Exclusion.objects.create(project=project, user_id=user_id, created_by=by, reason=reason.strip())

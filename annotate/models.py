@@ -315,6 +315,12 @@ class Vote(models.Model):
         return f"{self.annotator} → {self.choice} on {self.comparison_id}"
 
 
+class ExclusionQuerySet(models.QuerySet):
+    def standing(self, project) -> ExclusionQuerySet:
+        """The exclusions of ``project`` in force now (not lifted)."""
+        return self.filter(project=project, lifted_at__isnull=True)
+
+
 class Exclusion(models.Model):
     """A person whose votes are left out of training data in a project, and why; lifted when a manager
     reinstates them (the row stays: every exclusion is on the record)."""
@@ -331,6 +337,8 @@ class Exclusion(models.Model):
     lifted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                   related_name="+")
     lift_reason = models.TextField(blank=True)
+
+    objects = ExclusionQuerySet.as_manager()
 
     class Meta:
         indexes = [models.Index(fields=["project", "user"], name="exclusion_by_person")]

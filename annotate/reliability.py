@@ -36,7 +36,7 @@ POSTERIOR_BATCH = 2000
 
 def fit_votes(project: Project):
     """The votes a fit reads (see the module docstring)."""
-    excluded = Exclusion.objects.filter(project=project, lifted_at__isnull=True).values("user_id")
+    excluded = Exclusion.objects.standing(project).values("user_id")
     return (Vote.objects.filter(comparison__project=project, source__in=list(project.training_sources))
             .exclude(comparison__state=Comparison.State.REMOVED).exclude(annotator_id__in=excluded))
 

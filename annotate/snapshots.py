@@ -84,7 +84,7 @@ def snapshot_left_out(project: Project) -> list[tuple[str, int]]:
     """What a snapshot frozen now would leave out, and why: (reason, votes) for each reason that applies,
     in the order the rules apply (one aggregate query)."""
     sources = list(project.training_sources)
-    excluded = Exclusion.objects.filter(project=project, lifted_at__isnull=True).values("user_id")
+    excluded = Exclusion.objects.standing(project).values("user_id")
     removed = Q(comparison__state=Comparison.State.REMOVED)
     is_gold = Q(comparison__state=Comparison.State.GOLD) & ~removed
     by_person = Q(annotator_id__in=excluded) & ~removed & ~is_gold

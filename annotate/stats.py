@@ -287,10 +287,10 @@ def judge_agreement(*, project: Project) -> JudgeAgreement:
         if majority is not None:
             judge[0] += sum(choice == majority for choice in judges)
             judge[1] += len(judges)
-        for i, choice in enumerate(humans):
-            others = _unique_majority(Counter(humans[:i] + humans[i + 1:]))
-            if others is not None:
-                people[0] += choice == others
+        verdict = _verdicts(_profile(Counter(humans)))  # leave-one-out, as for the annotators' agreement
+        for choice in humans:
+            if verdict[choice] is not None:
+                people[0] += verdict[choice]
                 people[1] += 1
     return JudgeAgreement(comparisons=shared, judge=judge[0] / judge[1] if judge[1] else None,
                           judge_compared=judge[1], people=people[0] / people[1] if people[1] else None,

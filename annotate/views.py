@@ -75,7 +75,7 @@ def _render_next(request: HttpRequest, project, *, status: int = 200) -> HttpRes
         "last_vote": _last_vote(request, project),
         "flag_reasons": Flag.Reason.choices,
         # The gold rule (annotate.gold) or a manager left this person's votes out of the training data.
-        "excluded": Exclusion.objects.filter(project=project, user=request.user, lifted_at__isnull=True).exists(),
+        "excluded": Exclusion.objects.standing(project).filter(user=request.user).exists(),
     }
     template = "annotate/compare.html#pair" if request.htmx else "annotate/compare.html"
     return render(request, template, context, status=status)

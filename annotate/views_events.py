@@ -23,6 +23,7 @@ from django.views.decorators.http import require_GET
 
 from annotate import access, events
 from annotate.api import api_view
+from annotate.boundary import form_id
 from annotate.models import Project, Webhook, WebhookDelivery
 from annotate.services import InvalidInput
 
@@ -31,8 +32,8 @@ KEEPALIVE_S = 15.0
 
 
 def _after(request: HttpRequest) -> int:
-    raw = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0"
-    return int(raw) if raw.isdecimal() and len(raw) < 19 else 0
+    after = form_id(request.headers.get("Last-Event-ID") or request.GET.get("after") or "0")
+    return after if isinstance(after, int) else 0
 
 
 def _frames(project: Project, after: int, seconds: float) -> Iterator[bytes]:
@@ -105,11 +106,11 @@ def webhooks_view(request: HttpRequest, slug: str) -> HttpResponse:
                                              events=request.POST.getlist("events"))
                 messages.success(request, f"Webhook {hook.pk} added: it receives the next events.")
             elif action == "delete":
-                events.webhook_delete(project=project, webhook_id=_number(request.POST.get("webhook", "")))
+                events.webhook_delete(project=project, webhook_id=form_id(request.POST.get("webhook", "")))
                 messages.success(request, "Webhook deleted.")
             elif action == "redeliver":
                 delivery = events.delivery_redeliver(project=project,
-                                                     delivery_id=_number(request.POST.get("delivery", "")))
+                                                     delivery_id=form_id(request.POST.get("delivery", "")))
                 messages.success(request, f"Delivery {delivery.pk} queued again.")
             else:
                 raise InvalidInput(f"unknown action {action!r:.30}")
@@ -125,7 +126,4 @@ def webhooks_view(request: HttpRequest, slug: str) -> HttpResponse:
         "project": project, "hooks": hooks, "deliveries": deliveries, "types": events.TYPES,
     }, status=status)
 
-
-def _number(raw: str) -> int | str:
-    return int(raw) if raw.isdecimal() and len(raw) < 19 else raw
 

@@ -8,6 +8,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from annotate import access, review
+from annotate.boundary import form_id
 from annotate.models import Flag
 from annotate.services import InvalidInput
 
@@ -26,11 +27,10 @@ def flags_view(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def flag_resolve(request: HttpRequest, slug: str) -> HttpResponse:
     project = access.project_for_manager(request.user, slug)
-    raw = request.POST.get("comparison", "")
     try:
         comparison = review.flag_resolve(
             project=project, manager=request.user, resolution=request.POST.get("resolution", ""),
-            comparison_id=int(raw) if raw.isdecimal() and len(raw) < 19 else raw,
+            comparison_id=form_id(request.POST.get("comparison", "")),
         )
     except InvalidInput as error:
         messages.warning(request, str(error))

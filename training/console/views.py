@@ -21,6 +21,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from annotate import access, gold, reliability, stats
+from annotate.boundary import form_id
 from annotate.exports import FORMATS
 from annotate.models import Checkpoint, Exclusion, Snapshot, Vote
 from annotate.services import InvalidInput
@@ -243,7 +244,7 @@ def annotators(request: HttpRequest, slug: str) -> HttpResponse:
     figures_rows, agreement = stats.annotator_report(project=project,
                                                      sources=None if every_source else [Vote.Source.HUMAN])
     scores = gold.gold_accuracy(project=project)
-    excluded = {e.user_id: e for e in Exclusion.objects.filter(project=project, lifted_at__isnull=True)}
+    excluded = {e.user_id: e for e in Exclusion.objects.standing(project)}
     fit = reliability.latest_fit(project)
     people = fit.people if fit else {}
     rows = sorted((_AnnotatorRow(r, scores.get(r.user_id), excluded.get(r.user_id), people.get(str(r.user_id)))
@@ -272,8 +273,7 @@ def annotators_fit(request: HttpRequest, slug: str) -> HttpResponse:
 def annotator_standing(request: HttpRequest, slug: str) -> HttpResponse:
     """Exclude a person's votes from the training data (with a reason), or reinstate them."""
     project = access.project_for_manager(request.user, slug)
-    raw = request.POST.get("user", "")
-    user_id = int(raw) if raw.isdecimal() and len(raw) < 19 else raw
+    user_id = form_id(request.POST.get("user", ""))
     try:
         if request.POST.get("action") == "reinstate":
             gold.exclusion_lift(project=project, user_id=user_id, by=request.user,
