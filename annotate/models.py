@@ -72,6 +72,26 @@ class Project(models.Model):
     reliability_every = models.PositiveIntegerField(
         default=200, help_text="New votes since the last reliability fit that trigger a new fit (0: only on demand)."
     )
+    # Active selection (annotate.active): which open pairs the queue serves first, refreshed by a Celery task
+    # after each reward-model publish (it writes Comparison.priority and selection_score, never the vote path).
+    selection = models.CharField(
+        max_length=16,
+        choices=[("fifo", "first in, first out"), ("uncertainty", "reward-model uncertainty"),
+                 ("bald", "information gain (BALD)")],
+        default="fifo",
+        help_text="Which pairs annotators see first: oldest first, the pairs the reward model is least sure "
+                  "about, or the pairs whose label would teach its ensemble most.",
+    )
+    serve_per_prompt = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Under an active policy, serve only this many of a prompt's candidate pairs at a time, the best "
+                  "scored (0: serve them all).",
+    )
+    # The canary set (training.guards): this share of new non-battle comparisons is held out of all training;
+    # once voted, each one's label is frozen (Comparison.canary_answer) and every reward model is scored on it.
+    canary_rate = models.FloatField(
+        default=0.0, help_text="Share of new comparisons held out of all training as the canary set (0 to 0.5)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
 
@@ -166,6 +186,11 @@ class Completion(models.Model):
     text_hash = models.CharField(max_length=64)
     sampling = models.JSONField(default=dict, blank=True)
     seed = models.BigIntegerField(null=True, blank=True)
+    # An annotator's edit of this completion's text is a completion of the "human-edit" checkpoint whose
+    # edited_from is the original (annotate.edits).
+    edited_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="edits")
+    edited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -198,6 +223,9 @@ class Comparison(models.Model):
         # A comparison with a known answer (annotate.gold): served to everyone at the project's gold rate,
         # never counted against the overlap, never in training data.
         GOLD = "gold", "gold (known answer)"
+        # A candidate pair that active selection chose not to serve yet (Project.serve_per_prompt): out of the
+        # queue until a refresh scores it among the best of its prompt.
+        POOL = "pool", "candidate, not served"
 
     class Reason(models.TextChoices):
         RANDOM = "random"
@@ -205,6 +233,7 @@ class Comparison(models.Model):
         ACTIVE = "active", "active selection"
         GOLD = "gold"
         IMPORTED = "imported"
+        EDIT = "edit", "human edit"
 
     # Foreign keys led by an index below (queue_order, comparison_pair_unique) get no index of their
     # own: every index is written again when a vote closes the comparison.
@@ -226,6 +255,13 @@ class Comparison(models.Model):
     # applied to the worse side, with its details).
     gold_answer = models.CharField(max_length=8, blank=True)
     gold_method = models.JSONField(default=dict, blank=True)
+    # Active selection's score for this pair (higher: serve sooner), from the latest reward model; the queue
+    # reads only ``priority``, which the refresh sets from it.
+    selection_score = models.FloatField(null=True, blank=True)
+    # Canary set: held out of every training export and snapshot; ``canary_answer`` ("a", "b" or "tie") is the
+    # label frozen when its votes were complete, which later votes do not change.
+    canary = models.BooleanField(default=False)
+    canary_answer = models.CharField(max_length=8, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = ComparisonQuerySet.as_manager()

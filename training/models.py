@@ -120,6 +120,20 @@ class LoopSettings(models.Model):
     battle_prompts = models.PositiveIntegerField(default=48, help_text="Prompts sampled per checkpoint battle.")
     policy_config = models.JSONField(default=dict, blank=True, help_text="DPO or PPO settings for policy runs.")
     sampling = models.JSONField(default=dict, blank=True, help_text="Sampling settings for generation runs.")
+    # Compounding rounds (training.loop): promote by the button's rule once a candidate has enough battle votes,
+    # and train the next policy from the incumbent on the votes since its parent's snapshot.
+    auto_promote = models.BooleanField(
+        default=False,
+        help_text="Promote a candidate by itself when its interval clears the incumbent's (the button's rule) "
+                  "after enough battle votes, unless the reward-hacking guard flags it.",
+    )
+    promote_min_votes = models.PositiveIntegerField(
+        default=32, help_text="Battle votes on a candidate before automatic promotion considers it."
+    )
+    train_on = models.CharField(
+        max_length=8, choices=[("new", "votes since the parent's snapshot"), ("all", "the whole snapshot")],
+        default="new", help_text="What a policy run that starts from a trained checkpoint learns from.",
+    )
 
     def __str__(self) -> str:
         return f"loop of {self.project.slug}"
@@ -139,7 +153,9 @@ class Promotion(models.Model):
     previous = models.ForeignKey(
         Checkpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="demotions"
     )
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="promotions")
+    # None: the loop promoted it by itself (LoopSettings.auto_promote), by the same rule.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                             related_name="promotions")
     override_reason = models.TextField(blank=True)
     score = models.FloatField(null=True, blank=True)
     lower = models.FloatField(null=True, blank=True)
