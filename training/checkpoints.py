@@ -5,6 +5,10 @@ checkpoint-battle comparisons: a vote for A is a win for A's checkpoint, a tie o
 half a win each. A candidate may replace the incumbent only when its 95% interval clears the
 incumbent's (candidate lower bound above incumbent upper bound); otherwise a manager must give a
 reason, which is recorded with the intervals of the moment on a ``Promotion`` row.
+
+Automatic promotion (``promote_if_due``, ``LoopSettings.auto_promote``) applies the same rule with no
+override: a candidate with at least ``promote_min_votes`` battle votes whose interval clears the
+incumbent's is promoted by the loop, unless the reward-hacking guard (``training.guards``) flags it.
 """
 from __future__ import annotations
 
@@ -15,8 +19,14 @@ from django.db.models import Count, F
 
 from annotate.events import event_emit
 from annotate.models import Checkpoint, Comparison, Project, Vote
+from training import guards
 from training.lib.ranking import Ranking, Rating, rank
-from training.models import Promotion, TrainingRun
+from training.models import LoopSettings, Promotion, TrainingRun
+
+# Whose battle votes rate checkpoints: people. A simulated loop (``run_loop --oracle``) passes its simulated
+# annotators too, since they stand in for the people of a real project; AI-judge votes never rate.
+PEOPLE = (Vote.Source.HUMAN,)
+PEOPLE_AND_SIMULATED = (Vote.Source.HUMAN, Vote.Source.SIMULATED)
 
 OUTCOME = {Vote.Choice.A: 1.0, Vote.Choice.B: 0.0, Vote.Choice.TIE: 0.5, Vote.Choice.BOTH_BAD: 0.5}
 SEED = 0  # the page and the promotion check draw the same bootstrap, so they always agree
@@ -55,11 +65,12 @@ class Leaderboard:
         return self.entry(self.incumbent.pk) if self.incumbent else None
 
 
-def battle_counts(project: Project) -> list[tuple[int, int, float, int]]:
-    """``(checkpoint_a, checkpoint_b, outcome, votes)`` from the project's human battle votes: one GROUP BY."""
+def battle_counts(project: Project, *, sources=PEOPLE) -> list[tuple[int, int, float, int]]:
+    """``(checkpoint_a, checkpoint_b, outcome, votes)`` from the project's battle votes of ``sources`` (people by
+    default): one GROUP BY."""
     rows = (
         Vote.objects.filter(
-            comparison__project=project, comparison__reason=Comparison.Reason.BATTLE, source=Vote.Source.HUMAN
+            comparison__project=project, comparison__reason=Comparison.Reason.BATTLE, source__in=sources
         )
         .exclude(comparison__completion_a__checkpoint_id=F("comparison__completion_b__checkpoint_id"))
         .values_list("comparison__completion_a__checkpoint_id", "comparison__completion_b__checkpoint_id", "choice")
@@ -69,9 +80,9 @@ def battle_counts(project: Project) -> list[tuple[int, int, float, int]]:
     return [(a, b, OUTCOME[choice], n) for a, b, choice, n in rows]
 
 
-def leaderboard(project: Project, *, rounds: int = 100) -> Leaderboard:
+def leaderboard(project: Project, *, rounds: int = 100, sources=PEOPLE) -> Leaderboard:
     """Every checkpoint of the project with its rating (if it has battle votes) and lineage. Two queries."""
-    ranking = rank(battle_counts(project), rounds=rounds, seed=SEED)
+    ranking = rank(battle_counts(project, sources=sources), rounds=rounds, seed=SEED)
     checkpoints = list(
         Checkpoint.objects.filter(project=project)
         .select_related("parent", "produced_by", "produced_by__snapshot", "produced_by__reward_model_in")
@@ -111,19 +122,22 @@ def promotion_verdict(board: Leaderboard, checkpoint: Checkpoint) -> tuple[bool,
     )
 
 
-def checkpoint_promote(*, checkpoint: Checkpoint, by, override_reason: str = "") -> Promotion:
+def checkpoint_promote(*, checkpoint: Checkpoint, by, override_reason: str = "", sources=PEOPLE,
+                       board: Leaderboard | None = None) -> Promotion:
     """Make ``checkpoint`` the project's incumbent; the previous incumbent is retired.
 
     Allowed when its interval clears the incumbent's (see ``promotion_verdict``), or with a
     non-empty ``override_reason``, which is recorded. Raises PromotionRefused otherwise, and
-    always for the checkpoint that already is the incumbent.
+    always for the checkpoint that already is the incumbent. ``by`` None is the loop itself
+    (``promote_if_due``), which never overrides; ``board`` is a leaderboard its caller read under the same
+    project lock.
     """
     override_reason = override_reason.strip()
     with transaction.atomic():
         # The project row lock serialises promotions: two managers cannot both replace one incumbent.
         Project.objects.select_for_update().filter(pk=checkpoint.project_id).first()
         checkpoint.refresh_from_db(fields=["state"])
-        board = leaderboard(checkpoint.project)
+        board = board or leaderboard(checkpoint.project, sources=sources)
         allowed, why = promotion_verdict(board, checkpoint)
         if board.incumbent is not None and board.incumbent.pk == checkpoint.pk:
             raise PromotionRefused(why)
@@ -141,6 +155,7 @@ def checkpoint_promote(*, checkpoint: Checkpoint, by, override_reason: str = "")
         event_emit(project_id=checkpoint.project_id, type="checkpoint.promoted", data={
             "checkpoint": checkpoint.pk, "name": checkpoint.name,
             "previous": board.incumbent and board.incumbent.name, "overridden": not allowed,
+            "automatic": by is None,
             "score": rating and rating.score, "lower": rating and rating.lower, "upper": rating and rating.upper})
         return Promotion.objects.create(
             checkpoint=checkpoint,
@@ -155,6 +170,55 @@ def checkpoint_promote(*, checkpoint: Checkpoint, by, override_reason: str = "")
             previous_upper=previous and previous.upper,
             battle_votes=board.ranking.battles,
         )
+
+
+def battle_votes_of(board: Leaderboard, checkpoint: Checkpoint) -> int:
+    entry = board.entry(checkpoint.pk)
+    return entry.rating.games if entry and entry.rating else 0
+
+
+@dataclass(frozen=True)
+class AutoPromotion:
+    promoted: Checkpoint | None
+    why: str  # one sentence: what was promoted, or why nothing was
+
+
+def promote_if_due(project: Project, *, sources=PEOPLE, force: bool = False) -> AutoPromotion:
+    """The loop's own promotion: the newest candidate that the button's rule allows, with at least
+    ``LoopSettings.promote_min_votes`` battle votes, and that the reward-hacking guard does not flag.
+
+    Does nothing unless the project's ``auto_promote`` is on (``force``: ``run_loop``'s default). A refusal by
+    the guard is written on the checkpoint (``meta["auto_promotion"]``) so the console can say why it waits.
+    """
+    settings = LoopSettings.objects.filter(project=project).first()
+    if not force and not (settings and settings.auto_promote):
+        return AutoPromotion(None, "Automatic promotion is off.")
+    min_votes = settings.promote_min_votes if settings else LoopSettings._meta.get_field("promote_min_votes").default
+    with transaction.atomic():
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        board = leaderboard(project, sources=sources)
+        candidates = [e.checkpoint for e in board.entries
+                      if e.checkpoint.state == Checkpoint.State.CANDIDATE and e.rating is not None]
+        candidates.sort(key=lambda c: (c.created_at, c.pk), reverse=True)
+        reasons = []
+        for checkpoint in candidates:
+            votes = battle_votes_of(board, checkpoint)
+            if votes < min_votes:
+                reasons.append(f"{checkpoint.name} has {votes} of {min_votes} battle votes")
+                continue
+            allowed, why = promotion_verdict(board, checkpoint)
+            if not allowed:
+                reasons.append(why)
+                continue
+            flag = guards.checkpoint_flag(checkpoint)
+            if flag:
+                checkpoint.meta = {**checkpoint.meta, "auto_promotion": {"refused": flag}}
+                checkpoint.save(update_fields=["meta"])
+                reasons.append(f"{checkpoint.name} is flagged: {flag}")
+                continue
+            checkpoint_promote(checkpoint=checkpoint, by=None, sources=sources, board=board)
+            return AutoPromotion(checkpoint, f"{checkpoint.name} promoted: {why}")
+    return AutoPromotion(None, "; ".join(reasons) or "No candidate has battle votes yet.")
 
 
 def promotions(project: Project, *, limit: int = 20) -> list[Promotion]:

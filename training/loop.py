@@ -3,6 +3,12 @@
 ``after_run`` is called when any run succeeds; when the project's loop is enabled
 it starts the next stage. ``run_rounds`` drives whole rounds in the foreground
 (``manage.py run_loop --sync``), optionally with an oracle voting on the battles.
+
+Rounds compound: before each policy update the loop promotes the newest candidate the leaderboard's
+rule allows (``training.checkpoints.promote_if_due``; on when ``LoopSettings.auto_promote`` is, and
+always for ``run_loop`` unless told not to), and the update starts from the incumbent and, with
+``train_on = "new"``, trains on the votes since the snapshot the incumbent was trained on, not on the
+whole history again (``policy_snapshot``). The snapshot's ``filters`` and the run's reason record which.
 """
 from __future__ import annotations
 
@@ -11,8 +17,11 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from annotate.models import Checkpoint, Project
+from annotate.exports import export_vote_count
+from annotate.models import Checkpoint, Project, Snapshot
+from annotate.snapshots import snapshot_freeze
 from rewardmodel.services import latest_reward_model
+from training.checkpoints import PEOPLE, PEOPLE_AND_SIMULATED, AutoPromotion, promote_if_due
 from training.jobs import job_for_kind
 from training.models import LoopSettings, TrainingRun
 from training.reward import retrain_due, votes_since_last_reward_model
@@ -21,6 +30,10 @@ from training.simulate import simulate_votes
 from training.starts import run_start
 
 Kind = TrainingRun.Kind
+
+# Fewer new votes than this since the incumbent's snapshot and a policy update trains on the whole
+# snapshot instead: a handful of pairs would only add noise to a model that already learned the rest.
+MIN_NEW_VOTES = 16
 
 
 def loop_settings(project: Project) -> LoopSettings:
@@ -41,16 +54,57 @@ def retrain_if_due(*, project_id: int) -> TrainingRun | None:
                          reason=f"{new_votes}+ new votes since the last reward model")
 
 
-def policy_start(*, project: Project, reason: str, enqueue: bool = True) -> TrainingRun:
-    """Queue the project's policy update: DPO on the latest reward model's snapshot, or PPO against it."""
+def trained_on(checkpoint: Checkpoint) -> Snapshot | None:
+    """The snapshot whose votes trained ``checkpoint``: its DPO run's, or its PPO run's reward model's (None for
+    a checkpoint no run here produced, such as the base model)."""
+    run = (TrainingRun.objects.filter(checkpoint_out=checkpoint)
+           .select_related("snapshot", "reward_model_in__snapshot").first())
+    if run is None:
+        return None
+    return run.snapshot or (run.reward_model_in.snapshot if run.reward_model_in else None)
+
+
+def policy_snapshot(project: Project, settings: LoopSettings, whole: Snapshot) -> tuple[Snapshot, str]:
+    """The snapshot a DPO update from the incumbent trains on, and a phrase saying which it is.
+
+    ``train_on = "new"``: the votes since the snapshot the incumbent was trained on (a new snapshot, filtered
+    ``after`` that snapshot's time, so that round N costs what round 1 did, not N times as much); the whole
+    snapshot ``whole`` when the incumbent was not trained here, when fewer than ``MIN_NEW_VOTES`` votes are
+    new, or with ``train_on = "all"``.
+    """
+    if settings.train_on == "all":
+        return whole, "the whole snapshot (train on: all votes)"
+    incumbent = Checkpoint.objects.incumbent(project)
+    since = trained_on(incumbent) if incumbent else None
+    if since is None:
+        return whole, f"the whole snapshot ({incumbent.name if incumbent else 'the base'} was not trained here)"
+    # A vote recorded while that snapshot was being written may fall on either side of its time.
+    filters = {"after": since.created_at.isoformat(), "sources": list(project.training_sources), "for": "dpo",
+               "note": f"votes since snapshot {since.pk}, which {incumbent.name} was trained on"}
+    new = export_vote_count(project=project, filters=filters)
+    if new < MIN_NEW_VOTES:
+        return whole, f"the whole snapshot (only {new} votes since {incumbent.name}'s snapshot {since.pk})"
+    return snapshot_freeze(project=project, filters=filters), f"{new} votes since {incumbent.name}'s snapshot {since.pk}"
+
+
+def policy_start(*, project: Project, reason: str, enqueue: bool = True, sources=PEOPLE,
+                 force_promotion: bool = False) -> TrainingRun:
+    """Queue the project's policy update from the incumbent: DPO on the votes the incumbent has not learned from
+    (``policy_snapshot``), or PPO against the latest reward model. The newest candidate that clears the
+    promotion rule becomes the incumbent first (``promote_if_due``), so each round builds on the last winner."""
     settings = loop_settings(project)
     rm = latest_reward_model(project)
     if rm is None:
         raise ValueError(f"project {project.slug} has no reward model yet")
+    promote_if_due(project, sources=sources, force=force_promotion)
     kind = Kind.PPO if settings.method == LoopSettings.Method.PPO else Kind.DPO
-    inputs = {"reward_model": rm} if kind == Kind.PPO else {"snapshot": rm.snapshot}
-    return run_start(project=project, kind=kind, config=settings.policy_config, reason=reason, enqueue=enqueue,
-                     **inputs)
+    if kind == Kind.PPO:
+        inputs, data = {"reward_model": rm}, f"reward model v{rm.version}"
+    else:
+        snapshot, data = policy_snapshot(project, settings, rm.snapshot)
+        inputs = {"snapshot": snapshot}
+    return run_start(project=project, kind=kind, config=settings.policy_config, reason=f"{reason}; trains on {data}"[:200],
+                     enqueue=enqueue, **inputs)
 
 
 def battle_start(*, project: Project, candidate: Checkpoint, reason: str, enqueue: bool = True) -> TrainingRun:
@@ -61,11 +115,12 @@ def battle_start(*, project: Project, candidate: Checkpoint, reason: str, enqueu
                      enqueue=enqueue)
 
 
-def next_stage(run: TrainingRun, *, enqueue: bool = True) -> TrainingRun | None:
+def next_stage(run: TrainingRun, *, enqueue: bool = True, sources=PEOPLE,
+               force_promotion: bool = False) -> TrainingRun | None:
     """The run that follows a succeeded run in the loop, created (and queued unless ``enqueue`` is False)."""
     if run.kind == Kind.REWARD_MODEL and run.reward_model_out_id:
         return policy_start(project=run.project, reason=f"reward model v{run.reward_model_out.version} published",
-                            enqueue=enqueue)
+                            enqueue=enqueue, sources=sources, force_promotion=force_promotion)
     if run.kind in (Kind.DPO, Kind.PPO) and run.checkpoint_out_id:
         return battle_start(project=run.project, candidate=run.checkpoint_out,
                             reason=f"new candidate {run.checkpoint_out.name}", enqueue=enqueue)
@@ -104,16 +159,22 @@ class RoundResult:
     checkpoint: str
     comparisons: int
     votes: int
-
+    parent: str = ""  # the checkpoint the policy update started from
+    trained_on: str = ""  # the run's reason: which votes it learned from
+    promotion: str = ""  # after the round's votes: what the loop promoted, or why nothing
+    policy_seconds: float | None = None
 
 Stage = Callable[[str, TrainingRun], None]
 
 
 def run_rounds(
     *, project: Project, rounds: int, oracle=None, votes_per_round: int = 0, on_stage: Stage | None = None,
-    echo: Callable[[int, int, dict], None] | None = None,
+    echo: Callable[[int, int, dict], None] | None = None, auto_promote: bool = True,
 ) -> list[RoundResult]:
-    """Whole rounds in the foreground: retrain → policy update → battle, then the oracle votes on the battle."""
+    """Whole rounds in the foreground: retrain → policy update → battle, then the oracle votes on the battle and
+    the loop promotes by the leaderboard's rule (``auto_promote``; an oracle's simulated votes count as people's).
+    """
+    sources = PEOPLE_AND_SIMULATED if oracle is not None else PEOPLE
     results = []
     for number in range(1, rounds + 1):
         run = run_start(project=project, kind=Kind.REWARD_MODEL, reason=f"run_loop round {number}", enqueue=False)
@@ -125,12 +186,14 @@ def run_rounds(
             run.refresh_from_db()
             if run.state != TrainingRun.State.SUCCEEDED:
                 raise RuntimeError(f"round {number}: run {run.pk} ended {run.state}: {run.error[-500:]}")
-            run = next_stage(run, enqueue=False)
+            run = next_stage(run, enqueue=False, sources=sources, force_promotion=auto_promote)
             if run is not None:
                 chain.append(run)
         cast = 0
         if oracle is not None and votes_per_round:
             cast = simulate_votes(project=project, votes=votes_per_round, oracle=oracle, seed=number).votes
+        promotion = (promote_if_due(project, sources=sources, force=auto_promote) if auto_promote
+                     else AutoPromotion(None, "automatic promotion is off"))
         rm_run, policy_run, battle_run = (chain + [None, None])[:3]
         results.append(
             RoundResult(
@@ -139,6 +202,10 @@ def run_rounds(
                 checkpoint=policy_run.checkpoint_out.name if policy_run else "",
                 comparisons=(battle_run.outputs or {}).get("comparisons", 0) if battle_run else 0,
                 votes=cast,
+                parent=policy_run.checkpoint_in.name if policy_run else "",
+                trained_on=policy_run.reason if policy_run else "",
+                promotion=promotion.why,
+                policy_seconds=policy_run.duration_s if policy_run else None,
             )
         )
     return results

@@ -22,8 +22,10 @@ class Command(BaseCommand):
         parser.add_argument("--method", choices=["dpo", "ppo"], help="Override the project's loop method.")
         parser.add_argument("--oracle", help="Simulated annotators vote on each round's battle (see simulate_annotators).")
         parser.add_argument("--votes-per-round", type=int, default=0)
+        parser.add_argument("--no-auto-promote", action="store_true",
+                            help="Leave promotion to a manager: every round then improves the same incumbent.")
 
-    def handle(self, *args, project, rounds, sync, method, oracle, votes_per_round, **options):
+    def handle(self, *args, project, rounds, sync, method, oracle, votes_per_round, no_auto_promote, **options):
         target = project_get(project)
         if not sync:
             raise CommandError("run_loop runs in the foreground: pass --sync (the background loop is the project's "
@@ -51,11 +53,14 @@ class Command(BaseCommand):
 
         try:
             results = run_rounds(project=target, rounds=rounds, oracle=judge, votes_per_round=votes_per_round,
-                                 on_stage=on_stage, echo=echo)
+                                 on_stage=on_stage, echo=echo, auto_promote=not no_auto_promote)
         except (RuntimeError, ValueError) as error:
             raise CommandError(str(error)) from None
         finally:
             bar.close()
         for r in results:
-            self.stdout.write(f"round {r.round}: reward model v{r.reward_model}, candidate {r.checkpoint}, "
-                              f"{r.comparisons} battle comparisons queued, {r.votes} oracle votes")
+            self.stdout.write(f"round {r.round}: reward model v{r.reward_model}, candidate {r.checkpoint} from "
+                              f"{r.parent or '-'}, {r.comparisons} battle comparisons queued, {r.votes} oracle votes")
+            if r.trained_on:
+                self.stdout.write(f"  policy update: {r.trained_on}")
+            self.stdout.write(f"  promotion: {r.promotion}")
