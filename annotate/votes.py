@@ -397,6 +397,9 @@ def _amendable(annotator, vote_id: int, now) -> tuple[Vote, Comparison]:
         raise NoSuchVote(f"you have no vote {vote_id} (it may have been undone already)")
     if vote.source != Vote.Source.HUMAN:
         raise NotAmendable(f"vote {vote_id} is a {vote.source} vote; only votes given in the page or the API change")
+    if comparison.reason == Comparison.Reason.EDIT:
+        # Undone, it would reopen the edit's pair (annotate.edits) and send it to the queue.
+        raise NotAmendable(f"vote {vote_id} records an edit you made and is final")
     window = settings.VOTE_UNDO_SECONDS
     if (now - vote.created_at).total_seconds() > window:
         raise NotAmendable(f"vote {vote_id} was given more than {window} seconds ago and is final")
