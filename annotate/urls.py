@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotate import views, views_events, views_manage, views_people, views_review
+from annotate import views, views_edit, views_events, views_manage, views_people, views_review
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -9,6 +9,7 @@ urlpatterns = [
     path("p/<slug:slug>/compare/<int:comparison_id>/vote/", views.vote, name="vote"),
     path("p/<slug:slug>/compare/<int:comparison_id>/skip/", views.skip, name="skip"),
     path("p/<slug:slug>/compare/<int:comparison_id>/flag/", views.flag, name="flag"),
+    path("p/<slug:slug>/compare/<int:comparison_id>/edit/", views_edit.edit, name="compare-edit"),
     path("p/<slug:slug>/votes/<int:vote_id>/undo/", views.undo, name="vote-undo"),
     path("p/<slug:slug>/votes/<int:vote_id>/strength/", views.vote_strength, name="vote-strength"),
     path("p/<slug:slug>/manage/flags/", views_review.flags_view, name="manage-flags"),

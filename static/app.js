@@ -15,6 +15,13 @@
     }
   });
 
+  // The edit page: Ctrl+Enter (Cmd+Enter) in the textarea saves, as the Save button does.
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+    const form = event.target.closest("[data-edit-form]");
+    if (form) { event.preventDefault(); form.requestSubmit(); }
+  });
+
   document.addEventListener("keyup", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     if (event.target.closest("textarea, input, select, [contenteditable]")) return;
@@ -37,6 +44,11 @@
     }
     const form = document.querySelector(".vote-form");
     if (!form) return;
+    if (key === "e") {  // to the "Edit A" link (Tab: "Edit B"); Enter opens the edit page
+      const edit = document.querySelector("[data-edit]");
+      if (edit) edit.focus();
+      return;
+    }
     if (key === "f") {  // open the flag form, its first reason focused
       const flag = document.querySelector("[data-flag]");
       if (flag) { flag.open = true; const first = flag.querySelector("[data-flag-first]"); if (first) first.focus(); }
