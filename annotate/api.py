@@ -41,6 +41,7 @@ from annotate.api_common import (
     wants_next,
 )
 from annotate.api_problems import ApiError, problem, problems
+from annotate.edits import EditError, edit_record
 from annotate.exports import EXPORT_FORMATS, OUTPUTS
 from annotate.models import Comparison, Project, Snapshot, Vote
 from annotate.queue import comparison_next, comparison_skip
@@ -142,6 +143,51 @@ def vote(request: HttpRequest, comparison_id: int):
     if wants_next(request, body):
         # After the vote's own transaction (and its retrain check) has committed. The lease the
         # vote released does not count; one held on another pair is handed out again.
+        payload["next"] = _next_json(caller, project)
+    return JsonResponse(payload, status=201 if outcome.created else 200)
+
+
+@router.post("/comparisons/{int:comparison_id}/edit", auth=BEARER_COMPARISON, url_name="api-edit",
+             response={201: s.Edit, 200: s.Edit, **problems(400, 404, 409, 413)},
+             summary="Edit the better answer of a comparison: the edit is preferred to the original (members)",
+             openapi_extra={**body_doc(s.EditIn), **_NEXT_QUERY})
+def edit(request: HttpRequest, comparison_id: int):
+    """The edited text becomes a completion of the project's `human-edit` checkpoint and a closed
+    comparison edited ≻ original with the caller's vote. Unless the caller voted on this comparison
+    already, the edit also votes for `side` on it. Only a comparison shown to the caller (leased or
+    voted on) can be edited. A replay of the same edit answers 200 and stores nothing."""
+    caller = request.caller
+    if not caller.comparison_exists:
+        raise Http404(f"comparison {comparison_id} does not exist")
+    project = _annotator_project(caller)
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError("invalid_request", 'the body must be a JSON object like {"side": "a", "text": "..."}')
+    comparison = Comparison.objects.select_related("project", "completion_a", "completion_b").filter(
+        pk=comparison_id).first()
+    if comparison is None:  # removed since the token's statement read it
+        raise Http404(f"comparison {comparison_id} does not exist")
+    key = body.get("idempotency_key")
+    try:
+        outcome = edit_record(comparison=comparison, annotator=caller.user, side=body.get("side", ""),
+                              text=body.get("text"), idempotency_key="" if key is None else key)
+    except EditError as error:
+        code = {404: "not_found", 409: "not_editable"}.get(error.status, "invalid_edit")
+        raise ApiError(code, str(error), status=error.status) from None
+    except VoteError as error:
+        code = next((c for kind, c in _VOTE_CODES if isinstance(error, kind)), None)
+        raise ApiError(code or ("invalid_vote" if error.status == 400 else "conflict"), str(error),
+                       status=error.status) from None
+    cast = outcome.original_vote
+    payload = {
+        "completion": outcome.completion.pk, "edited_from": outcome.completion.edited_from_id,
+        "comparison": outcome.comparison.pk, "vote": outcome.vote.pk, "vote_note": outcome.vote_note,
+        "original_vote": None if cast is None else {
+            "id": cast.pk, "comparison": cast.comparison_id, "choice": cast.choice, "winner": cast.winner_id,
+            "strength": cast.strength, "created": outcome.original_vote_created},
+        "created": outcome.created,
+    }
+    if wants_next(request, body):
         payload["next"] = _next_json(caller, project)
     return JsonResponse(payload, status=201 if outcome.created else 200)
 

@@ -30,6 +30,8 @@ CODES: dict[str, tuple[int, str]] = {
     "comparison_full": (409, "The comparison has all its votes"),
     "idempotency_conflict": (409, "The idempotency key was used for another vote"),
     "not_votable": (409, "The comparison is out of the queue"),
+    "invalid_edit": (400, "The edit is invalid"),
+    "not_editable": (409, "The comparison's answers cannot be edited"),
     "conflict": (409, "Conflict"),
     "payload_too_large": (413, "The body is too large"),
     "throttled": (429, "Too many requests"),

@@ -53,6 +53,27 @@ class Vote(Schema):
                                     "reserved like GET .../comparisons/next, or null when nothing is left")
 
 
+class EditIn(Schema):
+    side: Literal["a", "b"] = Field(description="the answer edited: the better one of the pair")
+    text: str = Field(description="the improved answer (raw text, as stored; at most TEXT_MAX_CHARS characters)")
+    idempotency_key: str | None = Field(None, max_length=64, description="for the vote on the pair edited from, "
+                                        "cast when the caller has not voted on it yet")
+    next: bool = Field(False, description="also reserve and return the caller's next comparison of this project")
+
+
+class Edit(Schema):
+    completion: int = Field(description="id of the new completion (checkpoint human-edit, edited_from the original)")
+    edited_from: int = Field(description="id of the original completion")
+    comparison: int = Field(description="id of the closed comparison edited vs original")
+    vote: int = Field(description="id of the caller's vote on it, for the edited side")
+    original_vote: Vote | None = Field(description="the caller's vote on the pair edited from: cast by this edit "
+                                       "(created true) or given before; null when it could not be recorded")
+    vote_note: str = Field(description="why the vote on the pair edited from was not recorded, or empty")
+    created: bool = Field(description="false for a replay: nothing was stored")
+    next: Comparison | None = Field(None, description="only when the edit asked for next: the next comparison, "
+                                    "reserved like GET .../comparisons/next, or null when nothing is left")
+
+
 class SkipIn(Schema):
     next: bool = Field(False, description="also reserve and return the caller's next comparison of this project")
 
