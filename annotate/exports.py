@@ -150,10 +150,11 @@ def _when(value: Any) -> datetime | None:
 def _votes(project: Project, filters: dict, *, training: bool = True) -> QuerySet:
     """The votes an export reads. A comparison a manager removed after a flag (annotate.review) is in no
     export; a training export (every format but ``raw``, which is for audits) also leaves out gold
-    comparisons and the votes of people the gold rule or a manager excluded (annotate.gold)."""
+    comparisons, canary comparisons (held out to score reward models: annotate.canary) and the votes of
+    people the gold rule or a manager excluded (annotate.gold)."""
     votes = Vote.objects.filter(comparison__project=project).exclude(comparison__state=Comparison.State.REMOVED)
     if training:
-        votes = votes.exclude(comparison__state=Comparison.State.GOLD)
+        votes = votes.exclude(comparison__state=Comparison.State.GOLD).exclude(comparison__canary=True)
         excluded = Exclusion.objects.standing(project).values("user_id")
         votes = votes.exclude(annotator_id__in=excluded)
     if "sources" in filters:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from annotate.canary import NOT_CANARY, canary_draw, canary_rates
 from annotate.models import (
     Checkpoint,
     Comparison,
@@ -121,13 +122,16 @@ def comparison_create(
     if existing:
         return existing, False
     a, b = (first, second) if (rng or random).random() < 0.5 else (second, first)
+    project = first.prompt.project
+    canary = reason not in NOT_CANARY and canary_draw(rate=project.canary_rate, first_id=a.pk, second_id=b.pk)
     comparison = Comparison.objects.create(
-        project_id=first.prompt.project_id,
+        project_id=project.pk,
         prompt_id=first.prompt_id,
         completion_a=a,
         completion_b=b,
         reason=reason,
         priority=priority,
+        canary=canary,
     )
     return comparison, True
 
@@ -147,6 +151,9 @@ def comparisons_create(
     ``rng`` in the order of ``pairs``, one draw per new pair, so a seeded rng gives the positions
     ``comparison_create`` would have given pair by pair. Completions need only ``pk`` and
     ``prompt_id`` loaded. Two reads per 500 prompts, then one insert per 500 new comparisons.
+
+    Unless ``reason`` is a battle, gold or an edit, each new pair is a canary (held out of training,
+    ``annotate.canary``) at its project's ``canary_rate``, by a hash of the pair: deterministic.
     """
     pairs = list(pairs)
     for first, second in pairs:
@@ -164,6 +171,7 @@ def comparisons_create(
             project_of.update(Prompt.objects.filter(pk__in=chunk).values_list("id", "project_id"))
             existing = Comparison.objects.filter(prompt_id__in=chunk).values_list("completion_a_id", "completion_b_id")
             stored.update(frozenset(pair) for pair in existing)
+        rates = canary_rates(project_of.values()) if reason not in NOT_CANARY else {}
         new = []
         for first, second in pairs:
             key = frozenset((first.pk, second.pk))
@@ -171,8 +179,11 @@ def comparisons_create(
                 continue
             stored.add(key)
             a, b = (first, second) if draw() < 0.5 else (second, first)
-            new.append(Comparison(project_id=project_of[first.prompt_id], prompt_id=first.prompt_id,
-                                  completion_a_id=a.pk, completion_b_id=b.pk, reason=reason, priority=priority))
+            project_id = project_of[first.prompt_id]
+            canary = reason not in NOT_CANARY and canary_draw(rate=rates.get(project_id, 0.0), first_id=a.pk,
+                                                              second_id=b.pk)
+            new.append(Comparison(project_id=project_id, prompt_id=first.prompt_id, completion_a_id=a.pk,
+                                  completion_b_id=b.pk, reason=reason, priority=priority, canary=canary))
         Comparison.objects.bulk_create(new, batch_size=_CHUNK)
     return len(new)
 

@@ -27,8 +27,8 @@ def snapshot_freeze(*, project: Project, filters: dict | None = None, aggregatio
     """Freeze the project's current ``pairs`` export (optionally filtered, see
     ``exports.filters_clean``) to ``<ARTIFACTS_URL>/snapshots/<slug>/<timestamp>-<rows>.jsonl``.
     Without a ``sources`` filter it keeps the project's ``training_sources`` (people and simulated
-    oracles by default, not AI judges); like every training export it leaves out gold comparisons and
-    excluded people (``annotate.gold``).
+    oracles by default, not AI judges); like every training export it leaves out gold comparisons, canary
+    comparisons (``annotate.canary``) and excluded people (``annotate.gold``).
 
     The file's sha256 and row count are stored on the returned row; ``votes`` counts the
     votes read to build it. Reads take no lock: votes recorded meanwhile may or may not be
@@ -87,16 +87,18 @@ def snapshot_left_out(project: Project) -> list[tuple[str, int]]:
     excluded = Exclusion.objects.standing(project).values("user_id")
     removed = Q(comparison__state=Comparison.State.REMOVED)
     is_gold = Q(comparison__state=Comparison.State.GOLD) & ~removed
-    by_person = Q(annotator_id__in=excluded) & ~removed & ~is_gold
-    by_source = ~Q(source__in=sources) & ~removed & ~is_gold & ~Q(annotator_id__in=excluded)
+    is_canary = Q(comparison__canary=True) & ~removed & ~is_gold
+    by_person = Q(annotator_id__in=excluded) & ~removed & ~is_gold & ~is_canary
+    by_source = ~Q(source__in=sources) & ~removed & ~is_gold & ~is_canary & ~Q(annotator_id__in=excluded)
     counts = Vote.objects.filter(comparison__project=project).aggregate(
-        removed=Count("id", filter=removed), gold=Count("id", filter=is_gold),
+        removed=Count("id", filter=removed), gold=Count("id", filter=is_gold), canary=Count("id", filter=is_canary),
         people=Count("id", filter=by_person), sources=Count("id", filter=by_source),
     )
     named = ", ".join(sources) or "none"
     reasons = [
         ("on pairs a manager removed after a flag", counts["removed"]),
         ("on gold pairs (checks, never trained on)", counts["gold"]),
+        ("on canary pairs (held out to score reward models)", counts["canary"]),
         ("by people excluded from training (gold rule or a manager)", counts["people"]),
         (f"from sources the project does not train on (it trains on: {named})", counts["sources"]),
     ]
