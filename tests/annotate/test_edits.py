@@ -1,6 +1,7 @@
 """Edit → preference (annotate.edits): the page without JavaScript, the service's refusals, the API, the export."""
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from html import unescape
@@ -8,6 +9,8 @@ from html import unescape
 import pytest
 from django.test import override_settings
 from django.urls import reverse
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from annotate import services
 from annotate.edits import EDIT_CHECKPOINT, EditError, EditNotAllowed, edit_record
@@ -17,8 +20,11 @@ from annotate.queue import comparison_next
 from annotate.tokens import token_create
 from annotate.votes import NotAmendable, vote_record, vote_withdraw
 from tests.annotate.test_api_openapi import _validator
+from tests.annotate.test_fuzz import JSON, NAN, NASTY_TEXT, _body
 from tests.conftest import PASSWORD, make_comparisons
 
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 TEXTAREA = re.compile(r'<textarea id="edit-text"[^>]*>\n(.*?)</textarea>', re.S)
 
 
@@ -287,3 +293,36 @@ def test_the_api_refuses_bad_edits_as_problems(client, project, annotator, outsi
     assert client.post(url, {"side": "a", "text": "new"}, content_type="application/json",
                        **strangers).status_code == 404
     assert _stored() == before
+
+
+@pytest.fixture
+def editor(client, annotator, project):
+    """Post an edit body to the API, each time on the next of many pairs the annotator holds."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from annotate.models import Lease
+
+    pairs = make_comparisons(project, 150)
+    Lease.objects.bulk_create([Lease(comparison=c, annotator=annotator, expires_at=timezone.now() + timedelta(hours=1))
+                               for c in pairs])
+    pairs = itertools.cycle(pairs)  # a second round meets replays and voted pairs
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=annotator)}"}
+    return lambda raw: client.post(f"/api/comparisons/{next(pairs).pk}/edit", raw, content_type="application/json",
+                                   **auth)
+
+
+@FUZZ
+@given(body=st.fixed_dictionaries({}, optional={
+    "side": st.sampled_from(["a", "b"]) | JSON, "text": NASTY_TEXT | JSON, "idempotency_key": NASTY_TEXT | JSON,
+    "next": JSON}) | JSON | NAN)
+def test_no_edit_body_gives_a_500_and_a_refused_one_stores_nothing(editor, body):
+    before = _stored()
+    response = editor(_body(body))
+    assert response.status_code in (200, 201, 400, 409), (body, response.status_code, response.content[:300])
+    if response.status_code >= 400:
+        assert response.json()["error"]
+        assert _stored() == before
+    elif response.status_code == 200:
+        assert _stored() == before
