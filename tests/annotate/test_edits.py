@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import re
 from html import unescape
@@ -12,7 +13,7 @@ from django.urls import reverse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from annotate import services
+from annotate import services, snapshots
 from annotate.edits import EDIT_CHECKPOINT, EditError, EditNotAllowed, edit_record
 from annotate.exports import export_rows
 from annotate.models import Checkpoint, Comparison, Completion, Membership, Vote
@@ -215,6 +216,10 @@ def test_the_edit_is_a_pair_in_the_exports_with_the_edit_chosen(project, annotat
     row = next(r for r in trl if r["comparison_id"] == outcome.comparison.pk)
     assert row["chosen"] == "The improved answer." and row["reason"] == "edit"
     assert row["checkpoint_chosen"] == EDIT_CHECKPOINT
+    frozen = snapshots.snapshot_freeze(project=project)  # what training reads
+    lines = [json.loads(line) for line in snapshots.snapshot_path(frozen).read_text().splitlines()]
+    assert [r["rejected"][-1]["content"] for r in lines if r["chosen"][-1]["content"] == "The improved answer."] == [
+        comparison.completion_a.text]
 
 
 def test_the_vote_of_an_edit_cannot_be_undone(project, annotator, comparisons):
