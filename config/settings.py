@@ -316,6 +316,9 @@ WORKER_WORLD_SIZE = env_int("WORKER_WORLD_SIZE", 1, minimum=1)
 RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3, minimum=1)
 RUN_LOST_AFTER_S = env_int("RUN_LOST_AFTER_S", 120, minimum=30)
 WORKER_DTYPE = env_choice("WORKER_DTYPE", "AUTO", ("AUTO", "FLOAT32", "BFLOAT16", "FLOAT16")).lower()
+# The reward-hacking guard (training.guards): how many of a project's prompts make its fixed prompt set, on
+# which every battled checkpoint's proxy reward and KL from its base are measured (0: no guard metrics).
+GUARD_PROMPTS = env_int("GUARD_PROMPTS", 16, minimum=0)
 # Where this worker's reward-model, DPO, PPO and local-checkpoint generation runs execute: "local" (in the
 # worker, or under torchrun on its GPUs) or "ray" (submitted to the Ray cluster whose dashboard is at
 # RAY_ADDRESS through the Ray Jobs API; the worker follows the job: progress, log, cancel, publish).

@@ -2,7 +2,9 @@
 
 A new candidate is sampled beside the incumbent on the same prompts; each pair of
 their answers becomes a high-priority "checkpoint battle" comparison, so human
-votes rank the checkpoints.
+votes rank the checkpoints. The prompts always include the guard's fixed prompt
+set, on which each sampled checkpoint's proxy reward and KL from its base are then
+measured (``training.guards``).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from django.db import transaction
 from annotate import services
 from annotate.artifacts import model_source
 from annotate.models import Checkpoint, Comparison, Completion, Project, Prompt
-from training import configs
+from training import configs, guards
 from training.lib.endpoint import EndpointConfig, generate_endpoint
 from training.models import TrainingRun
 from training.ray_jobs import generate_on_ray, on_ray
@@ -84,7 +86,28 @@ def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
     with run_publishing(run):
         created = _queue_battles(checkpoints, by_checkpoint, seed=settings["seed"])
     reporter.log(f"queued {created} comparisons")
-    run.outputs = {"completions": sum(len(v) for v in by_checkpoint.values()), "comparisons": created}
+    # The reward-hacking guard: proxy reward and KL from the base, per checkpoint, on the fixed prompt set.
+    measured = guards.guard_record(project=run.project, checkpoints=checkpoints,
+                                   samples=_guard_samples(checkpoints, by_checkpoint, sampling, reporter.log),
+                                   log=reporter.log)
+    run.outputs = {"completions": sum(len(v) for v in by_checkpoint.values()), "comparisons": created,
+                   "guard": {c.name: g for c, g in zip(checkpoints, measured, strict=False)}}
+
+
+def _guard_samples(checkpoints, by_checkpoint, sampling: dict, log) -> dict[int, dict[int, str]]:
+    """Each checkpoint's answers on the guard's fixed prompt set: the battle's where it sampled that prompt,
+    else sampled now with the battle's settings and kept only for the measurement (not stored, not battled)."""
+    fixed = guards.guard_prompts(checkpoints[0].project) if checkpoints else []
+    found: dict[int, dict[int, str]] = {}
+    for checkpoint in checkpoints:
+        texts = {pk: c.text for pk, c in by_checkpoint.get(checkpoint.pk, {}).items()}
+        missing = [p for p in fixed if p.pk not in texts]
+        if missing and (checkpoint.uri or checkpoint.endpoint_url):
+            log(f"guard: {checkpoint.name}: sampling {len(missing)} fixed prompts the battle did not cover")
+            outputs = _generate(checkpoint, missing, sampling, lambda done, total: None, log)
+            texts.update({p.pk: o.text for p, o in zip(missing, outputs, strict=True) if o.text.strip()})
+        found[checkpoint.pk] = texts
+    return found
 
 
 def _queue_battles(checkpoints, by_checkpoint, *, seed: int) -> int:

@@ -12,12 +12,22 @@ signature of reward hacking. The automatic-promotion gate refuses a flagged chec
 """
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from django.conf import settings as app_settings
 from django.db.models import Count, F, Q
+from django.utils import timezone
 
-from annotate.models import Checkpoint, Comparison, Vote
+from annotate.artifacts import model_source
+from annotate.canary import canary_freeze, canary_pairs
+from annotate.models import Checkpoint, Comparison, Project, Prompt, Vote
+from rewardmodel.services import latest_reward_model
 
+# Seeds the fixed prompt set's choice: the same prompts for every checkpoint of a project.
+GUARD_SEED = "guard-v1"
 # Battle votes a head-to-head (or an overall) win rate needs before the flag believes it.
 MIN_VOTES = 8
 OUTCOME = {Vote.Choice.A: 1.0, Vote.Choice.B: 0.0, Vote.Choice.TIE: 0.5, Vote.Choice.BOTH_BAD: 0.5}
@@ -135,3 +145,106 @@ def checkpoint_flag(checkpoint: Checkpoint, *, min_votes: int = MIN_VOTES) -> st
                     f"{reference.name} → {own.rate:.0%} of {own.votes}). Possible reward hacking.")
         return None
     return None
+
+
+# The measurements, taken on a worker (the generation job of a battle, the reward-model job).
+
+
+def guard_prompts(project: Project, *, count: int | None = None) -> list[Prompt]:
+    """The project's fixed prompt set: ``count`` (default ``GUARD_PROMPTS``) prompts ranked by a seeded hash of
+    their content, so every checkpoint is measured on the same prompts, and a prompt added later joins the
+    set only when it outranks one (the set does not reshuffle). In id order."""
+    count = app_settings.GUARD_PROMPTS if count is None else count
+    rows = Prompt.objects.filter(project=project).values_list("id", "content_hash")
+    ranked = sorted(rows, key=lambda row: hashlib.sha256(f"{GUARD_SEED}:{row[1]}".encode()).hexdigest())
+    return list(Prompt.objects.filter(pk__in=[pk for pk, _ in ranked[:count]]).order_by("id"))
+
+
+def base_of(checkpoint: Checkpoint) -> Checkpoint | None:
+    """The model a checkpoint's drift is measured from: the root of its parent chain, or, for a checkpoint
+    with no parent, the project's first checkpoint with weights (which may be itself). None: nothing has
+    weights."""
+    seen, node = {checkpoint.pk}, checkpoint
+    while node.parent_id is not None and node.parent_id not in seen:
+        seen.add(node.parent_id)
+        node = node.parent
+    if node.pk != checkpoint.pk:
+        return node
+    return (Checkpoint.objects.filter(project_id=checkpoint.project_id).exclude(uri="")
+            .order_by("created_at", "id").first())
+
+
+def _device() -> tuple[str, str]:
+    from training.lib.generation import resolve_device, resolve_dtype
+
+    device = resolve_device(app_settings.WORKER_DEVICE)
+    return device, resolve_dtype(app_settings.WORKER_DTYPE, device)
+
+
+def canary_metrics(project: Project, folder: Path | str) -> dict:
+    """Freeze the canaries whose votes are complete, then score the reward model in ``folder`` on every frozen
+    one: ``canary_accuracy`` (None without a decided pair), ``canary_pairs`` scored, ``canary_ties`` left out
+    (a tie has no right side)."""
+    canary_freeze(project)
+    pairs = canary_pairs(project)
+    if not any(p["answer"] in ("a", "b") for p in pairs):
+        return {"canary_accuracy": None, "canary_pairs": 0, "canary_ties": len(pairs)}
+    from rewardmodel.lib.model import load_reward_model
+    from training.lib.guard import canary_accuracy
+
+    accuracy, scored, ties = canary_accuracy(load_reward_model(folder, device=_device()[0]), pairs)
+    return {"canary_accuracy": accuracy, "canary_pairs": scored, "canary_ties": ties}
+
+
+def guard_record(*, project: Project, checkpoints: list[Checkpoint], samples: dict[int, dict[int, str]],
+                 log: Callable[[str], object] = print) -> list[dict]:
+    """Measure each checkpoint on the fixed prompt set from its ``samples`` (prompt id -> answer text, sampled
+    from that checkpoint) and store ``meta["guard"]``: the latest reward model's mean score (``proxy_reward``; None before
+    the first reward model), the KL from its base (``kl_from_base``; None without local weights), the prompt
+    ids, the sample count, and ``rivals``: the other checkpoints' proxy rewards from the same reward model."""
+    prompts = guard_prompts(project)
+    if not prompts or not checkpoints:
+        return []
+    reward_model = latest_reward_model(project)
+    groups = {c.pk: [(p.messages, samples[c.pk][p.pk]) for p in prompts if p.pk in samples.get(c.pk, {})]
+              for c in checkpoints}
+    device, dtype = _device()
+    proxies: dict[int, float] = {}
+    if reward_model is not None:
+        from training.lib.guard import mean_rewards
+
+        proxies = mean_rewards(model_source(reward_model.artifact_uri),
+                               {pk: ([m for m, _ in pairs], [t for _, t in pairs]) for pk, pairs in groups.items()},
+                               device=device)
+    recorded = []
+    for checkpoint in checkpoints:
+        base = base_of(checkpoint)
+        kl = _kl(checkpoint, base, groups[checkpoint.pk], device, dtype)
+        guard = {
+            "proxy_reward": proxies.get(checkpoint.pk), "kl_from_base": kl,
+            "prompts": [p.pk for p in prompts], "samples": len(groups[checkpoint.pk]),
+            "reward_model": reward_model and reward_model.pk,
+            "reward_model_version": reward_model and reward_model.version,
+            "base": base and base.pk, "base_name": base and base.name,
+            "rivals": {str(pk): value for pk, value in proxies.items() if pk != checkpoint.pk},
+            "measured_at": timezone.now().isoformat(),
+        }
+        checkpoint.refresh_from_db(fields=["meta"])
+        checkpoint.meta = {**checkpoint.meta, "guard": guard}
+        checkpoint.save(update_fields=["meta"])
+        proxy = "no reward model yet" if guard["proxy_reward"] is None else f"proxy reward {guard['proxy_reward']:.3f}"
+        drift = "KL unknown" if kl is None else f"KL from {base.name} {kl:.3f}"
+        log(f"guard: {checkpoint.name}: {proxy}, {drift} on {guard['samples']} samples")
+        recorded.append(guard)
+    return recorded
+
+
+def _kl(checkpoint: Checkpoint, base: Checkpoint | None, pairs: list, device: str, dtype: str) -> float | None:
+    if base is not None and base.pk == checkpoint.pk:
+        return 0.0
+    if base is None or not pairs or not checkpoint.uri or checkpoint.endpoint_url or not base.uri:
+        return None
+    from training.lib.guard import kl_from_base
+
+    return kl_from_base(model_source(checkpoint.uri), model_source(base.uri), [m for m, _ in pairs],
+                        [t for _, t in pairs], device=device, dtype=dtype)

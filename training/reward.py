@@ -18,7 +18,7 @@ from annotate.models import Comparison, Project, Snapshot, Vote
 from annotate.snapshots import snapshot_freeze, snapshot_path
 from rewardmodel.models import RewardModel
 from rewardmodel.services import latest_reward_model, reward_model_publish
-from training import configs
+from training import configs, guards
 from training.launch import out_of_process, run_ranks
 from training.models import TrainingRun
 from training.runs import RunReporter, json_safe, output_url, run_create, run_publishing
@@ -41,10 +41,15 @@ def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
     tmp = staging_path(url)  # on this host: a GPU worker trains here, then publishes to the store
     try:
         metrics, meta = _train_and_verify(run, reporter, config, snapshot, pairs, tmp)
+        # Scored on the canary set (held out of every snapshot) before the folder leaves this host.
+        metrics.update(guards.canary_metrics(run.project, tmp))
         folder_publish(tmp, url, progress=reporter.uploading)  # uploaded and verified (or renamed into place) before the row exists
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone once published; a failed run leaves nothing behind
     reporter.log(f"held-out accuracy {metrics.get('eval_accuracy', float('nan')):.3f}")
+    if metrics["canary_accuracy"] is not None:
+        reporter.log(f"canary accuracy {metrics['canary_accuracy']:.3f} on {metrics['canary_pairs']} frozen pairs "
+                     f"({metrics['canary_ties']} ties left out)")
     with run_publishing(run, url):  # this attempt still owns the run: one version, never a second
         run.reward_model_out = reward_model_publish(
             project=run.project,
