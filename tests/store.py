@@ -94,8 +94,9 @@ def store_back(monkeypatch) -> None:
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-def publish_tiny_base(project, name: str = "base"):
-    """A tiny chat Llama published to the store (ARTIFACTS_URL) as the project's incumbent checkpoint."""
+def publish_tiny_base(project, name: str = "base", *, state: str = "incumbent"):
+    """A tiny chat Llama published to the store (ARTIFACTS_URL) as the project's incumbent checkpoint
+    (or in ``state``)."""
     from annotate import artifacts
     from annotate.models import Checkpoint
     from tests.tiny import save_tiny_llama
@@ -104,4 +105,24 @@ def publish_tiny_base(project, name: str = "base"):
     staging = artifacts.staging_path(url)
     save_tiny_llama(staging, chat=True)
     return Checkpoint.objects.create(project=project, name=name, uri=artifacts.folder_publish(staging, url),
-                                     state=Checkpoint.State.INCUMBENT)
+                                     state=state)
+
+
+def publish_tiny_reward_model(project, snapshot, version: int = 1):
+    """A tiny Llama-backed reward model (the tiny policy's tokenizer) published to the store, and its row."""
+    import torch
+    from transformers import LlamaModel
+
+    from annotate import artifacts
+    from rewardmodel.lib.model import RewardModel as Scorer
+    from rewardmodel.lib.model import save_reward_model
+    from rewardmodel.models import RewardModel
+    from tests.tiny import llama_config, llama_tokenizer
+
+    url = artifacts.artifact_url("reward_models", project.slug, f"v{version}")
+    staging = artifacts.staging_path(url)
+    tok = llama_tokenizer(chat=True)
+    torch.manual_seed(1)
+    save_reward_model(Scorer(LlamaModel(llama_config(tok)), tok, pooling="last"), staging, {})
+    return RewardModel.objects.create(project=project, version=version, backbone="tiny-llama", snapshot=snapshot,
+                                      artifact_uri=artifacts.folder_publish(staging, url))

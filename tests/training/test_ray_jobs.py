@@ -22,7 +22,7 @@ from annotate import services
 from annotate.models import Checkpoint, Comparison, Completion
 from annotate.snapshots import snapshot_freeze
 from rewardmodel.models import RewardModel
-from tests.store import keys_in, publish_tiny_base
+from tests.store import keys_in, publish_tiny_base, publish_tiny_reward_model
 from tests.tiny import save_tiny_bert, save_tiny_llama
 from tests.training.test_reward_runs import vote_by_rule
 from tests.training.test_worker import database_url
@@ -30,7 +30,7 @@ from training import ray_jobs, runs
 from training.generation import generation_job, generation_start
 from training.lib.distributed import JobFailed
 from training.models import RunStep, TrainingRun
-from training.policy import dpo_job, dpo_start
+from training.policy import dpo_job, dpo_start, ppo_job, ppo_start
 from training.reward import reward_model_start, reward_model_train_job
 from training.runs import run_cancel, run_execute, runs_reap_stale, runs_reattach
 
@@ -219,6 +219,48 @@ def test_a_generation_run_samples_on_ray_and_queues_battles_here(ray, project, t
     assert Completion.objects.filter(checkpoint=incumbent).count() == 3
     assert run.outputs["comparisons"] == Comparison.objects.filter(project=project, reason="battle").count() > 0
     assert run.progress == 1.0 and "sampling 3 prompts on the Ray cluster" in run.log_tail
+
+
+@on_the_head
+def test_a_ppo_run_on_a_cluster_pulls_policy_and_reward_model_from_the_store_and_publishes_there(
+        ray, project, annotator, s3_artifacts, s3_client):
+    vote_by_rule(project, annotator, 8)
+    base = publish_tiny_base(project)
+    scorer = publish_tiny_reward_model(project, snapshot_freeze(project=project))
+    run = ppo_start(project=project, checkpoint=base, reward_model=scorer, enqueue=False,
+                    config={"steps": 2, "batch_size": 4, "mini_batch_size": 2, "max_new_tokens": 4, "num_threads": 1})
+    run_execute(run.pk, ppo_job)
+    run.refresh_from_db()
+    assert run.state == TrainingRun.State.SUCCEEDED, run.error
+    assert ray.get_job_info(run.ray_job_id).entrypoint.startswith(
+        f"python -m training.remote_job 1 s3://{s3_artifacts}/artifacts/jobs/run-{run.pk}/ppo/spec.json")
+    assert len(_jobs_of(ray, run)) == 1 and _status(ray, run) == "SUCCEEDED"
+    assert list(RunStep.objects.filter(run=run).values_list("step", flat=True)) == [1, 2]
+    checkpoint = run.checkpoint_out
+    assert checkpoint.uri == f"s3://{s3_artifacts}/artifacts/checkpoints/{project.slug}/ppo-run-{run.pk}"
+    assert checkpoint.meta["reward_model_version"] == scorer.version
+    stored = [k.rsplit("/", 1)[-1] for k in keys_in(s3_client, s3_artifacts, checkpoint.uri.split("/", 3)[3])]
+    assert {"manifest.json", "model.safetensors"} <= set(stored)
+    assert keys_in(s3_client, s3_artifacts, f"artifacts/jobs/run-{run.pk}/") == []  # the staging is gone
+
+
+@on_the_head
+def test_a_generation_run_on_a_cluster_without_the_worker_s_disk_samples_stored_checkpoints(
+        ray, project, s3_artifacts, s3_client):
+    candidate = publish_tiny_base(project, "cand", state=Checkpoint.State.CANDIDATE)
+    incumbent = publish_tiny_base(project, "inc")
+    for i in range(2):
+        services.prompt_get_or_create(project=project, messages=f"Tell me about topic {i}")
+    run = generation_start(project=project, checkpoints=[candidate, incumbent],
+                           config={"prompts": 2, "max_new_tokens": 4, "temperature": 1.0}, enqueue=False)
+    run_execute(run.pk, generation_job)
+    run.refresh_from_db()
+    assert run.state == TrainingRun.State.SUCCEEDED, run.error
+    assert ray.get_job_info(run.ray_job_id).entrypoint.startswith(
+        f"python -m training.remote_job 1 s3://{s3_artifacts}/artifacts/jobs/run-{run.pk}/generation-c{incumbent.pk}/")
+    assert Completion.objects.filter(checkpoint=candidate).count() == 2
+    assert Completion.objects.filter(checkpoint=incumbent).count() == 2
+    assert keys_in(s3_client, s3_artifacts, f"artifacts/jobs/run-{run.pk}/") == []  # both jobs' staging is gone
 
 
 @on_the_head

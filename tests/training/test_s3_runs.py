@@ -1,4 +1,4 @@
-"""Runs publishing to an S3-compatible store (tests/store.py): reward model, DPO, the checkpoint sampled on
+"""Runs publishing to an S3-compatible store (tests/store.py): reward model, DPO, PPO, the checkpoint sampled on
 another host, and a host that loses the store mid-upload (no row; the retry publishes once)."""
 from __future__ import annotations
 
@@ -11,12 +11,19 @@ from annotate import artifacts, services
 from annotate.models import Checkpoint, Completion
 from annotate.snapshots import snapshot_freeze
 from rewardmodel.models import RewardModel
-from tests.store import another_host, keys_in, lose_the_store_after, publish_tiny_base, store_back
+from tests.store import (
+    another_host,
+    keys_in,
+    lose_the_store_after,
+    publish_tiny_base,
+    publish_tiny_reward_model,
+    store_back,
+)
 from tests.tiny import save_tiny_bert
 from tests.training.test_reward_runs import vote_by_rule
 from training.generation import generation_job, generation_start
 from training.models import TrainingRun
-from training.policy import dpo_job, dpo_start
+from training.policy import dpo_job, dpo_start, ppo_job, ppo_start
 from training.reward import reward_model_start, reward_model_train_job
 from training.runs import run_execute
 from training.starts import run_retry
@@ -128,6 +135,30 @@ def test_a_dpo_upload_cut_off_leaves_no_checkpoint_and_the_retry_publishes_once(
     assert retry.state == TrainingRun.State.SUCCEEDED, retry.error
     assert list(Checkpoint.objects.filter(name__startswith="dpo-").values_list("uri", flat=True)) == [
         f"s3://{s3_artifacts}/artifacts/checkpoints/demo/dpo-run-{retry.pk}"]
+
+
+def test_a_ppo_run_pulls_policy_and_reward_model_from_the_store_and_publishes_there(
+        settings, tmp_path, project, stored_base, s3_artifacts, s3_client):
+    base, snapshot = stored_base
+    scorer = publish_tiny_reward_model(project, snapshot)
+    shutil.rmtree(tmp_path / "gpu-host")  # the PPO host has neither the policy nor the reward model on its disk
+    host = another_host(settings, tmp_path, "gpu-1")
+    run = ppo_start(project=project, checkpoint=base, reward_model=scorer, enqueue=False,
+                    config={"steps": 2, "batch_size": 4, "mini_batch_size": 2, "max_new_tokens": 4, "num_threads": 1})
+    run = run_execute(run.pk, ppo_job)
+    assert run.state == TrainingRun.State.SUCCEEDED, run.error
+    assert (run.step, run.total_steps) == (2, 2)
+    checkpoint = run.checkpoint_out
+    assert checkpoint.uri == f"s3://{s3_artifacts}/artifacts/checkpoints/demo/ppo-run-{run.pk}"
+    assert checkpoint.parent == base and checkpoint.meta["reward_model_version"] == 1
+    assert {"manifest.json", "meta.json", "model.safetensors"} <= set(published(s3_client, s3_artifacts, checkpoint.uri))
+    assert (host / "cache" / "folders").is_dir()  # both inputs came through this host's cache
+    assert not any((host / "scratch").rglob("*.safetensors"))  # nothing staged is left behind
+
+    shutil.rmtree(host)
+    another_host(settings, tmp_path, "gpu-2")
+    meta = json.loads((artifacts.folder_fetch(checkpoint.uri) / "meta.json").read_text())
+    assert meta["lineage"]["run"] == run.pk and meta["lineage"]["reward_model_version"] == 1
 
 
 def test_a_two_process_dpo_run_trains_into_local_staging_and_publishes_to_the_store(
