@@ -1,7 +1,8 @@
 # The web app and the CPU workers (README, "Deploying for a team"). GPU workers: deploy/gpu.Dockerfile.
 #   docker build -t flywheel .
 #   docker run --env-file deploy/production.env -p 8000:8000 flywheel            # the web app
-#   docker run --env-file deploy/production.env flywheel celery -A config worker -Q default
+#   docker run --env-file deploy/production.env --health-cmd "python -m config.worker_health" \
+#     flywheel celery -A config worker -Q default   # a worker: its own healthcheck, not the web app's below
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \

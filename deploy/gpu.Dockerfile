@@ -20,5 +20,8 @@ RUN useradd --system --uid 10001 --home-dir /app flywheel \
  && mkdir -p "$FLYWHEEL_VAR_DIR" && chown flywheel "$FLYWHEEL_VAR_DIR"
 USER flywheel
 
+# Not the web app's /healthz: this worker answers a ping, or its run on this host keeps beating
+# (a --pool solo worker answers no ping while it trains; config/worker_health.py).
+HEALTHCHECK --interval=60s --timeout=30s --start-period=60s --retries=3 CMD python -m config.worker_health
 # The gpu queue only; --pool solo: one run at a time owns the host's GPUs (a run's torchrun spreads it).
 CMD ["celery", "-A", "config", "worker", "-Q", "gpu", "--pool", "solo", "--loglevel", "INFO"]

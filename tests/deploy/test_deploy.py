@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -95,6 +96,55 @@ def test_the_compose_file_names_only_services_and_images_the_kit_defines():
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert "gpu" in gpu["command"] and "default" in " ".join(services["worker"]["command"])
     assert "--respawn-failed-workers" in (ROOT / "Dockerfile").read_text()  # web: no build without it
+
+
+def _healthcheck(service: dict) -> str | None:
+    """The check a service's container runs: compose's own, else the HEALTHCHECK of the Dockerfile the kit
+    builds it from; None when there is none or it is turned off."""
+    check = service.get("healthcheck")
+    if check is not None:
+        if check.get("disable"):
+            return None
+        return " ".join(check["test"]) if isinstance(check["test"], list) else check["test"]
+    build = service.get("build")
+    if build:
+        dockerfile = build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile"
+        found = re.search(r"^HEALTHCHECK (.*)$", (ROOT / dockerfile).read_text().replace("\\\n", " "), re.MULTILINE)
+        return found and found.group(1)
+    return None
+
+
+# What each long-running service's healthcheck must exercise: the process the container runs.
+FITTING_CHECKS = {"postgres": "pg_isready", "redis": "redis-cli ping", "minio": "mc ready", "web": "/healthz",
+                  "worker": "config.worker_health", "gpu-worker": "config.worker_health",
+                  "flower": ":5555/healthcheck"}
+
+
+def test_every_long_running_service_has_a_healthcheck_that_fits_what_it_runs():
+    services = _compose()["services"]
+    for name, service in services.items():
+        check = _healthcheck(service)
+        if service.get("restart") == "no":  # one-shot: exits when done, never "healthy"
+            assert check is None, (name, check)
+            continue
+        assert name in FITTING_CHECKS, f"{name}: say which healthcheck fits it"
+        assert check and FITTING_CHECKS[name] in check, (name, check)
+        command = service.get("command") or []
+        if "celery" in " ".join(command) and "worker" in " ".join(command):
+            assert ":8000" not in check and "healthz" not in check, (name, check)  # the web image's own check
+    gpu_image_check = _healthcheck({"build": {"dockerfile": "deploy/gpu.Dockerfile"}})
+    assert gpu_image_check and "config.worker_health" in gpu_image_check  # `docker run` without compose
+
+
+def test_outside_images_are_pinned_and_the_web_app_waits_for_the_bucket():
+    services = _compose()["services"]
+    for name, service in services.items():
+        if "build" not in service:
+            tag = service["image"].partition(":")[2]
+            assert tag and tag != "latest", (name, service["image"])
+    assert all(services[n]["image"].split(":")[1].startswith("RELEASE.") for n in ("minio", "minio-bucket"))
+    for name in ("web", "worker", "gpu-worker"):
+        assert services[name]["depends_on"]["minio-bucket"] == {"condition": "service_completed_successfully"}, name
 
 
 def test_the_images_install_what_the_makefile_pins():
