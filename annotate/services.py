@@ -200,8 +200,10 @@ def comparisons_build(
 
     Each pair of checkpoints on a prompt gets one comparison (its first completion of each).
     """
-    # The texts gold made (annotate.gold's checkpoint) are never paired with anything else.
-    completions = (Completion.objects.filter(prompt__project=project).exclude(checkpoint__name="gold")
+    # The texts gold made (annotate.gold's checkpoint) and people's edits (annotate.edits', each already in its
+    # own closed comparison with the original) are never paired with anything else.
+    completions = (Completion.objects.filter(prompt__project=project)
+                   .exclude(checkpoint__name__in=("gold", "human-edit"))
                    .only("id", "prompt_id", "checkpoint_id"))
     if prompt_ids is not None:
         completions = completions.filter(prompt_id__in=list(prompt_ids))

@@ -245,8 +245,6 @@ def test_the_edit_checkpoint_is_never_served_battled_or_a_candidate(project, ann
     assert not Comparison.objects.filter(pk__in=served, reason=Comparison.Reason.EDIT).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="annotate.services.comparisons_build skips gold by name only: it needs "
-                   "exclude(checkpoint__name__in=(GOLD_CHECKPOINT, EDIT_CHECKPOINT)) (services.py is not ours)")
 def test_comparisons_build_never_pairs_an_edit(project, annotator, comparisons):
     comparison = Comparison.objects.get(pk=comparison_next(project=project, annotator=annotator).pk)
     edit_record(comparison=comparison, annotator=annotator, side="a", text="Better.")
