@@ -153,6 +153,8 @@ def edit_record(
             pair = Comparison.objects.create(
                 project_id=comparison.project_id, prompt_id=original.prompt_id, completion_a=a, completion_b=b,
                 reason=Comparison.Reason.EDIT, state=Comparison.State.CLOSED, vote_count=0,
+                # An edit of a canary pair would teach training the canary's answer: it is held out with it.
+                canary=comparison.canary,
             )
         vote, created = _vote_edit(pair, completion, annotator, now)
     return EditOutcome(completion=completion, comparison=pair, vote=vote, created=created,

@@ -329,3 +329,13 @@ def test_no_edit_body_gives_a_500_and_a_refused_one_stores_nothing(editor, body)
         assert _stored() == before
     elif response.status_code == 200:
         assert _stored() == before
+
+
+def test_an_edit_of_a_canary_pair_is_held_out_with_it(project, annotator, comparisons):
+    comparison = Comparison.objects.get(pk=comparison_next(project=project, annotator=annotator).pk)
+    Comparison.objects.filter(pk=comparison.pk).update(canary=True)
+    comparison.refresh_from_db()
+    outcome = edit_record(comparison=comparison, annotator=annotator, side="a", text="The improved answer.")
+    assert outcome.comparison.canary  # else training would learn the canary's answer from the edit
+    rows = list(export_rows(project=project, fmt="pairs"))
+    assert not [r for r in rows if r["chosen"][-1]["content"] == "The improved answer."]
