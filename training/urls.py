@@ -12,6 +12,7 @@ urlpatterns = [
     path("p/<slug:slug>/console/runs/<int:run_id>/retry/", views.run_retry_view, name="console-run-retry"),
     path("p/<slug:slug>/console/reward-models/", views.reward_models, name="console-reward-models"),
     path("p/<slug:slug>/console/leaderboard/", views.leaderboard, name="console-leaderboard"),
+    path("p/<slug:slug>/console/guard/", views.guard, name="console-guard"),
     path(
         "p/<slug:slug>/console/checkpoints/<int:checkpoint_id>/promote/", views.promote, name="console-promote"
     ),

@@ -142,6 +142,7 @@ def page_urls(project, data) -> dict[str, str]:
         "run detail": reverse("console-run", args=[project.slug, run.pk]),
         "reward models": reverse("console-reward-models", args=[project.slug]),
         "leaderboard": reverse("console-leaderboard", args=[project.slug]),
+        "reward hacking": reverse("console-guard", args=[project.slug]),
         "datasets": reverse("console-datasets", args=[project.slug]),
         "annotators": reverse("console-annotators", args=[project.slug]),
         "annotators all": reverse("console-annotators", args=[project.slug]) + "?sources=all",
@@ -165,7 +166,8 @@ def test_every_console_page_renders_for_a_manager(client, project, manager, seed
     for name, url in page_urls(project, seeded).items():
         response = client.get(url)
         assert response.status_code == 200, name
-        charted = name in ("dashboard", "run detail", "reward models", "leaderboard", "annotators", "annotators all")
+        charted = name in ("dashboard", "run detail", "reward models", "leaderboard", "reward hacking", "annotators",
+                           "annotators all")
         assert (b'<svg class="chart"' in response.content) == charted, name
 
 

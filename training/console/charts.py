@@ -1,4 +1,4 @@
-"""Server-rendered SVG charts for the console: line, bar, heatmap and interval plots.
+"""Server-rendered SVG charts for the console: line, bar, scatter, heatmap and interval plots.
 
 No JavaScript and nothing from a CDN: each function returns a self-contained ``<svg>`` string,
 marked safe only after every label, title and number in it has been escaped here. Labels can be
@@ -247,6 +247,60 @@ def bar_chart(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="{escape(h.color)}" '
             f'stroke-dasharray="6 4"><title>{escape(h.label)}</title></line>'
         )
+    return _svg(width, height, title, body)
+
+
+@dataclass(frozen=True)
+class Point:
+    label: str
+    x: float
+    y: float
+    marked: bool = False  # drawn in the warning colour, with a ring
+
+
+def scatter_chart(points: Sequence[Point], *, title: str, x_label: str, y_label: str, y_percent: bool = False,
+                  hlines: Sequence[HLine] = (), width: int = 640, height: int = 300,
+                  empty: str = "No data yet") -> SafeString:
+    """Labelled points on numeric axes (a marked point in the warning colour); a ``<title>`` on each."""
+    points = [p for p in points if math.isfinite(p.x) and math.isfinite(p.y)]
+    if not points:
+        return _empty(width, height, title, empty)
+    xs, ys = [p.x for p in points], [p.y for p in points] + [h.y for h in hlines]
+    x_ticks, y_ticks = nice_ticks(min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1, 5), nice_ticks(
+        min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1, 4)
+    x_low, x_high, low, high = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
+    left, right, top, bottom = 56, 16, 28, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def px(x: float) -> float:
+        return left + (x - x_low) / ((x_high - x_low) or 1.0) * plot_w
+
+    def py(y: float) -> float:
+        return top + (high - y) / ((high - low) or 1.0) * plot_h
+
+    body = [f'<text x="{left}" y="16" fill="{INK}" font-weight="600">{escape(title)}</text>']
+    for tick in y_ticks:
+        body.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="{GRID}"/>'
+                    f'<text x="{left - 6}" y="{py(tick) + 4:.1f}" text-anchor="end" fill="{MUTED}">'
+                    f"{escape(_num(tick, y_percent))}</text>")
+    for tick in x_ticks:
+        body.append(f'<text x="{px(tick):.1f}" y="{top + plot_h + 16}" text-anchor="middle" fill="{MUTED}">'
+                    f"{escape(_num(tick))}</text>")
+    body.append(f'<text x="{left + plot_w / 2:.0f}" y="{height - 6}" text-anchor="middle" fill="{MUTED}">'
+                f"{escape(x_label)}</text>"
+                f'<text transform="translate(12 {top + plot_h / 2:.0f}) rotate(-90)" text-anchor="middle" '
+                f'fill="{MUTED}">{escape(y_label)}</text>')
+    for h in hlines:
+        body.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{py(h.y):.1f}" y2="{py(h.y):.1f}" '
+                    f'stroke="{escape(h.color)}" stroke-dasharray="6 4"><title>{escape(h.label)}</title></line>')
+    for p in points:
+        color = PALETTE[1] if p.marked else PALETTE[0]
+        ring = f' stroke="{PALETTE[1]}" stroke-width="2" fill-opacity="0.35"' if p.marked else ""
+        body.append(f'<circle cx="{px(p.x):.1f}" cy="{py(p.y):.1f}" r="{7 if p.marked else 5}" fill="{color}"{ring}'
+                    f'{" data-marked" if p.marked else ""}><title>{escape(p.label)}: {escape(_num(p.x))}, '
+                    f"{escape(_num(p.y, y_percent))}</title></circle>"
+                    f'<text x="{px(p.x) + 9:.1f}" y="{py(p.y) + 4:.1f}" fill="{INK}" font-size="11">'
+                    f"{escape(_short(p.label))}</text>")
     return _svg(width, height, title, body)
 
 

@@ -5,6 +5,7 @@ from annotate.stats import Agreement, AnnotatorStats
 from rewardmodel.models import RewardModel
 from training.checkpoints import Leaderboard
 from training.console import charts
+from training.console.guard import GuardPanel
 from training.console.selectors import Dashboard, RunView
 
 # Published human agreement on preference pairs (InstructGPT, Stiennon et al., Anthropic HH).
@@ -90,3 +91,31 @@ def agreement_by_annotator(stats: list[AnnotatorStats], agreement: Agreement):
         bars, title="Agreement with the others' majority on shared comparisons", percent=True,
         hlines=hlines, every_label=1, width=960, empty="No comparison has two votes yet",
     )
+
+
+def guard_charts(panel: GuardPanel) -> dict:
+    """Proxy reward against human win rate (flagged checkpoints marked), KL from the base, canary accuracy."""
+    measured = [row for row in reversed(panel.checkpoints) if row.proxy_reward is not None]
+    return {
+        "proxy": charts.scatter_chart(
+            [charts.Point(row.checkpoint.name, row.proxy_reward, row.win_rate, marked=bool(row.flag))
+             for row in measured if row.win_rate is not None],
+            title="Proxy reward against human win rate (flagged in orange)",
+            x_label="mean reward-model score on the fixed prompts", y_label="battle win rate", y_percent=True,
+            hlines=[charts.HLine(0.5, "even")], width=960,
+            empty="No checkpoint has both a proxy reward and battle votes yet",
+        ),
+        "kl": charts.bar_chart(
+            [(row.checkpoint.name, row.kl_from_base) for row in reversed(panel.checkpoints)
+             if row.kl_from_base is not None],
+            title="KL from the base on the fixed prompts (nats per answer)", color=charts.PALETTE[3],
+            every_label=1, width=960, empty="No KL measured yet",
+        ),
+        "canary": charts.bar_chart(
+            [(f"v{rm.version}", rm.metrics["canary_accuracy"]) for rm in reversed(panel.reward_models)
+             if isinstance((rm.metrics or {}).get("canary_accuracy"), (int, float))],
+            title="Reward-model accuracy on the canary set", percent=True, color=charts.PALETTE[2],
+            hlines=[charts.HLine(0.5, "chance")], every_label=1, width=960,
+            empty="No reward model has been scored on frozen canaries yet",
+        ),
+    }

@@ -29,6 +29,7 @@ from annotate.snapshots import snapshot_freeze, snapshot_left_out
 from training import checkpoints
 from training.console import datasets, figures, selectors
 from training.console.forms import START_FORMS, FreezeForm, PromoteForm, RunFilterForm
+from training.console.guard import guard_panel
 from training.models import TrainingRun
 from training.runs import run_cancel, runs_reap_stale
 from training.starts import run_retry, run_start
@@ -159,6 +160,15 @@ def leaderboard(request: HttpRequest, slug: str) -> HttpResponse:
     context = {"project": project, "board": board, "rows": rows, "charts": figures.leaderboard_charts(board),
                "promotions": checkpoints.promotions(project)}
     return render(request, "training/leaderboard.html", context)
+
+
+@login_required
+def guard(request: HttpRequest, slug: str) -> HttpResponse:
+    """Reward hacking: proxy reward against human win rate, KL from the base, the canary set's accuracy."""
+    project = access.project_for_manager(request.user, slug)
+    panel = guard_panel(project)
+    return render(request, "training/guard.html", {"project": project, "panel": panel,
+                                                   "charts": figures.guard_charts(panel)})
 
 
 @login_required
