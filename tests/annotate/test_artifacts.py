@@ -154,3 +154,34 @@ def test_the_web_app_serves_a_snapshot_from_the_store_and_refuses_a_corrupt_one(
     another_host(settings, tmp_path, "web-2")
     refused = client.get(url, {"format": "pairs"})
     assert refused.status_code == 410 and "is corrupt" in refused.content.decode()
+
+
+def test_a_snapshot_upload_cut_off_mid_way_leaves_no_row_nothing_readable_and_a_retry_freezes_once(
+        settings, tmp_path, project, voted, s3_artifacts, s3_client, monkeypatch):
+    import s3fs
+
+    real = s3fs.S3FileSystem._put_file
+
+    async def cut_off(self, lpath, rpath, *args, **kwargs):
+        if "/snapshots/" in rpath:  # the store keeps the half that arrived, then the connection drops
+            half = tmp_path / "half-sent"
+            data = Path(lpath).read_bytes()
+            half.write_bytes(data[: len(data) // 2])
+            await real(self, str(half), rpath, *args, **kwargs)
+            raise ConnectionError("connection to the store lost mid-upload")
+        return await real(self, lpath, rpath, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", cut_off)
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(ConnectionError, match="mid-upload"):
+        snapshot_freeze(project=project)
+    assert not Snapshot.objects.exists()
+    assert keys_in(s3_client, s3_artifacts, "artifacts/snapshots/") == []  # the half that arrived is removed
+    assert not any(p.is_file() for p in (tmp_path / "gpu-host").rglob("*"))  # nor a staged or cached copy
+
+    store_back(monkeypatch)
+    snapshot = snapshot_freeze(project=project)
+    assert list(Snapshot.objects.values_list("pk", flat=True)) == [snapshot.pk] and snapshot.count == 5
+    assert keys_in(s3_client, s3_artifacts, "artifacts/snapshots/") == [snapshot.uri.removeprefix(f"s3://{s3_artifacts}/")]
+    another_host(settings, tmp_path, "gpu-2")
+    assert artifacts.sha256_file(snapshot_path(snapshot)) == snapshot.sha256
