@@ -8,11 +8,13 @@ worker logs them too.
 A run survives the loss of its worker process (killed, crashed, its host down): while a job runs,
 a thread of its process keeps the row's heartbeat fresh, and the row names the host and process.
 A lost run (its process gone from that host, found when a worker starts there or the task is
-delivered again; or no heartbeat for ``RUN_LOST_AFTER_S``, found by every worker every minute and
-by the console) starts again from the beginning as the next ``attempt``, up to
-``RUN_MAX_ATTEMPTS``, and then fails with the reason. Each attempt publishes under its own URL and
-only the process running the current attempt may insert the row or finish the run, so a process
-that was presumed lost and wakes up publishes nothing: one run, one artifact, one row.
+delivered again; or no heartbeat for ``RUN_LOST_AFTER_S``, found by every worker every minute, by
+the console, and by a delivery of its task again, which then runs it at once) starts again from the
+beginning as the next ``attempt``, up to ``RUN_MAX_ATTEMPTS``, and then fails with the reason. Each
+attempt publishes under its own URL and only the process running the current attempt may write its
+progress, metrics, log and heartbeat, insert the row or finish the run: a process that was presumed
+lost and wakes up stops at its next report (``RunTakenOver``) and publishes nothing: one run on one
+worker at a time, one artifact, one row.
 """
 from __future__ import annotations
 
@@ -116,26 +118,39 @@ def run_publishing(run: TrainingRun, url: str = "") -> Iterator[None]:
 
 class _Heartbeat(threading.Thread):
     """Refreshes a running run's heartbeat every ``HEARTBEAT_S`` whatever its job is doing (loading a model,
-    evaluating, uploading), so that a run without a heartbeat means a process that is gone."""
+    evaluating, uploading), so that a run without a heartbeat means a process that is gone. The refresh is
+    conditional on this process's attempt: once the run is no longer its own (presumed lost and started again
+    elsewhere, or failed), the thread stops and sets ``taken_over``, which the job's next report raises as
+    ``RunTakenOver`` (``RunReporter``): a stale attempt never keeps its successor's heartbeat fresh."""
 
-    def __init__(self, run: TrainingRun) -> None:
+    def __init__(self, run: TrainingRun, taken_over: threading.Event | None = None) -> None:
         super().__init__(name=f"run-{run.pk}-heartbeat", daemon=True)
         self.run_id, self.attempt, self.done = run.pk, run.attempt, threading.Event()
+        self.taken_over = taken_over or threading.Event()
 
     def run(self) -> None:
         try:
             while not self.done.wait(HEARTBEAT_S):
                 try:
-                    TrainingRun.objects.filter(pk=self.run_id, attempt=self.attempt,
-                                               state=TrainingRun.State.RUNNING).update(heartbeat_at=timezone.now())
+                    beat = _current(self.run_id, self.attempt).update(heartbeat_at=timezone.now())
                 except Exception:  # noqa: BLE001 - a database that is away for a while: try again next beat
                     log.warning("run %s: could not refresh its heartbeat", self.run_id, exc_info=True)
+                    continue
+                if not beat and not self.done.is_set():
+                    self.taken_over.set()
+                    return
         finally:
             connection.close()  # this thread's own connection
 
     def stop(self) -> None:
         self.done.set()
         self.join(timeout=5)
+
+
+def _current(run_id: int, attempt: int):
+    """The run's row while ``attempt`` is its current one and it runs: every write of a running attempt goes
+    through this filter, so that a process presumed lost writes nothing over its successor."""
+    return TrainingRun.objects.filter(pk=run_id, attempt=attempt, state=TrainingRun.State.RUNNING)
 
 
 def run_create(
@@ -171,10 +186,17 @@ def run_enqueue(run_id: int) -> None:
 
 
 class RunReporter:
-    """What a job sees of its run row: progress, metrics, log lines, and cancellation."""
+    """What a job sees of its run row: progress, metrics, log lines, and cancellation.
+
+    Every write is conditional on the reporter's attempt still being the run's current one (an
+    ``UPDATE ... WHERE attempt = mine AND state = 'running'``, no extra query): a process presumed lost whose
+    run started again elsewhere writes nothing more, and its next report raises ``RunTakenOver`` so the job
+    stops there (``run_execute`` then records nothing of it).
+    """
 
     def __init__(
-        self, run: TrainingRun, *, min_interval_s: float = 0.5, echo: Callable[[int, int, dict], None] | None = None
+        self, run: TrainingRun, *, min_interval_s: float = 0.5, echo: Callable[[int, int, dict], None] | None = None,
+        taken_over: threading.Event | None = None,
     ) -> None:
         self.run = run
         self._echo = echo
@@ -183,22 +205,47 @@ class RunReporter:
         self._last_heartbeat = self._last_cancel_check = time.monotonic()
         self._min_interval_s = min_interval_s
         self._last_upload_line = 0.0
+        self._taken_over = taken_over or threading.Event()  # set by the heartbeat thread when it finds out first
 
-    def log(self, line: str) -> None:
+    def _mine(self):
+        if self._taken_over.is_set():
+            self._lost()
+        return _current(self.run.pk, self.run.attempt)
+
+    def _lost(self):
+        self._taken_over.set()
+        current = TrainingRun.objects.filter(pk=self.run.pk).values_list("attempt", "state").first()
+        raise RunTakenOver(
+            f"run {self.run.pk} attempt {self.run.attempt} is no longer the run's current attempt (now attempt "
+            f"{current and current[0]}, {current and current[1]}): this process stops at step {self.run.step}")
+
+    def _write(self, **fields) -> None:
+        if not self._mine().update(**fields):
+            self._lost()
+
+    def note(self, line: str) -> None:
+        """Add ``line`` to the log tail in memory only; the run's finish writes it (``_finish``)."""
         self._lines = (self._lines + [line.rstrip()])[-LOG_TAIL_LINES:]
         self.run.log_tail = "\n".join(self._lines)
-        TrainingRun.objects.filter(pk=self.run.pk).update(log_tail=self.run.log_tail, heartbeat_at=timezone.now())
+
+    def log(self, line: str) -> None:
+        self.note(line)
+        self._write(log_tail=self.run.log_tail, heartbeat_at=timezone.now())
 
     def alive(self) -> None:
         """For a job waiting on other processes: keep the heartbeat fresh (every 30 s) and notice a cancel
-        (every 2 s) even between steps; raises RunCancelled once one was requested."""
+        (every 2 s) even between steps; raises RunCancelled once one was requested, RunTakenOver once the
+        run is no longer this attempt's."""
         now = time.monotonic()
         if now - self._last_heartbeat >= 30.0:
             self._last_heartbeat = now
-            TrainingRun.objects.filter(pk=self.run.pk).update(heartbeat_at=timezone.now())
+            self._write(heartbeat_at=timezone.now())
         if now - self._last_cancel_check >= 2.0:
             self._last_cancel_check = now
-            if TrainingRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
+            cancel = self._mine().values_list("cancel_requested", flat=True).first()
+            if cancel is None:
+                self._lost()
+            if cancel:
                 raise RunCancelled(f"run {self.run.pk} was cancelled at step {self.run.step}")
 
     def uploading(self, sent: int, total: int) -> None:
@@ -212,25 +259,45 @@ class RunReporter:
         self.alive()
 
     def progress(self, step: int, total: int, metrics: dict | None = None) -> None:
-        """Record step ``step`` of ``total``; raises RunCancelled when a cancel was requested."""
+        """Record step ``step`` of ``total``; raises RunCancelled when a cancel was requested, RunTakenOver
+        (writing nothing) once the run is no longer this attempt's."""
         clean = {
             k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)
         }
         if self._echo:
             self._echo(step, total, clean)
-        if clean:
-            RunStep.objects.update_or_create(run=self.run, step=step, defaults={"metrics": clean})
+        if clean and not _step_record(self.run, step, clean):
+            self._lost()
         now = time.monotonic()
         if step < total and now - self._last_flush < self._min_interval_s:
+            if self._taken_over.is_set():
+                self._lost()
             return
         self._last_flush = now
-        self.run.step, self.run.total_steps = step, total
-        self.run.progress = min(1.0, step / total) if total else 0.0
-        TrainingRun.objects.filter(pk=self.run.pk).update(
-            step=step, total_steps=total, progress=self.run.progress, heartbeat_at=timezone.now()
-        )
-        if TrainingRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
+        progress = min(1.0, step / total) if total else 0.0
+        fields = {"step": step, "total_steps": total, "progress": progress, "heartbeat_at": timezone.now()}
+        # One statement in the usual case: the update only matches an uncancelled run of this attempt.
+        if not self._mine().filter(cancel_requested=False).update(**fields):
+            self._write(**fields)  # still this attempt's (else RunTakenOver): then a cancel was requested
+            self.run.step, self.run.total_steps, self.run.progress = step, total, progress
             raise RunCancelled(f"run {self.run.pk} was cancelled at step {step}")
+        self.run.step, self.run.total_steps, self.run.progress = step, total, progress
+
+
+def _step_record(run: TrainingRun, step: int, metrics: dict) -> bool:
+    """Insert or replace the metrics of ``step``, only while ``run``'s attempt is current; False if it is not.
+    One statement (an INSERT ... SELECT ... WHERE EXISTS ... ON CONFLICT) on SQLite and PostgreSQL alike."""
+    steps, runs = RunStep._meta, TrainingRun._meta
+    value = steps.get_field("metrics").get_db_prep_save(metrics, connection)
+    created = steps.get_field("created_at").get_db_prep_save(timezone.now(), connection)
+    cast = "::jsonb" if connection.vendor == "postgresql" else ""
+    sql = (f"INSERT INTO {steps.db_table} (run_id, step, metrics, created_at) "
+           f"SELECT %s, %s, %s{cast}, %s WHERE EXISTS (SELECT 1 FROM {runs.db_table} "
+           "WHERE id = %s AND attempt = %s AND state = %s) "
+           "ON CONFLICT (run_id, step) DO UPDATE SET metrics = excluded.metrics")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [run.pk, step, value, created, run.pk, run.attempt, TrainingRun.State.RUNNING])
+        return cursor.rowcount > 0
 
 
 def _claim(run_id: int) -> TrainingRun | None:
@@ -244,8 +311,10 @@ def _claim(run_id: int) -> TrainingRun | None:
         if TrainingRun.objects.filter(pk=run_id, state=TrainingRun.State.QUEUED, cancel_requested=True).update(
                 state=TrainingRun.State.CANCELLED, finished_at=now):
             _announce(run_id)
-        if runs_reap_dead_here(run_id=run_id, enqueue=False):  # delivered again: the process running it died
-            return _claim(run_id)  # queued again as its next attempt: this delivery runs it
+        # Delivered again: the process running it died on this host, or (anywhere) it stopped heartbeating
+        # for RUN_LOST_AFTER_S. Either way it is queued again as its next attempt, and this delivery runs it.
+        if runs_reap_dead_here(run_id=run_id, enqueue=False) or _reap_silent(run_id=run_id, enqueue=False):
+            return _claim(run_id)
         return _take_over(run_id)
     _announce(run_id)
     return TrainingRun.objects.select_related("project").get(pk=run_id)
@@ -276,19 +345,21 @@ def _take_over(run_id: int) -> TrainingRun | None:
         time.sleep(min(5.0, max(0.5, (beat + REATTACH_AFTER - now).total_seconds())))
 
 
-def _finish(run: TrainingRun, state: str, *, error: str = "") -> None:
+def _finish(run: TrainingRun, state: str, *, error: str = "") -> bool:
+    """Record how the run ended, only while ``run``'s attempt is current; False (nothing written) if not."""
     run.state, run.error, run.finished_at = state, error, timezone.now()
     if state == TrainingRun.State.SUCCEEDED:
         run.progress = 1.0
     fields = ["state", "error", "finished_at", "progress", "outputs", "reward_model_out", "checkpoint_out", "log_tail"]
     # Only the current attempt's process finishes the run (one presumed lost must not overwrite its successor).
-    finished = TrainingRun.objects.filter(pk=run.pk, attempt=run.attempt).update(
+    finished = _current(run.pk, run.attempt).update(
         **{name: getattr(run, name) for name in fields})
     if not finished:
         log.warning("run %s attempt %s ended %s after the run had started again; left as it is", run.pk,
                     run.attempt, state)
-    else:
-        _announce(run.pk)
+        return False
+    _announce(run.pk)
+    return True
 
 
 def run_execute(
@@ -304,24 +375,26 @@ def run_execute(
     run = _claim(run_id)
     if run is None:
         return None
-    reporter = RunReporter(run, echo=echo)
-    heartbeat = _Heartbeat(run)
+    taken_over = threading.Event()  # the heartbeat thread's finding, raised at the job's next report
+    reporter = RunReporter(run, echo=echo, taken_over=taken_over)
+    heartbeat = _Heartbeat(run, taken_over)
     heartbeat.start()
     _RUNNING_HERE.add(run.pk)
     try:
         job(run, reporter)
     except RunCancelled as stop:
-        reporter.log(str(stop))
+        reporter.note(str(stop))  # written by _finish, with the outcome, only if the run is still ours
         _finish(run, TrainingRun.State.CANCELLED)
     except RunTakenOver as lost:
         log.warning("%s", lost)  # the run is its successor's now: nothing of this attempt is recorded
         return None
     except BaseException as error:
-        reporter.log("".join(traceback.format_exception_only(type(error), error)).strip())
+        reporter.note("".join(traceback.format_exception_only(type(error), error)).strip())
         _finish(run, TrainingRun.State.FAILED, error="".join(traceback.format_exception(error))[-8000:])
         raise
     else:
-        _finish(run, TrainingRun.State.SUCCEEDED)
+        if not _finish(run, TrainingRun.State.SUCCEEDED):
+            return None  # its successor's now: nothing follows from this attempt (no after_run)
     finally:
         _RUNNING_HERE.discard(run.pk)
         heartbeat.stop()
@@ -355,12 +428,23 @@ def runs_reap_stale(*, now=None) -> int:
                            "cluster if it still runs: ray job stop "), F("ray_job_id")),
     )
     _announce(*abandoned)
+    return handled + _reap_silent(now=now)
+
+
+def _reap_silent(*, now=None, run_id: int | None = None, enqueue: bool = True) -> int:
+    """Local runs (no Ray job) without a heartbeat for ``RUN_LOST_AFTER_S``, wherever their host: each
+    starts again as its next attempt (sent to the queue unless ``enqueue`` is off), or fails after the
+    last. Only ``run_id`` when given. Returns how many."""
+    now = now or timezone.now()
     silent = TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, ray_job_id="",
                                         heartbeat_at__lt=now - lost_after()).select_related("project")
+    if run_id is not None:
+        silent = silent.filter(pk=run_id)
+    handled = 0
     for run in silent:
         where = f" (pid {run.worker_pid} on {run.worker})" if run.worker_pid else f" ({run.worker})" if run.worker else ""
         if _lost(run, f"its worker process{where} stopped reporting for more than {lost_after()}, at step "
-                      f"{run.step} of {run.total_steps}"):
+                      f"{run.step} of {run.total_steps}", enqueue=enqueue):
             handled += 1
     return handled
 

@@ -13,11 +13,13 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.db import connection
 
+from annotate.active import SELECT_PAIRS
 from annotate.events import webhooks_resume
 from training.jobs import job_for_kind
 from training.loop import after_run
 from training.models import TrainingRun
 from training.runs import EXECUTE_RUN, run_execute, runs_recover
+from training.selection import selection_after_run, selection_refresh
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,15 @@ def execute_run(run_id: int) -> None:
     kind = TrainingRun.objects.values_list("kind", flat=True).get(pk=run_id)
     run = run_execute(run_id, job_for_kind(kind))
     if run is not None and run.state == TrainingRun.State.SUCCEEDED:
+        selection_after_run(run)  # first: the refresh goes ahead of the policy run on this queue
         after_run(run)
+
+
+@shared_task(name=SELECT_PAIRS, acks_late=True, ignore_result=True)
+def select_pairs(project_id: int, rescore: bool = True) -> None:
+    """Active selection's refresh (training.selection); its sender picks the queue: "gpu" to score with
+    the reward model, "default" to re-choose from stored scores (annotate.active.selection_enqueue)."""
+    selection_refresh(project_id=project_id, rescore=rescore)
 
 
 @worker_ready.connect
@@ -43,9 +53,13 @@ def _recover_on_start(**_) -> None:
 RECOVER_EVERY_S = 60.0
 
 
-def _recover_forever() -> None:
-    while True:
-        time.sleep(RECOVER_EVERY_S)
+def _recover_forever(*, every_s: float | None = None, rounds: int | None = None) -> None:
+    """Every ``every_s`` (``RECOVER_EVERY_S``), recover lost runs and lost webhook retries; ``rounds``
+    bounds it (a test runs one)."""
+    done = 0
+    while rounds is None or done < rounds:
+        done += 1
+        time.sleep(RECOVER_EVERY_S if every_s is None else every_s)
         try:
             runs_recover()
             webhooks_resume()  # deliveries whose queued retry was lost (a broker outage, a worker's restart)
