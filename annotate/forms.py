@@ -22,7 +22,7 @@ class ProjectSettingsForm(forms.ModelForm):
         model = Project
         fields = ["name", "guidelines", "votes_per_comparison", "retrain_threshold", "lease_seconds",
                   "training_sources", "gold_rate", "gold_threshold", "gold_min_votes", "aggregation",
-                  "reliability_every"]
+                  "reliability_every", "selection", "serve_per_prompt"]
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 10})}
 
     def clean_gold_rate(self) -> float:
@@ -47,6 +47,23 @@ class ProjectSettingsForm(forms.ModelForm):
         value = self.cleaned_data["votes_per_comparison"]
         if not 1 <= value <= 20:
             raise forms.ValidationError("Between 1 and 20 people per comparison.")
+        return value
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Active selection's settings are kept as they are when a post leaves them out (older forms, scripts).
+        for name in ("selection", "serve_per_prompt"):
+            self.fields[name].required = False
+
+    def clean_selection(self) -> str:
+        return self.cleaned_data["selection"] or self.instance.selection
+
+    def clean_serve_per_prompt(self) -> int:
+        value = self.cleaned_data["serve_per_prompt"]
+        if value is None:
+            return self.instance.serve_per_prompt
+        if not 0 <= value <= 20:
+            raise forms.ValidationError("Between 0 (serve every candidate pair) and 20 pairs per prompt.")
         return value
 
     def clean_lease_seconds(self) -> int:

@@ -5,6 +5,7 @@ import tempfile
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.http import (
     FileResponse,
     HttpRequest,
@@ -16,6 +17,7 @@ from django.http import (
 from django.shortcuts import redirect, render
 
 from annotate import access, exports, imports
+from annotate.active import selection_enqueue
 from annotate.forms import ImportForm, ProjectSettingsForm
 from annotate.models import Comparison, Vote
 from annotate.queue import comparison_hints_clear
@@ -31,10 +33,14 @@ IMPORTERS = {
 def settings_view(request: HttpRequest, slug: str) -> HttpResponse:
     project = access.project_for_manager(request.user, slug)
     form = ProjectSettingsForm(request.POST or None, instance=project)
+    selection = (project.selection, project.serve_per_prompt)
     if request.method == "POST" and form.is_valid():
         form.save()
         if "votes_per_comparison" in form.changed_data:
             comparison_hints_clear(project=project)
+        if (project.selection, project.serve_per_prompt) != selection:  # annotate.active: re-rank the queue
+            rescore = project.selection != "fifo"  # fifo needs no model to restore the queue
+            transaction.on_commit(lambda: selection_enqueue(project.pk, rescore=rescore))
         messages.success(request, "Settings saved.")
         return redirect("manage-settings", slug=project.slug)
     return render(request, "annotate/manage_settings.html", {"project": project, "form": form})

@@ -1,7 +1,7 @@
 """Batched scoring of (prompt, completion) pairs with a trained reward model.
 
-Used by PPO (reward of a rollout) and by the queue (which pairs to ask
-about). Text is formatted and truncated exactly as in training.
+Used by PPO (reward of a rollout) and by active selection (which pairs to ask
+about: ``head_rewards``, read by ``training.selection``). Text is formatted and truncated exactly as in training.
 """
 
 from __future__ import annotations
@@ -28,6 +28,33 @@ def _collate(seqs: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 @torch.inference_mode()
+def head_rewards(
+    model: RewardModel, prompts: Sequence[Prompt], completions: Sequence[str], batch_size: int = 32
+) -> torch.Tensor:
+    """Every ensemble head's reward per completion: [N, K] fp32 on the CPU, in input order.
+
+    prompts[i] (a string or chat messages) goes with completions[i]. Active selection reads the heads
+    one by one (their disagreement is what BALD measures); ``score_with_uncertainty`` summarises them.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    if not completions:
+        return torch.zeros((0, model.ensemble_size))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    seqs = model.formatter.encode_for_scoring(prompts, completions, model.max_length)
+    out = torch.zeros((len(seqs), model.ensemble_size))
+    # Sorting by length keeps padding (wasted compute) small.
+    for idx in bucketed_batches([len(s) for s in seqs], batch_size, bucket_size=1, rng=None):
+        inputs = {k: v.to(device) for k, v in _collate([seqs[i] for i in idx], model.pad_id).items()}
+        with attention_kernels(device):
+            rewards = model(inputs["input_ids"], inputs["attention_mask"], last_index=inputs["last_index"])
+        out[idx] = rewards.float().cpu()  # [n, K]
+    model.train(was_training)
+    return out
+
+
 def score_with_uncertainty(
     model: RewardModel, prompts: Sequence[Prompt], completions: Sequence[str], batch_size: int = 32
 ) -> tuple[list[float], list[float]]:
@@ -35,26 +62,11 @@ def score_with_uncertainty(
 
     prompts[i] (a string or chat messages) goes with completions[i].
     """
-    if len(prompts) != len(completions):
-        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-    if not completions:
+    rewards = head_rewards(model, prompts, completions, batch_size)
+    if not len(rewards):
         return [], []
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    seqs = model.formatter.encode_for_scoring(prompts, completions, model.max_length)
-    means = torch.zeros(len(seqs))
-    stds = torch.zeros(len(seqs))
-    # Sorting by length keeps padding (wasted compute) small.
-    for idx in bucketed_batches([len(s) for s in seqs], batch_size, bucket_size=1, rng=None):
-        inputs = {k: v.to(device) for k, v in _collate([seqs[i] for i in idx], model.pad_id).items()}
-        with attention_kernels(device):
-            rewards = model(inputs["input_ids"], inputs["attention_mask"], last_index=inputs["last_index"])
-        rewards = rewards.float().cpu()  # [n, K]
-        means[idx] = rewards.mean(dim=1)
-        stds[idx] = rewards.std(dim=1) if rewards.shape[1] > 1 else torch.zeros(len(idx))
-    model.train(was_training)
-    return means.tolist(), stds.tolist()
+    stds = rewards.std(dim=1) if rewards.shape[1] > 1 else torch.zeros(len(rewards))
+    return rewards.mean(dim=1).tolist(), stds.tolist()
 
 
 def score(
