@@ -13,6 +13,7 @@ urlpatterns = [
     path("p/<slug:slug>/console/reward-models/", views.reward_models, name="console-reward-models"),
     path("p/<slug:slug>/console/leaderboard/", views.leaderboard, name="console-leaderboard"),
     path("p/<slug:slug>/console/guard/", views.guard, name="console-guard"),
+    path("p/<slug:slug>/console/loop/", views.loop, name="console-loop"),
     path(
         "p/<slug:slug>/console/checkpoints/<int:checkpoint_id>/promote/", views.promote, name="console-promote"
     ),

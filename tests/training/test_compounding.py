@@ -188,3 +188,23 @@ def test_the_leaderboard_says_which_votes_a_checkpoint_learned_from(client, proj
     page = client.get(f"/p/{project.slug}/console/leaderboard/")
     assert page.status_code == 200
     assert "votes since 2026-12-06T03:00:00: only what its parent had not learned" in page.content.decode()
+
+
+def test_a_manager_turns_automatic_promotion_on_in_the_console(client, project, manager, annotator):
+    url = f"/p/{project.slug}/console/loop/"
+    client.force_login(annotator)
+    assert client.get(url).status_code == 403
+    client.force_login(manager)
+    page = client.get(url)
+    assert page.status_code == 200 and "The loop is off" in page.content.decode()
+    answer = client.post(url, {"enabled": "on", "method": "dpo", "battle_prompts": 32, "auto_promote": "on",
+                               "promote_min_votes": 40, "train_on": "all"})
+    assert answer.status_code == 302
+    settings = loop_settings(project)
+    assert settings.enabled and settings.auto_promote and settings.promote_min_votes == 40
+    assert settings.train_on == "all" and settings.battle_prompts == 32
+    refused = client.post(url, {"method": "dpo", "battle_prompts": 0, "promote_min_votes": 40, "train_on": "later"})
+    assert refused.status_code == 400
+    assert "Between 1 and 10,000 prompts per battle." in refused.content.decode()
+    settings.refresh_from_db()
+    assert settings.enabled and settings.battle_prompts == 32  # nothing half-stored

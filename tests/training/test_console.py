@@ -143,6 +143,7 @@ def page_urls(project, data) -> dict[str, str]:
         "reward models": reverse("console-reward-models", args=[project.slug]),
         "leaderboard": reverse("console-leaderboard", args=[project.slug]),
         "reward hacking": reverse("console-guard", args=[project.slug]),
+        "loop": reverse("console-loop", args=[project.slug]),
         "datasets": reverse("console-datasets", args=[project.slug]),
         "annotators": reverse("console-annotators", args=[project.slug]),
         "annotators all": reverse("console-annotators", args=[project.slug]) + "?sources=all",

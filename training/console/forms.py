@@ -14,7 +14,7 @@ from django import forms
 from annotate.models import Checkpoint, Comparison, Snapshot, Vote
 from rewardmodel.models import RewardModel
 from training.configs import run_defaults
-from training.models import TrainingRun
+from training.models import LoopSettings, TrainingRun
 from training.starts import default_inputs
 
 ANY = [("", "any")]
@@ -239,3 +239,23 @@ class FreezeForm(forms.Form):
         if data["note"].strip():
             filters["note"] = data["note"].strip()
         return filters
+
+
+class LoopSettingsForm(forms.ModelForm):
+    """How the project's flywheel turns by itself: on or off, DPO or PPO, battles, and automatic promotion."""
+
+    class Meta:
+        model = LoopSettings
+        fields = ["enabled", "method", "battle_prompts", "auto_promote", "promote_min_votes", "train_on"]
+
+    def clean_battle_prompts(self) -> int:
+        value = self.cleaned_data["battle_prompts"]
+        if not 1 <= value <= 10_000:
+            raise forms.ValidationError("Between 1 and 10,000 prompts per battle.")
+        return value
+
+    def clean_promote_min_votes(self) -> int:
+        value = self.cleaned_data["promote_min_votes"]
+        if not 1 <= value <= 100_000:
+            raise forms.ValidationError("Between 1 and 100,000 battle votes.")
+        return value

@@ -28,8 +28,9 @@ from annotate.services import InvalidInput
 from annotate.snapshots import snapshot_freeze, snapshot_left_out
 from training import checkpoints
 from training.console import datasets, figures, selectors
-from training.console.forms import START_FORMS, FreezeForm, PromoteForm, RunFilterForm
+from training.console.forms import START_FORMS, FreezeForm, LoopSettingsForm, PromoteForm, RunFilterForm
 from training.console.guard import guard_panel
+from training.loop import loop_settings, loop_status
 from training.models import TrainingRun
 from training.runs import run_cancel, runs_reap_stale
 from training.starts import run_retry, run_start
@@ -160,6 +161,20 @@ def leaderboard(request: HttpRequest, slug: str) -> HttpResponse:
     context = {"project": project, "board": board, "rows": rows, "charts": figures.leaderboard_charts(board),
                "promotions": checkpoints.promotions(project)}
     return render(request, "training/leaderboard.html", context)
+
+
+@login_required
+def loop(request: HttpRequest, slug: str) -> HttpResponse:
+    """The loop's settings: whether it turns by itself, how each policy update learns, automatic promotion."""
+    project = access.project_for_manager(request.user, slug)
+    settings = loop_settings(project)
+    form = LoopSettingsForm(request.POST or None, instance=settings)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Loop settings saved.")
+        return redirect("console-loop", slug=project.slug)
+    return render(request, "training/loop.html", {"project": project, "form": form, "status": loop_status(project)},
+                  status=400 if form.errors else 200)
 
 
 @login_required
