@@ -25,6 +25,10 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "Install Chromium for the browser tests: sudo apt-get install chromium"; fi; }
 
+# The demo and the benchmarks run with DEBUG off on this host alone: a key made once and kept in
+# var/secret_key, unless SECRET_KEY is given (config/settings.py refuses to start with neither).
+demo bench: export LOCAL_SECRET_KEY ?= 1
+
 demo: venv
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py load_demo

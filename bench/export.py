@@ -34,6 +34,7 @@ WORDS = "the a model answer prompt because helpful correct clear short long reas
 
 def _setup_django() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("LOCAL_SECRET_KEY", "1")  # DEBUG is off: a key of its own (config/settings.py)
     sys.path.insert(0, str(ROOT))
     import django
 

@@ -58,6 +58,7 @@ def setup() -> None:
     os.environ["DATABASE_URL"] = f"sqlite:///{db}"
     os.environ["ARTIFACTS_DIR"] = str(OUT / "reliability-artifacts")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("LOCAL_SECRET_KEY", "1")  # DEBUG is off: a key of its own (config/settings.py)
     import django
 
     django.setup()

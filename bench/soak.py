@@ -137,7 +137,7 @@ def main(argv: list[str]) -> int:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     vote_http.database_recreate(args.pg, db)
     scratch = tempfile.mkdtemp(prefix="soak-")
-    os.environ.update(DATABASE_URL=url, DJANGO_SETTINGS_MODULE="config.settings", LOG_LEVEL="WARNING",
+    os.environ.update(DATABASE_URL=url, DJANGO_SETTINGS_MODULE="config.settings", LOG_LEVEL="WARNING", LOCAL_SECRET_KEY="1",
                       FLYWHEEL_VAR_DIR=scratch, CELERY_BROKER_URL="filesystem://", CELERY_TASK_ALWAYS_EAGER="0")
     import django
 

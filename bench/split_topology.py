@@ -181,7 +181,7 @@ def part_vote(args, layout: str) -> list[str]:
     db, url = "flywheel_bench_split", f"{args.pg}/flywheel_bench_split"
     vote_http.database_recreate(args.pg, db)
     scratch = Path(tempfile.mkdtemp(prefix="split_topology-"))
-    os.environ.update(DATABASE_URL=url, DJANGO_SETTINGS_MODULE="config.settings", LOG_LEVEL="WARNING",
+    os.environ.update(DATABASE_URL=url, DJANGO_SETTINGS_MODULE="config.settings", LOG_LEVEL="WARNING", LOCAL_SECRET_KEY="1",
                       FLYWHEEL_VAR_DIR=str(scratch), CELERY_BROKER_URL="filesystem://", CELERY_TASK_ALWAYS_EAGER="0")
     import django
 
@@ -327,7 +327,7 @@ def part_fault(args) -> list[str]:
     scratch = Path(tempfile.mkdtemp(prefix="split_fault-"))
     store, endpoint = store_start(scratch, prefix=[])
     broker = args.redis if redis_answers(args.redis) else "filesystem://"
-    common = {"DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "config.settings", "LOG_LEVEL": "WARNING",
+    common = {"DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "config.settings", "LOG_LEVEL": "WARNING", "LOCAL_SECRET_KEY": "1",
               "FLYWHEEL_VAR_DIR": str(scratch), "CELERY_BROKER_URL": broker, "CELERY_TASK_ALWAYS_EAGER": "0",
               **store_env(endpoint)}
     os.environ.update(common, ARTIFACTS_DIR=str(scratch / "web" / "scratch"),

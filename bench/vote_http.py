@@ -202,7 +202,7 @@ def server_start(args, url: str, port: int, log: Path) -> tuple[subprocess.Popen
                 cmd += [flag, str(value)]
     # The per-token API throttle stays on (its check is part of each request's cost) with a limit no
     # simulated annotator reaches: a closed loop drives one token far faster than a person votes.
-    env = {**os.environ, "DATABASE_URL": url, "DB_CONN_MAX_AGE": "600", "DEBUG": "0",
+    env = {**os.environ, "DATABASE_URL": url, "DB_CONN_MAX_AGE": "600", "DEBUG": "0", "LOCAL_SECRET_KEY": "1",
            "DJANGO_SETTINGS_MODULE": args.server_settings, "API_REQUESTS_PER_MINUTE": "100000000"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -607,7 +607,7 @@ def main(argv: list[str]) -> int:
     # Anything the app writes (a retrain enqueued on the file-system broker, artifacts) lands in a
     # throwaway folder, never in var/ where a demo worker would pick it up.
     scratch = tempfile.mkdtemp(prefix="vote_http-")
-    os.environ.update(DATABASE_URL=url, DJANGO_SETTINGS_MODULE="config.settings", LOG_LEVEL="WARNING",
+    os.environ.update(DATABASE_URL=url, DJANGO_SETTINGS_MODULE="config.settings", LOG_LEVEL="WARNING", LOCAL_SECRET_KEY="1",
                       FLYWHEEL_VAR_DIR=scratch, CELERY_BROKER_URL="filesystem://", CELERY_TASK_ALWAYS_EAGER="0")
     sys.path.insert(0, str(ROOT))
     import django

@@ -155,11 +155,21 @@ def _local_secret_key(path: Path) -> str:
     return key
 
 
-SECRET_KEY = env_str("SECRET_KEY") or _local_secret_key(VAR_DIR / "secret_key")
+MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+# With DEBUG off the key must be given (SECRET_KEY); LOCAL_SECRET_KEY=1 opts in to a key made once for this
+# host and kept in VAR_DIR/secret_key (the demo, a lone host): never silently, never a public default.
+LOCAL_SECRET_KEY = env_bool("LOCAL_SECRET_KEY", False)
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY and not (DEBUG or LOCAL_SECRET_KEY):
+    raise ImproperlyConfigured(
+        f"SECRET_KEY is not set and DEBUG is off: set SECRET_KEY to 32 or more random characters ({MAKE_A_KEY}), "
+        f"the same on every web host and worker; or, on a lone host or the demo, set LOCAL_SECRET_KEY=1 to make "
+        f"one and keep it in {VAR_DIR / 'secret_key'}")
+SECRET_KEY = SECRET_KEY or _local_secret_key(VAR_DIR / "secret_key")
 if not DEBUG and (len(SECRET_KEY) < 32 or SECRET_KEY.startswith(("CHANGE", "django-insecure-", "dev-only-insecure"))):
     refuse("SECRET_KEY", SECRET_KEY[:12] + "...", "with DEBUG off it must be a real secret of 32 or more random "
-           "characters (python -c 'import secrets; print(secrets.token_urlsafe(50))'), not a placeholder; "
-           "or leave it unset on a lone host, which then makes and keeps its own")
+           f"characters ({MAKE_A_KEY}), not a placeholder; or leave it unset with LOCAL_SECRET_KEY=1 on a lone "
+           "host, which then makes and keeps its own")
 ALLOWED_HOSTS = [h for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 

@@ -26,7 +26,8 @@ def production_env(var: Path) -> dict[str, str]:
 
 def test_check_deploy_is_clean_under_the_documented_production_settings(tmp_path):
     # Not the test session's own switches (the browser tests set DJANGO_ALLOW_ASYNC_UNSAFE for themselves).
-    env = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "DJANGO_ALLOW_ASYNC_UNSAFE")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DEBUG", "SECRET_KEY", "LOCAL_SECRET_KEY", "DJANGO_ALLOW_ASYNC_UNSAFE")}
     env.update(production_env(tmp_path))
     done = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -34,15 +35,33 @@ def test_check_deploy_is_clean_under_the_documented_production_settings(tmp_path
     assert "System check identified no issues" in done.stdout
 
 
+def test_without_a_secret_key_debug_off_stops_the_start_saying_how_to_make_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "LOCAL_SECRET_KEY")}
+    env["FLYWHEEL_VAR_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    message = done.stderr.strip().splitlines()[-1]
+    assert "ImproperlyConfigured: SECRET_KEY is not set and DEBUG is off" in message, done.stderr
+    assert "secrets.token_urlsafe(50)" in message and "LOCAL_SECRET_KEY=1" in message
+    assert not (tmp_path / "secret_key").exists()  # no key made behind the operator's back
+    for opt_in in ({"DEBUG": "1"}, {"LOCAL_SECRET_KEY": "1"}):  # a developer's machine; the demo, a lone host
+        done = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env | opt_in,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (opt_in, done.stderr)
+    assert len((tmp_path / "secret_key").read_text()) >= 50
+
+
 def test_the_defaults_are_what_check_deploy_warns_about_but_their_key_is_this_host_s_own(tmp_path):
     # The embedded defaults are for a laptop: the deploy check must keep flagging them (HTTPS).
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_") and k != "SECRET_KEY"}
-    env["FLYWHEEL_VAR_DIR"] = str(tmp_path)
+    env.update(FLYWHEEL_VAR_DIR=str(tmp_path), LOCAL_SECRET_KEY="1")
     done = subprocess.run([sys.executable, "manage.py", "check", "--deploy"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     for warning in ("W004", "W008", "W012", "W016"):
         assert warning in done.stdout + done.stderr, warning
-    # No SECRET_KEY: not a public default (W009) but a random one made once, kept, readable by its owner only.
+    # No SECRET_KEY, LOCAL_SECRET_KEY=1: not a public default (W009) but a random one made once, kept, readable
+    # by its owner only.
     assert "W009" not in done.stdout + done.stderr
     key = tmp_path / "secret_key"
     assert len(key.read_text()) >= 50 and key.stat().st_mode & 0o777 == 0o600

@@ -58,7 +58,7 @@ def test_a_broker_that_does_not_answer_is_no_answer_to_the_ping():
 
 def test_the_command_exits_non_zero_and_says_why_when_unhealthy(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "FLYWHEEL_VAR_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'db'}",
-           "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
+           "CELERY_BROKER_URL": "redis://127.0.0.1:1/0", "LOCAL_SECRET_KEY": "1"}
     done = subprocess.run([sys.executable, "-m", "config.worker_health"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 1, done.stderr
