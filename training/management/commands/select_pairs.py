@@ -1,9 +1,10 @@
-"""python manage.py select_pairs --project SLUG [--no-rescore]"""
+"""python manage.py select_pairs --project SLUG [--candidates] [--no-rescore]"""
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 from tqdm import tqdm
 
+from annotate.active import candidate_pairs_create
 from annotate.commands import project_get
 from training.selection import selection_refresh
 
@@ -16,11 +17,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True)
+        parser.add_argument("--candidates", action="store_true",
+                            help="First pair every two answers of each prompt (all C(k, 2) candidate pairs).")
         parser.add_argument("--no-rescore", action="store_true",
                             help="Re-choose from the stored scores without loading the reward model.")
 
-    def handle(self, *args, project, no_rescore, **options):
+    def handle(self, *args, project, candidates, no_rescore, **options):
         target = project_get(project)
+        if candidates:
+            self.stdout.write(f"{candidate_pairs_create(project=target)} new candidate pairs.")
         with tqdm(unit="completion", desc=f"scoring {target.slug}", disable=no_rescore) as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
