@@ -52,6 +52,7 @@ BENCHMARKS = {
     "loop": [PY, "bench/loop.py"],
     "reliability": [PY, "bench/reliability.py", "--seeds", "0,1,2", "--overlap", "3,5"],
     "split_topology": [PY, "bench/split_topology.py"],
+    "active": [PY, "bench/active.py"],
     # Restarts the machine's PostgreSQL part way: nothing else may use it meanwhile.
     "soak": [PY, "bench/soak.py"],
 }
