@@ -151,12 +151,80 @@ def _typed(cls, values: dict) -> None:
             raise ValueError(f"{name} must be {_describe(hint)}, not {json.dumps(value)[:80]}")
 
 
+# The sensible range of each numeric setting, whichever kind has it: (lowest, highest, lowest excluded,
+# highest excluded). The library configs check what their code needs (a batch of at least 1); these bound
+# what no run means either (a negative learning rate, 10^15 epochs, a seed past 64 bits) and what would
+# only exhaust a worker (a batch of 10^18, 10^12 new tokens). Checked after the types and the library's own
+# checks, so a wrong type or a broken rule of the library is named first.
+_OPEN, _CLOSED = True, False
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "learning_rate": (0, 1, _OPEN, _OPEN),
+    "epochs": (0, 1000, _OPEN, _CLOSED),
+    "steps": (1, 1_000_000, _CLOSED, _CLOSED),
+    "max_steps": (1, 100_000_000, _CLOSED, _CLOSED),
+    "ppo_epochs": (1, 100, _CLOSED, _CLOSED),
+    **{name: (1, 65536, _CLOSED, _CLOSED) for name in (
+        "batch_size", "mini_batch_size", "eval_batch_size", "reward_batch_size", "ref_batch_size")},
+    "bucket_size": (0, 65536, _CLOSED, _CLOSED),
+    "grad_accum": (1, 4096, _CLOSED, _CLOSED),
+    "max_length": (1, 131072, _CLOSED, _CLOSED),
+    "max_prompt_length": (1, 131072, _CLOSED, _CLOSED),
+    "max_new_tokens": (1, 32768, _CLOSED, _CLOSED),
+    "seed": (0, 2**63 - 1, _CLOSED, _CLOSED),
+    "prompts": (1, 10_000_000, _CLOSED, _CLOSED),
+    "warmup_ratio": (0, 1, _CLOSED, _CLOSED),
+    "weight_decay": (0, 1, _CLOSED, _CLOSED),
+    "max_grad_norm": (0, 10_000, _OPEN, _CLOSED),
+    "margin_scale": (0, 1000, _CLOSED, _CLOSED),
+    "ensemble_size": (1, 64, _CLOSED, _CLOSED),
+    "eval_fraction": (0, 1, _CLOSED, _OPEN),
+    "lora_r": (0, 1024, _CLOSED, _CLOSED),
+    "lora_alpha": (1, 4096, _CLOSED, _CLOSED),
+    "lora_dropout": (0, 1, _CLOSED, _OPEN),
+    "num_threads": (0, 1024, _CLOSED, _CLOSED),
+    "beta": (0, 100, _OPEN, _CLOSED),
+    "label_smoothing": (0, 0.5, _CLOSED, _OPEN),
+    "temperature": (0, 10, _CLOSED, _CLOSED),
+    "top_p": (0, 1, _OPEN, _CLOSED),
+    "kl_coef": (0, 100, _CLOSED, _CLOSED),
+    "kl_target": (0, 10_000, _OPEN, _CLOSED),
+    "kl_horizon": (1, 1_000_000_000, _CLOSED, _CLOSED),
+    "gamma": (0, 1, _CLOSED, _CLOSED),
+    "lam": (0, 1, _CLOSED, _CLOSED),
+    "clip_range": (0, 10, _OPEN, _CLOSED),
+    "clip_range_value": (0, 10_000, _OPEN, _CLOSED),
+    "vf_coef": (0, 100, _CLOSED, _CLOSED),
+}
+
+
+def _range_text(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    if low_open and high_open:
+        return f"greater than {low} and less than {high}"
+    if low_open:
+        return f"greater than {low} and at most {high}"
+    if high_open:
+        return f"at least {low} and less than {high}"
+    return f"from {low} to {high}"
+
+
+def _in_ranges(values: dict) -> None:
+    """A number outside its setting's range (``RANGES``) is an error naming the setting, the value and the range."""
+    for name, value in values.items():
+        if name not in RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # None where a setting allows it, or a wrong type: the type checks name those
+        low, high, low_open, high_open = RANGES[name]
+        if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+            raise ValueError(f"{name} must be {_range_text(low, high, low_open, high_open)}, not {value!r}")
+
+
 def _build(cls, values: dict, **inputs):
     _typed(cls, values)
     try:
-        return cls(**values, **inputs)
+        config = cls(**values, **inputs)
     except TypeError as error:  # e.g. a list where a number belongs
         raise ValueError(str(error)) from None
+    _in_ranges(values)
+    return config
 
 
 def _library_values(kind: str, run_config: dict) -> dict[str, Any]:
@@ -196,7 +264,9 @@ def _prompt_count(value) -> int | None:
 
 def ppo_prompt_limit(run_config: dict) -> int | None:
     """How many of the project's prompts a PPO run rolls out on (None: all of them)."""
-    return _prompt_count(_checked(Kind.PPO, run_config)["prompts"])
+    prompts = _prompt_count(_checked(Kind.PPO, run_config)["prompts"])
+    _in_ranges({"prompts": prompts})
+    return prompts
 
 
 def generation_settings(run_config: dict) -> dict[str, Any]:
@@ -211,6 +281,7 @@ def generation_settings(run_config: dict) -> dict[str, Any]:
         raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
     if values["max_new_tokens"] < 1 or values["batch_size"] < 1:
         raise ValueError("max_new_tokens and batch_size must be >= 1")
+    _in_ranges(values)
     return values
 
 
