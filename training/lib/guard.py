@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rewardmodel.lib.backbones import resolve_model
 from training.lib.generation import Message, render_prompt
 from training.lib.logprobs import rows_to_scored_tokens, sequence_sums, token_logprobs
 
@@ -67,6 +68,7 @@ def _load(path: str, device: str, dtype: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    path = resolve_model(path)  # an alias such as "smollm2" (the demo's base) or a folder
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
     return tokenizer, model
@@ -76,7 +78,7 @@ def kl_from_base(policy: str, base: str, prompts: Sequence[Sequence[Message]], c
                  device: str = "cpu", dtype: str = "float32", batch_size: int = 8) -> float:
     """Mean over samples of Σ_tokens (log π_policy − log π_base), both models reading the policy's tokenizer.
 
-    ``policy`` and ``base`` are model folders (or anything ``from_pretrained`` reads) sharing a vocabulary;
+    ``policy`` and ``base`` are model folders or aliases (``resolve_model``: the demo base is "smollm2") sharing a vocabulary;
     ``completions[i]`` was sampled from ``policy`` for ``prompts[i]``. 0.0 exactly when they are one folder.
     """
     if not completions:
