@@ -131,11 +131,21 @@ def retrain_due(project_id: int) -> int | None:
     return new_votes if new_votes >= threshold else None
 
 
+ACTIVE_ENSEMBLE_SIZE = 4
+
+
 def reward_model_start(
     *, project: Project, config: dict | None = None, reason: str = "started by hand", enqueue: bool = True
 ) -> TrainingRun:
-    """Validate the config, then create a run, queued unless ``enqueue`` is False (raises ValueError naming a bad setting)."""
-    configs.validate(KIND, config or {})
+    """Validate the config, then create a run, queued unless ``enqueue`` is False (raises ValueError naming a bad setting).
+
+    A project that selects pairs by BALD needs heads that can disagree: unless the config says otherwise, its
+    reward models train ``ACTIVE_ENSEMBLE_SIZE`` bootstrap heads (one head would rank like ``uncertainty``).
+    """
+    config = dict(config or {})
+    if project.selection == "bald":
+        config.setdefault("ensemble_size", ACTIVE_ENSEMBLE_SIZE)
+    configs.validate(KIND, config)
     with transaction.atomic():
-        return run_create(project=project, kind=KIND, config=config or {}, reason=reason, enqueue=enqueue)
+        return run_create(project=project, kind=KIND, config=config, reason=reason, enqueue=enqueue)
 

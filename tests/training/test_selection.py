@@ -14,7 +14,7 @@ from tests.conftest import PASSWORD
 from tests.tiny import save_tiny_bert
 from tests.training.test_reward_runs import vote_by_rule
 from training.models import TrainingRun
-from training.reward import reward_model_start
+from training.reward import ACTIVE_ENSEMBLE_SIZE, reward_model_start
 
 WORDS = ["good", "bad", "very good", "not bad", "a cat", "the dog is good"]
 
@@ -126,3 +126,13 @@ def test_select_pairs_scores_on_demand(project, annotator, artifacts, tmp_path, 
     predicted = _predicted(project)
     stored = dict(Comparison.objects.filter(project=project, reason="active").values_list("pk", "selection_score"))
     assert stored == pytest.approx(predicted, abs=1e-5)
+
+
+def test_a_bald_project_trains_reward_models_whose_heads_can_disagree(project):
+    project.selection = "bald"
+    project.save()
+    assert reward_model_start(project=project, enqueue=False).config["ensemble_size"] == ACTIVE_ENSEMBLE_SIZE
+    assert reward_model_start(project=project, config={"ensemble_size": 2}, enqueue=False).config["ensemble_size"] == 2
+    project.selection = "fifo"
+    project.save()
+    assert "ensemble_size" not in reward_model_start(project=project, enqueue=False).config
