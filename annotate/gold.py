@@ -28,6 +28,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
+from typing import IO, Any
 
 from django.db import transaction
 from django.db.models import F
@@ -35,6 +36,7 @@ from django.utils import timezone
 
 from annotate import services
 from annotate.boundary import unstorable
+from annotate.import_rows import ImportFailed, body_rows, file_rows, gold_row
 from annotate.models import Checkpoint, Comparison, Completion, Exclusion, Project, Vote
 from annotate.services import InvalidInput
 
@@ -154,29 +156,31 @@ def gold_generate(*, project: Project, count: int, seed: int = 0,
     return made
 
 
-def gold_import(*, project: Project, rows: list[dict], seed: int = 0) -> list[Comparison]:
+def gold_import(*, project: Project, rows: list, seed: int = 0) -> list[Comparison]:
     """Gold comparisons from rows ``{"prompt": text or messages, "chosen": better, "rejected": worse}``;
-    all or nothing: InvalidInput names the first bad row."""
+    all or nothing: ImportFailed names the first bad row (its 1-based place, as ``line``) and field."""
+    return _gold_import(project, body_rows(rows), seed)
+
+
+def gold_import_file(*, project: Project, stream: IO[bytes], filename: str, seed: int = 0) -> list[Comparison]:
+    """Gold comparisons from a JSONL file of such rows, read and checked as any import file is
+    (``IMPORT_MAX_BYTES``, UTF-8); all or nothing: ImportFailed names the line and the field."""
+    return _gold_import(project, file_rows(stream, filename), seed)
+
+
+def _gold_import(project: Project, numbered: list[tuple[int, Any]], seed: int) -> list[Comparison]:
+    checked = [gold_row(line, row) for line, row in numbered]  # every row, before anything is written
     rng = random.Random(seed)
     made: list[Comparison] = []
     with transaction.atomic():
         checkpoint = gold_checkpoint(project)
-        for number, row in enumerate(rows, 1):
-            if not isinstance(row, dict) or not {"prompt", "chosen", "rejected"} <= set(row):
-                raise InvalidInput(f"row {number}: needs prompt, chosen and rejected")
-            for key in ("chosen", "rejected"):
-                if not isinstance(row[key], str) or not row[key].strip():
-                    raise InvalidInput(f"row {number}: {key} must be a non-empty string")
-                if found := unstorable(row[key], key):
-                    raise InvalidInput(f"row {number}: {' '.join(found)}")
-            if row["chosen"] == row["rejected"]:
-                raise InvalidInput(f"row {number}: chosen and rejected are the same text")
+        for row in checked:
             try:
-                prompt, _ = services.prompt_get_or_create(project=project, messages=row["prompt"], source="gold")
+                prompt, _ = services.prompt_get_or_create(project=project, messages=row.messages, source="gold")
             except InvalidInput as error:
-                raise InvalidInput(f"row {number}: {error}") from None
-            good, _ = services.completion_get_or_create(prompt=prompt, checkpoint=checkpoint, text=row["chosen"])
-            comparison = _gold_pair(project, prompt, good, row["rejected"], {"method": "imported"}, rng)
+                raise ImportFailed(str(error), line=row.line, field="prompt") from None
+            good, _ = services.completion_get_or_create(prompt=prompt, checkpoint=checkpoint, text=row.chosen)
+            comparison = _gold_pair(project, prompt, good, row.rejected, {"method": "imported"}, rng)
             if comparison is not None:
                 made.append(comparison)
     return made

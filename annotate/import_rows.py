@@ -97,6 +97,8 @@ def _jsonl(text: str) -> list[tuple[int, Any]]:
         except json.JSONDecodeError as error:
             hint = " (the file must hold one JSON object per line: JSONL)" if not rows else ""
             raise ImportFailed(f"invalid JSON: {error.msg} at column {error.colno}{hint}", line=number) from None
+        except RecursionError:  # thousands of nested brackets: no row means them
+            raise ImportFailed("invalid JSON: nested too deeply", line=number) from None
     return rows
 
 
@@ -285,3 +287,27 @@ def preference_row(line: int, row: Any) -> PreferenceRow:
     # The inverse of the export's margin = (strength - 1) / 2, clamped to the three strengths.
     strength = None if margin is None else min(3, max(1, 1 + round(2 * min(margin, 1.0))))
     return PreferenceRow(messages, chosen, rejected, strength)
+
+
+@dataclass(frozen=True)
+class GoldRow:
+    line: int
+    messages: list[dict]
+    chosen: str
+    rejected: str
+
+
+def gold_row(line: int, row: Any) -> GoldRow:
+    """A gold pair (``annotate.gold``): ``{"prompt": text or messages, "chosen": the better answer,
+    "rejected": the worse}``, with every check an import row gets (NUL, lone surrogates, nesting, empty
+    texts, TEXT_MAX_CHARS)."""
+    row = _object(line, row)
+    missing = [key for key in ("prompt", "chosen", "rejected") if key not in row]
+    if missing:
+        raise ImportFailed(f"needs prompt, chosen and rejected ({', '.join(missing)} missing)", line=line)
+    messages = _messages(row["prompt"], line=line, field="prompt")
+    chosen = _text(row["chosen"], line=line, field="chosen")
+    rejected = _text(row["rejected"], line=line, field="rejected")
+    if chosen == rejected:
+        raise ImportFailed("chosen and rejected are the same text", line=line, field="rejected")
+    return GoldRow(line, messages, chosen, rejected)

@@ -3,13 +3,15 @@ trained on; and the rule that leaves a careless person's votes out of the traini
 from __future__ import annotations
 
 import random
+from io import StringIO
 from unittest import mock
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from annotate import gold, services, snapshots
 from annotate.exports import export_rows
-from annotate.models import Comparison, Exclusion, Membership, Vote
+from annotate.models import Comparison, Exclusion, Membership, Prompt, Vote
 from annotate.queue import comparison_next
 from annotate.services import InvalidInput
 from annotate.votes import vote_record
@@ -147,11 +149,48 @@ def test_imported_gold_is_all_or_nothing_and_says_which_row_is_bad(project):
             {"prompt": [{"role": "user", "content": "Capital of France?"}], "chosen": "Paris", "rejected": "Rome"}]
     made = gold.gold_import(project=project, rows=rows)
     assert [c.gold_method for c in made] == [{"method": "imported"}] * 2
-    for bad, message in [({"prompt": "x", "chosen": "same", "rejected": "same"}, "row 3: chosen and rejected are the same"),
-                         ({"prompt": "x", "chosen": "ok"}, "row 3: needs prompt, chosen and rejected"),
-                         ({"prompt": "x", "chosen": "a\x00", "rejected": "b"}, "row 3: chosen holds a NUL")]:
+    for bad, message in [({"prompt": "x", "chosen": "same", "rejected": "same"}, "line 3, field \"rejected\": chosen and rejected are the same"),
+                         ({"prompt": "x", "chosen": "ok"}, "line 3: needs prompt, chosen and rejected \\(rejected missing"),
+                         ({"prompt": "x", "chosen": "a\x00", "rejected": "b"}, "line 3, field \"chosen\": holds a NUL")]:
         with pytest.raises(InvalidInput, match=message):
             gold.gold_import(project=project, rows=[*rows, bad])
+    assert Comparison.objects.filter(state="gold").count() == 2
+
+
+GOOD_LINE = '{"prompt": "2+2?", "chosen": "4", "rejected": "5"}'
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ('{"prompt": "q\\u0000", "chosen": "a", "rejected": "b"}', 'line 4, field "prompt": holds a NUL character'),
+    ('{"prompt": "q", "chosen": "a\\ud800", "rejected": "b"}', 'line 4, field "chosen": holds a lone surrogate'),
+    ('{"prompt": [{"role": "user", "content": "\\udfff"}], "chosen": "a", "rejected": "b"}',
+     'line 4, field "prompt[0].content": holds a lone surrogate'),
+    ('{"prompt": "q", "chosen": "a", "rejected": "LONG"}', 'line 4, field "rejected": is 41 characters; one text '
+                                                            'may hold at most 40 (TEXT_MAX_CHARS)'),
+    ('{"prompt": "LONG", "chosen": "a", "rejected": "b"}', 'line 4, field "prompt": is 41 characters'),
+    ('{"prompt": "q", "chosen": "a", "rejected": ' + "[" * 50_000 + "]" * 50_000 + "}", "line 4: invalid JSON"),
+    ('{"prompt": "q", "chosen": "a", "rejected": 5}', 'line 4, field "rejected": must be a string'),
+    ("[1, 2]", "line 4: must be a JSON object"),
+])
+def test_the_gold_command_refuses_a_bad_line_naming_it_and_stores_nothing(project, tmp_path, settings, bad, message):
+    settings.TEXT_MAX_CHARS = 40
+    path = tmp_path / "gold.jsonl"
+    # Line 2 is blank: the line numbers are the file's own.
+    path.write_text("\n".join([GOOD_LINE, "", GOOD_LINE.replace("2+2", "3+3"), bad.replace("LONG", "x" * 41)]) + "\n",
+                    encoding="utf-8")
+    with pytest.raises(CommandError) as refused:
+        call_command("gold", project=project.slug, path=str(path))
+    assert str(refused.value).startswith(f"{path}, ") and message in str(refused.value), str(refused.value)
+    assert not Comparison.objects.filter(state="gold").exists()
+    assert not Prompt.objects.filter(source="gold").exists()
+
+
+def test_the_gold_command_imports_a_good_file(project, tmp_path):
+    path = tmp_path / "gold.jsonl"
+    path.write_text(GOOD_LINE + "\n\n" + GOOD_LINE.replace("2+2", "3+3") + "\n", encoding="utf-8")
+    out = StringIO()
+    call_command("gold", project=project.slug, path=str(path), stdout=out)
+    assert "2 gold pairs imported" in out.getvalue()
     assert Comparison.objects.filter(state="gold").count() == 2
 
 
@@ -188,7 +227,7 @@ def test_the_gold_command_generates_imports_and_reports(answered, annotator, tmp
     call_command("gold", "--project", "demo", stdout=(report := StringIO()))
     assert "annotator: 100% of 1 (95% 21%–100%)" in report.getvalue()
     path.write_text("not json\n")
-    with pytest.raises(CommandError, match="line 1: not valid JSON"):
+    with pytest.raises(CommandError, match="line 1: invalid JSON"):
         call_command("gold", "--project", "demo", "--import", str(path))
     with pytest.raises(CommandError, match="gold methods must be drawn from"):
         call_command("gold", "--project", "demo", "--generate", "2", "--methods", "vibes")

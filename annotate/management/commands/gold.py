@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
@@ -41,10 +40,15 @@ class Command(BaseCommand):
                     by[comparison.gold_method["method"]] = by.get(comparison.gold_method["method"], 0) + 1
                 self.stdout.write(f"{len(made)} gold pairs made: " + ", ".join(f"{k} {v}" for k, v in sorted(by.items())))
             elif path is not None:
-                made = gold.gold_import(project=row, rows=_rows(Path(path)), seed=seed)
+                try:
+                    stream = Path(path).open("rb")
+                except OSError as error:
+                    raise CommandError(f"cannot read {path}: {error}") from None
+                with stream:
+                    made = gold.gold_import_file(project=row, stream=stream, filename=path, seed=seed)
                 self.stdout.write(f"{len(made)} gold pairs imported")
-        except InvalidInput as error:
-            raise CommandError(str(error)) from None
+        except InvalidInput as error:  # an import's names the line and the field: nothing was stored
+            raise CommandError(f"{path}, {error}" if path is not None and generate is None else str(error)) from None
         total = Comparison.objects.filter(project=row, state=Comparison.State.GOLD).count()
         self.stdout.write(f"{row.slug}: {total} gold pairs, served at {row.gold_rate:.0%} of each person's pairs")
         names = dict(get_user_model().objects.values_list("id", "username"))
@@ -55,17 +59,3 @@ class Command(BaseCommand):
             self.stdout.write(f"  {names.get(user_id, user_id)}: {score.accuracy:.0%} of {score.votes} "
                               f"(95% {low:.0%}–{high:.0%}){flag}")
 
-
-def _rows(path: Path) -> list:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise CommandError(f"cannot read {path}: {error}") from None
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                raise CommandError(f"{path}, line {number}: not valid JSON") from None
-    return rows
