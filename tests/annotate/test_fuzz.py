@@ -161,3 +161,137 @@ def test_no_run_start_body_gives_a_500_and_a_refused_one_starts_nothing(client, 
     assert response.status_code in (202, 400, 404), (body, response.status_code, response.content[:300])
     if response.status_code != 202:
         assert response.json()["error"] and TrainingRun.objects.count() == before
+
+
+# --- the wider surface: skip, the reward-model alias, query parameters, file imports ------------------
+
+FEW = settings(FUZZ, max_examples=300)
+
+
+@pytest.fixture
+def skipper(client, annotator, project):
+    comparisons = itertools.cycle(make_comparisons(project, 50))
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=annotator, name='fuzz')}"}
+
+    def post(raw: str, query: str = "", content_type: str = "application/json"):
+        comparison = next(comparisons)
+        return client.post(f"/api/comparisons/{comparison.pk}/skip{query}", raw, content_type=content_type, **auth)
+
+    return post
+
+
+@FEW
+@given(body=st.fixed_dictionaries({}, optional={"next": JSON, "extra": JSON}) | JSON | NAN,
+       query=st.sampled_from(["", "?next=1", "?next=maybe", "?next=\x00", "?next=" + "9" * 400, "?next=%ff"]),
+       content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"]))
+def test_no_skip_body_gives_a_500_and_a_refused_one_skips_nothing(skipper, body, query, content_type):
+    from annotate.models import Lease
+
+    before = Lease.objects.filter(skipped=True).count()
+    response = skipper(_body(body), query, content_type)
+    assert response.status_code in (200, 400, 413), (body, query, response.status_code, response.content[:300])
+    if response.status_code != 200:
+        assert response.json()["error"] and Lease.objects.filter(skipped=True).count() == before
+
+
+@FEW
+@given(body=st.fixed_dictionaries({}, optional={
+    "config": st.dictionaries(st.sampled_from(["epochs", "batch_size", "learning_rate", "seed", "ensemble_size",
+                                               "max_length", "loss", "backbone", "bogus"]),
+                              NUMBERS | NASTY_TEXT | NAN | JSON, max_size=3) | JSON,
+    "reason": NASTY_TEXT | JSON, "kind": JSON}) | JSON | NAN)
+def test_no_reward_model_train_body_gives_a_500_and_a_refused_one_starts_nothing(client, manager, project, body):
+    from training.models import TrainingRun
+
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=manager, name='fuzz')}"}
+    before = TrainingRun.objects.count()
+    response = client.post(f"/api/projects/{project.slug}/reward-models/train", _body(body),
+                           content_type="application/json", **auth)
+    assert response.status_code in (202, 400), (body, response.status_code, response.content[:300])
+    if response.status_code != 202:
+        assert response.json()["error"] and TrainingRun.objects.count() == before
+
+
+LISTS = ["/api/projects", "/api/projects/demo/runs", "/api/projects/demo/reward-models",
+         "/api/projects/demo/checkpoints", "/api/projects/demo/leaderboard", "/api/projects/demo/snapshots",
+         "/api/projects/demo/export"]
+QUERY_NAMES = st.sampled_from(["limit", "offset", "kind", "state", "format", "output", "sources", "reasons", "after",
+                               "before", "closed_only", "metadata", "real_names", "aggregation", "confidence", "x"])
+QUERY_VALUES = st.sampled_from(["", "0", "-1", "1", "50", "1e3", "9" * 30, "NaN", "true", "maybe", "trl", "raw",
+                                "parquet", "jsonl", "human", "gold", "dpo", "running", "2026-01-01T00:00:00",
+                                "2026-13-45", "\x00", "\ud800", "%00", "é" * 10]) | st.text(max_size=12)
+
+
+@FEW
+@given(path=st.sampled_from(LISTS), query=st.lists(st.tuples(QUERY_NAMES, QUERY_VALUES), max_size=4))
+def test_no_query_on_a_list_or_the_export_gives_a_500(client, manager, project, path, query):
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=manager, name='fuzz')}"}
+    votes = Vote.objects.count()
+    response = client.get(path, {name: value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+                                 for name, value in query} if query else {}, **auth)
+    assert response.status_code in (200, 400), (path, query, response.status_code, response.content[:300])
+    if response.status_code == 400:
+        assert response.json()["error"]
+    else:
+        b"".join(response.streaming_content) if response.streaming else response.content  # the whole answer
+    assert Vote.objects.count() == votes
+
+
+CSV_CELLS = st.sampled_from(["", "Hi?", "Why?", "model-a", "text", '"', 'a"b', '"open', "x\x00y", "1", "-1", "NaN",
+                             "1e308", "a,b", "é", "\r", "\n"]) | st.text(max_size=8)
+CSV_HEADERS = st.lists(st.sampled_from(["prompt", "checkpoint", "text", "chosen", "rejected", "tags", "source", "seed",
+                                        "margin", "x"]), min_size=0, max_size=5)
+PREFERENCE_FIELDS = {"chosen": NASTY_TEXT | JSON, "rejected": NASTY_TEXT | JSON, "margin": NUMBERS | NAN | JSON}
+
+
+def _jsonl(rows) -> bytes:
+    return "\n".join(_body(row) for row in rows).encode("utf-8", "surrogatepass")
+
+
+def _csv_file(header, rows) -> bytes:
+    lines = [",".join(header)] + [",".join(row) for row in rows]
+    return "\n".join(lines).encode("utf-8", "surrogatepass")
+
+
+FILES = st.one_of(
+    st.tuples(st.just("rows.jsonl"), st.lists(st.fixed_dictionaries(
+        {"prompt": st.sampled_from(["Hi?", "Why?"]) | NASTY_TEXT | JSON},
+        optional={**ROW_FIELDS, **PREFERENCE_FIELDS}) | JSON, min_size=0, max_size=3).map(_jsonl)),
+    st.tuples(st.just("rows.csv"), st.builds(_csv_file, CSV_HEADERS, st.lists(st.lists(CSV_CELLS, max_size=5),
+                                                                              max_size=3))),
+    st.tuples(st.sampled_from(["rows.jsonl", "rows.csv"]), st.binary(max_size=40)),
+)
+
+
+def _stored() -> tuple[int, int, int]:
+    return Prompt.objects.count(), Completion.objects.count(), Vote.objects.count()
+
+
+@FUZZ
+@given(file=FILES, kind=st.sampled_from(["prompts", "completions", "preferences"]))
+def test_no_import_file_raises_anything_but_a_refusal_and_a_refused_one_stores_nothing(project, file, kind):
+    import io
+
+    from annotate import imports
+    from annotate.views_manage import IMPORTERS
+
+    name, data = file
+    before = _stored()
+    try:
+        IMPORTERS[kind](project=project, stream=io.BytesIO(data), filename=name)
+    except imports.InvalidInput as refused:
+        assert str(refused) and _stored() == before
+
+
+@FEW
+@given(file=FILES, kind=st.sampled_from(["prompts", "completions", "preferences"]))
+def test_no_import_file_posted_to_the_import_page_gives_a_500(client, manager, project, file, kind):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(manager)
+    name, data = file
+    before = _stored()
+    response = client.post(f"/p/{project.slug}/manage/import/", {"kind": kind, "file": SimpleUploadedFile(name, data)})
+    assert response.status_code in (200, 302), (kind, data[:200], response.status_code)
+    if response.status_code == 200:  # the form again, saying why: nothing stored
+        assert _stored() == before
