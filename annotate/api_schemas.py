@@ -13,6 +13,7 @@ from ninja import Schema
 from pydantic import Field
 
 from annotate.api_common import PageOut
+from annotate.votes import TIME_SPENT_MAX_MS
 
 
 class Message(Schema):
@@ -35,10 +36,14 @@ class Comparison(Schema):
 class VoteIn(Schema):
     choice: Literal["a", "b", "tie", "both_bad"]
     strength: Literal[1, 2, 3] | None = Field(None, description="1 slightly, 2 clearly, 3 much better")
-    rationale: str | None = Field(None, max_length=10_000)
-    time_spent_ms: int | None = Field(None, ge=0)
-    idempotency_key: str | None = Field(None, max_length=64, description="a replay with the same key answers "
-                                        "200 with the first vote")
+    rationale: str | None = Field(None, max_length=10_000, description="why; no NUL character or lone surrogate")
+    time_spent_ms: int | None = Field(None, ge=0, le=TIME_SPENT_MAX_MS,
+                                      description="milliseconds spent on the pair, at most a week")
+    idempotency_key: str | None = Field(
+        None, max_length=64,
+        description="a replay with the same key and the same choice answers 200 with the first vote "
+                    "(created: false); the same key with a different choice, on another comparison, or of a "
+                    "vote that was undone answers 409 and records nothing")
     next: bool = Field(False, description="also reserve and return the caller's next comparison of this project")
 
 

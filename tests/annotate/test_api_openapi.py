@@ -126,3 +126,26 @@ def test_real_answers_match_the_document(client, spec, project, comparisons, man
     _validator(spec, "/api/projects/{slug}/runs", "post", 202).validate(started.json())
     _validator(spec, "/api/projects/{slug}/runs", "get", 200).validate(client.get("/api/projects/demo/runs",
                                                                                   **managing).json())
+
+
+def test_the_vote_body_s_bounds_and_replay_answers_are_the_ones_the_code_keeps(spec, client, annotator, comparisons):
+    from annotate.votes import TIME_SPENT_MAX_MS
+
+    vote_in = spec["components"]["schemas"]["VoteIn"]["properties"]
+    spent = next(option for option in vote_in["time_spent_ms"].get("anyOf", [vote_in["time_spent_ms"]])
+                 if option.get("type") == "integer")
+    assert (spent["minimum"], spent["maximum"]) == (0, TIME_SPENT_MAX_MS)
+    described = vote_in["idempotency_key"]["description"]
+    assert "answers 200 with the first vote" in described and "different choice" in described and "409" in described
+    # What the description says, as the code does it.
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=annotator)}"}
+    url = f"/api/comparisons/{comparisons[0].pk}/vote"
+
+    def send(body):
+        return client.post(url, json.dumps(body), content_type="application/json", **auth)
+
+    assert send({"choice": "a", "idempotency_key": "k1"}).status_code == 201
+    assert send({"choice": "a", "idempotency_key": "k1"}).status_code == 200
+    assert send({"choice": "b", "idempotency_key": "k1"}).status_code == 409
+    over = send({"choice": "a", "time_spent_ms": TIME_SPENT_MAX_MS + 1})
+    assert over.status_code == 400 and "time_spent_ms" in over.json()["error"]
