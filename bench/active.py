@@ -49,7 +49,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-os.environ.setdefault("LOCAL_SECRET_KEY", "1")  # DEBUG is off: a key of its own (config/settings.py)
 os.environ.setdefault("DEBUG", "1")  # no database, no secrets: Django is set up only to import annotate.active
 
 import django  # noqa: E402
