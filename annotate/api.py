@@ -66,6 +66,24 @@ def _annotator_project(caller: Caller) -> Project:
     return caller.project
 
 
+def _comparison_call(request: HttpRequest, comparison_id: int, example: str, *,
+                     optional: bool = False) -> tuple[Caller, Project, dict | None]:
+    """The caller, their project and the JSON object body of a call on one comparison (404 when the comparison
+    or the project is not theirs to see; 400 naming ``example`` for a body that is not an object). An
+    ``optional`` body may be left out (None)."""
+    caller = request.caller
+    if not caller.comparison_exists:
+        raise Http404(f"comparison {comparison_id} does not exist")
+    project = _annotator_project(caller)
+    if optional and request.content_type != "application/json":
+        return caller, project, None
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError("invalid_request", f"the body must be {'empty or ' if optional else ''}a JSON object like "
+                                          f"{example}")
+    return caller, project, body
+
+
 def _comparison_json(comparison) -> dict:
     # The queue read the prompt and both texts with the comparison (see annotate.queue).
     return {
@@ -116,13 +134,7 @@ def vote(request: HttpRequest, comparison_id: int):
     comparison of the project (`"next": null` when nothing is left), so an annotation client needs
     one request per pair. A replay (200) answers with the same reserved next comparison; errors carry
     no next."""
-    caller = request.caller
-    if not caller.comparison_exists:
-        raise Http404(f"comparison {comparison_id} does not exist")
-    project = _annotator_project(caller)
-    body = json_body(request)
-    if not isinstance(body, dict):
-        raise ApiError("invalid_request", 'the body must be a JSON object like {"choice": "a"}')
+    caller, project, body = _comparison_call(request, comparison_id, '{"choice": "a"}')
     try:
         outcome = vote_record(
             annotator=caller.user,
@@ -156,13 +168,7 @@ def edit(request: HttpRequest, comparison_id: int):
     comparison edited ≻ original with the caller's vote. Unless the caller voted on this comparison
     already, the edit also votes for `side` on it. Only a comparison shown to the caller (leased or
     voted on) can be edited. A replay of the same edit answers 200 and stores nothing."""
-    caller = request.caller
-    if not caller.comparison_exists:
-        raise Http404(f"comparison {comparison_id} does not exist")
-    project = _annotator_project(caller)
-    body = json_body(request)
-    if not isinstance(body, dict):
-        raise ApiError("invalid_request", 'the body must be a JSON object like {"side": "a", "text": "..."}')
+    caller, project, body = _comparison_call(request, comparison_id, '{"side": "a", "text": "..."}')
     comparison = Comparison.objects.select_related("project", "completion_a", "completion_b").filter(
         pk=comparison_id).first()
     if comparison is None:  # removed since the token's statement read it
@@ -197,13 +203,7 @@ def edit(request: HttpRequest, comparison_id: int):
              summary="Skip a comparison: release the caller's lease; it is not offered to them again (members)",
              openapi_extra={**body_doc(s.SkipIn, "optional"), **_NEXT_QUERY})
 def skip(request: HttpRequest, comparison_id: int):
-    caller = request.caller
-    if not caller.comparison_exists:
-        raise Http404(f"comparison {comparison_id} does not exist")
-    project = _annotator_project(caller)
-    body = json_body(request) if request.content_type == "application/json" else None  # optional
-    if body is not None and not isinstance(body, dict):
-        raise ApiError("invalid_request", 'the body must be empty or a JSON object like {"next": true}')
+    caller, project, body = _comparison_call(request, comparison_id, '{"next": true}', optional=True)
     comparison = Comparison.objects.only("id").filter(pk=comparison_id).first()
     if comparison is None:  # removed since the token's statement read it
         raise Http404(f"comparison {comparison_id} does not exist")

@@ -109,3 +109,14 @@ def worker_env() -> dict[str, str]:
     """Extra environment for the real Celery worker process of tests/training/test_worker.py's
     ``worker`` fixture (a test module may override this fixture)."""
     return {}
+
+
+@pytest.fixture
+def eager():
+    """Celery tasks run where they are sent, in the test's process."""
+    from config.celery import app
+
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = before

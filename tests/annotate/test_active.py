@@ -99,15 +99,6 @@ def _by_score(project, *, seed: int = 0) -> dict[int, float]:
     return {pk: float(rng.random()) for pk in Comparison.objects.filter(project=project).values_list("pk", flat=True)}
 
 
-@pytest.fixture
-def eager():
-    from config.celery import app
-
-    before = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = before
-
 
 def test_a_prompt_with_k_answers_gets_every_pair_and_only_its_share_is_served(project):
     project.selection, project.serve_per_prompt = "uncertainty", 2

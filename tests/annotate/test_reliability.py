@@ -190,16 +190,6 @@ def test_old_fits_keep_their_summary_and_lose_their_posteriors(project, django_u
     assert kept == {fit.pk for fit in fits[-reliability.KEEP_POSTERIORS:]}
 
 
-@pytest.fixture
-def eager():
-    """Celery tasks run where they are sent."""
-    from config.celery import app
-
-    before = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = before
-
 
 def test_enough_new_votes_queue_a_fit(project, annotator, monkeypatch, eager, django_capture_on_commit_callbacks):
     monkeypatch.setattr(reliability, "CHECK_ONE_IN", 1)  # ask after every vote, not about one in twenty

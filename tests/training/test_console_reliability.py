@@ -3,23 +3,12 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from django.urls import reverse
 
 from annotate import services
 from annotate.models import Membership, ReliabilityFit
 from annotate.votes import vote_record
 from tests.conftest import PASSWORD, make_comparisons
-
-
-@pytest.fixture
-def eager():
-    from config.celery import app
-
-    before = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = before
 
 
 def test_a_manager_fits_the_model_and_sees_who_clicks_left(client, project, manager, annotator, eager):

@@ -25,15 +25,6 @@ def artifacts(settings, tmp_path):
     return settings.ARTIFACTS_DIR
 
 
-@pytest.fixture
-def eager():
-    from config.celery import app
-
-    before = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = before
-
 
 def _candidates(project, n_prompts: int = 3) -> None:
     checkpoint = services.checkpoint_get_or_create(project=project, name="sampler")
