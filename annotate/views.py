@@ -87,11 +87,12 @@ def compare(request: HttpRequest, slug: str) -> HttpResponse:
     return _render_next(request, project)
 
 
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except ValueError:
+def _form_int(value: str | None) -> int | str | None:
+    """A whole number posted by a form; left empty, None. Anything else is passed on as sent, so that
+    ``vote_record`` refuses it naming the field instead of the vote silently losing it."""
+    if value in (None, ""):
         return None
+    return int(value) if value.isdecimal() and len(value) < 20 else value
 
 
 @login_required
@@ -104,13 +105,16 @@ def vote(request: HttpRequest, slug: str, comparison_id: int) -> HttpResponse:
             annotator=request.user,
             comparison_id=comparison_id,
             choice=request.POST.get("choice", ""),
-            strength=_int_or_none(request.POST.get("strength")),
+            strength=_form_int(request.POST.get("strength")),
             rationale=request.POST.get("rationale", ""),
-            time_spent_ms=_int_or_none(request.POST.get("time_spent_ms")),
+            time_spent_ms=_form_int(request.POST.get("time_spent_ms")),
             idempotency_key=request.POST.get("idempotency_key", ""),
         )
     except VoteError as error:
         messages.warning(request, str(error))
+        if error.status == 400 and not request.htmx:
+            # A value no form of ours sends: say so with the page and a 400, not a redirect that looks like success.
+            return _render_next(request, project, status=400)
     else:
         _remember(request, project, outcome.vote)
     return _next(request, project)

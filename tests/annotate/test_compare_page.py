@@ -12,6 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from annotate import services
+from annotate.models import Vote
 
 POSTGRESQL = connection.vendor == "postgresql"
 # Session, user, project, membership; then the queue: on PostgreSQL one call of
@@ -60,3 +61,19 @@ def test_the_page_shows_the_prompt_and_both_answers_escaped(client, page, projec
     assert "&lt;script&gt;alert(1)&lt;/script&gt; <strong>A</strong>" in html
     assert '&lt;img src=x onerror="alert(2)"&gt;B' in html
     assert "<script>alert" not in html and "<img" not in html
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("strength", "much", "strength must be 1"), ("strength", "7", "strength must be 1"),
+    ("time_spent_ms", "-5", "time_spent_ms must be a whole number"),
+    ("time_spent_ms", "9" * 25, "time_spent_ms must be a whole number"),
+    ("rationale", "why\x00", "rationale holds a NUL"), ("choice", "c", "choice must be one of"),
+])
+def test_the_vote_form_refuses_a_bad_value_with_a_400_naming_it(client, page, project, comparisons, field, value,
+                                                                 message):
+    comparison = comparisons[0]
+    client.get(page)  # shown, so leased
+    form = {"choice": "a", "idempotency_key": "k1", field: value}
+    response = client.post(reverse("vote", args=[project.slug, comparison.pk]), form)
+    assert response.status_code == 400 and message in response.content.decode()
+    assert not Vote.objects.exists()
