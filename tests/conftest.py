@@ -120,3 +120,13 @@ def eager():
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = before
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pool_checks():
+    """annotate.active remembers per process which projects pool pairs; ids are reused between tests."""
+    from annotate import active
+
+    active._pooling.clear()
+    yield
+    active._pooling.clear()

@@ -197,8 +197,23 @@ def test_the_queue_never_runs_dry_while_pool_pairs_remain(project, annotator, ea
         assert order == sorted(order, key=scores.get, reverse=True)
 
 
-def test_the_dry_check_after_a_vote_is_one_statement(project, django_assert_num_queries):
-    with django_assert_num_queries(1):
+def test_a_project_that_does_not_pool_costs_the_vote_path_one_statement_per_process_now_and_then(
+        project, django_assert_num_queries, monkeypatch):
+    with django_assert_num_queries(1):  # does it pool at all? No
+        active.on_votes_recorded(None, project_id=project.pk)
+    with django_assert_num_queries(0):  # remembered for POOL_CHECK_S
+        active.on_votes_recorded(None, project_id=project.pk)
+    monkeypatch.setattr(active, "POOL_CHECK_S", -1.0)
+    with django_assert_num_queries(1):  # asked again once it is stale
+        active.on_votes_recorded(None, project_id=project.pk)
+
+
+def test_a_pooling_project_asks_after_every_vote_whether_its_queue_ran_dry(project, comparisons,
+                                                                           django_assert_num_queries):
+    Comparison.objects.filter(pk=comparisons[0].pk).update(state="pool")
+    with django_assert_num_queries(2):  # it pools; an open pair is left
+        active.on_votes_recorded(None, project_id=project.pk)
+    with django_assert_num_queries(1):  # remembered that it pools: only "is any pair open?"
         active.on_votes_recorded(None, project_id=project.pk)
 
 
