@@ -48,7 +48,7 @@ from django.utils import timezone
 
 from annotate import sql
 from annotate.models import Comparison, Completion, Lease, Project, Vote
-from annotate.services import comparisons_create
+from annotate.services import UNPAIRED_CHECKPOINTS, comparisons_create
 
 POLICIES = ("fifo", "uncertainty", "bald")
 # Scored pairs sit below 0, ranked by score (unscored pairs, and anything a person queued at 0 or above,
@@ -156,7 +156,7 @@ def candidate_pairs_create(*, project: Project, prompt_ids: Iterable[int] | None
     pool, and a refresh with scores is queued once this commits.
     """
     completions = (Completion.objects.filter(prompt__project=project)
-                   .exclude(checkpoint__name__in=("gold", "human-edit")).only("id", "prompt_id").order_by("id"))
+                   .exclude(checkpoint__name__in=UNPAIRED_CHECKPOINTS).only("id", "prompt_id").order_by("id"))
     if prompt_ids is not None:
         prompt_ids = list(prompt_ids)
         completions = completions.filter(prompt_id__in=prompt_ids)

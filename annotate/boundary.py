@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from django.conf import settings
+
 MAX_DEPTH = 20
 
 
@@ -41,4 +43,13 @@ def unstorable(value: Any, field: str, *, depth: int = 0) -> tuple[str, str] | N
             if found := unstorable(key, f"{field} (a key)", depth=depth + 1) or unstorable(
                     item, f"{field}.{key}", depth=depth + 1):
                 return found
+    return None
+
+
+def oversized(text: str) -> str | None:
+    """What is wrong with a text longer than TEXT_MAX_CHARS (every annotator shown it would wait while it
+    renders), or None when it fits."""
+    limit = settings.TEXT_MAX_CHARS
+    if len(text) > limit:
+        return f"is {len(text):,} characters; one text may hold at most {limit:,} (TEXT_MAX_CHARS)"
     return None

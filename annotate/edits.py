@@ -25,13 +25,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from annotate import access, services
-from annotate.boundary import unstorable
+from annotate.boundary import oversized, unstorable
 from annotate.models import Checkpoint, Comparison, Completion, Lease, Vote, text_hash
 from annotate.services import InvalidInput
 from annotate.signals import votes_recorded
@@ -108,9 +107,8 @@ def _clean_text(text, original: Completion) -> str:
         raise EditError(f"text must be a string, not {type(text).__name__}")
     if found := unstorable(text, "text"):
         raise EditError(" ".join(found))
-    limit = settings.TEXT_MAX_CHARS
-    if len(text) > limit:
-        raise EditError(f"text is {len(text):,} characters; one text may hold at most {limit:,} (TEXT_MAX_CHARS)")
+    if problem := oversized(text):
+        raise EditError(f"text {problem}")
     if not text.strip():
         raise EditError("text is empty: write the improved answer (to vote without editing, use the vote buttons)")
     if _same(text, original.text):

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from django.conf import settings
 
-from annotate.boundary import unstorable
+from annotate.boundary import oversized, unstorable
 from annotate.services import InvalidInput, messages_clean
 
 IMPORTED = "imported"  # the system user and the checkpoint behind imported preferences
@@ -171,11 +171,9 @@ def _text(value: Any, *, line: int, field: str) -> str:
 
 
 def _sized(value: str, *, line: int, field: str) -> str:
-    """A text no longer than TEXT_MAX_CHARS: every annotator shown it would wait while it renders."""
-    limit = settings.TEXT_MAX_CHARS
-    if len(value) > limit:
-        raise ImportFailed(f"is {len(value):,} characters; one text may hold at most {limit:,} (TEXT_MAX_CHARS)",
-                           line=line, field=field)
+    """A text no longer than TEXT_MAX_CHARS (``boundary.oversized``)."""
+    if problem := oversized(value):
+        raise ImportFailed(problem, line=line, field=field)
     return value
 
 

@@ -28,6 +28,11 @@ class InvalidInput(ValueError):
     """Input that cannot be stored; the message names what is wrong."""
 
 
+# Checkpoints whose texts are never paired with other answers: gold's (annotate.gold) and people's edits
+# (annotate.edits: each already has its closed comparison with the original).
+UNPAIRED_CHECKPOINTS = ("gold", "human-edit")
+
+
 def messages_clean(value) -> list[dict]:
     """Accept a prompt string or a list of chat messages; return the canonical message list."""
     if isinstance(value, str):
@@ -200,10 +205,8 @@ def comparisons_build(
 
     Each pair of checkpoints on a prompt gets one comparison (its first completion of each).
     """
-    # The texts gold made (annotate.gold's checkpoint) and people's edits (annotate.edits', each already in its
-    # own closed comparison with the original) are never paired with anything else.
     completions = (Completion.objects.filter(prompt__project=project)
-                   .exclude(checkpoint__name__in=("gold", "human-edit"))
+                   .exclude(checkpoint__name__in=UNPAIRED_CHECKPOINTS)
                    .only("id", "prompt_id", "checkpoint_id"))
     if prompt_ids is not None:
         completions = completions.filter(prompt_id__in=list(prompt_ids))

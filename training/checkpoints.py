@@ -6,9 +6,9 @@ half a win each. A candidate may replace the incumbent only when its 95% interva
 incumbent's (candidate lower bound above incumbent upper bound); otherwise a manager must give a
 reason, which is recorded with the intervals of the moment on a ``Promotion`` row.
 
-Automatic promotion (``promote_if_due``, ``LoopSettings.auto_promote``) applies the same rule with no
-override: a candidate with at least ``promote_min_votes`` battle votes whose interval clears the
-incumbent's is promoted by the loop, unless the reward-hacking guard (``training.guards``) flags it.
+Automatic promotion (``training.loop.promote_if_due``, ``LoopSettings.auto_promote``) applies the same
+rule with no override: a candidate with at least ``promote_min_votes`` battle votes whose interval clears
+the incumbent's is promoted by the loop, unless the reward-hacking guard (``training.guards``) flags it.
 """
 from __future__ import annotations
 
@@ -19,9 +19,8 @@ from django.db.models import Count, F
 
 from annotate.events import event_emit
 from annotate.models import Checkpoint, Comparison, Project, Vote
-from training import guards
 from training.lib.ranking import Ranking, Rating, rank
-from training.models import LoopSettings, Promotion, TrainingRun
+from training.models import Promotion, TrainingRun
 
 # Whose battle votes rate checkpoints: people. A simulated loop (``run_loop --oracle``) passes its simulated
 # annotators too, since they stand in for the people of a real project; AI-judge votes never rate.
@@ -72,6 +71,7 @@ def battle_counts(project: Project, *, sources=PEOPLE) -> list[tuple[int, int, f
         Vote.objects.filter(
             comparison__project=project, comparison__reason=Comparison.Reason.BATTLE, source__in=sources
         )
+        .exclude(comparison__state=Comparison.State.REMOVED)  # a manager upheld a flag: in no count or export
         .exclude(comparison__completion_a__checkpoint_id=F("comparison__completion_b__checkpoint_id"))
         .values_list("comparison__completion_a__checkpoint_id", "comparison__completion_b__checkpoint_id", "choice")
         .annotate(n=Count("id"))
@@ -129,7 +129,7 @@ def checkpoint_promote(*, checkpoint: Checkpoint, by, override_reason: str = "",
     Allowed when its interval clears the incumbent's (see ``promotion_verdict``), or with a
     non-empty ``override_reason``, which is recorded. Raises PromotionRefused otherwise, and
     always for the checkpoint that already is the incumbent. ``by`` None is the loop itself
-    (``promote_if_due``), which never overrides; ``board`` is a leaderboard its caller read under the same
+    (``training.loop.promote_if_due``), which never overrides; ``board`` is a leaderboard its caller read under the same
     project lock.
     """
     override_reason = override_reason.strip()
@@ -170,55 +170,6 @@ def checkpoint_promote(*, checkpoint: Checkpoint, by, override_reason: str = "",
             previous_upper=previous and previous.upper,
             battle_votes=board.ranking.battles,
         )
-
-
-def battle_votes_of(board: Leaderboard, checkpoint: Checkpoint) -> int:
-    entry = board.entry(checkpoint.pk)
-    return entry.rating.games if entry and entry.rating else 0
-
-
-@dataclass(frozen=True)
-class AutoPromotion:
-    promoted: Checkpoint | None
-    why: str  # one sentence: what was promoted, or why nothing was
-
-
-def promote_if_due(project: Project, *, sources=PEOPLE, force: bool = False) -> AutoPromotion:
-    """The loop's own promotion: the newest candidate that the button's rule allows, with at least
-    ``LoopSettings.promote_min_votes`` battle votes, and that the reward-hacking guard does not flag.
-
-    Does nothing unless the project's ``auto_promote`` is on (``force``: ``run_loop``'s default). A refusal by
-    the guard is written on the checkpoint (``meta["auto_promotion"]``) so the console can say why it waits.
-    """
-    settings = LoopSettings.objects.filter(project=project).first()
-    if not force and not (settings and settings.auto_promote):
-        return AutoPromotion(None, "Automatic promotion is off.")
-    min_votes = settings.promote_min_votes if settings else LoopSettings._meta.get_field("promote_min_votes").default
-    with transaction.atomic():
-        Project.objects.select_for_update().filter(pk=project.pk).first()
-        board = leaderboard(project, sources=sources)
-        candidates = [e.checkpoint for e in board.entries
-                      if e.checkpoint.state == Checkpoint.State.CANDIDATE and e.rating is not None]
-        candidates.sort(key=lambda c: (c.created_at, c.pk), reverse=True)
-        reasons = []
-        for checkpoint in candidates:
-            votes = battle_votes_of(board, checkpoint)
-            if votes < min_votes:
-                reasons.append(f"{checkpoint.name} has {votes} of {min_votes} battle votes")
-                continue
-            allowed, why = promotion_verdict(board, checkpoint)
-            if not allowed:
-                reasons.append(why)
-                continue
-            flag = guards.checkpoint_flag(checkpoint)
-            if flag:
-                checkpoint.meta = {**checkpoint.meta, "auto_promotion": {"refused": flag}}
-                checkpoint.save(update_fields=["meta"])
-                reasons.append(f"{checkpoint.name} is flagged: {flag}")
-                continue
-            checkpoint_promote(checkpoint=checkpoint, by=None, sources=sources, board=board)
-            return AutoPromotion(checkpoint, f"{checkpoint.name} promoted: {why}")
-    return AutoPromotion(None, "; ".join(reasons) or "No candidate has battle votes yet.")
 
 
 def promotions(project: Project, *, limit: int = 20) -> list[Promotion]:

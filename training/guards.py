@@ -18,19 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings as app_settings
-from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from annotate.artifacts import model_source
 from annotate.canary import canary_freeze, canary_pairs
-from annotate.models import Checkpoint, Comparison, Project, Prompt, Vote
+from annotate.models import Checkpoint, Project, Prompt
 from rewardmodel.services import latest_reward_model
+from training.checkpoints import battle_counts
 
 # Seeds the fixed prompt set's choice: the same prompts for every checkpoint of a project.
 GUARD_SEED = "guard-v1"
 # Battle votes a head-to-head (or an overall) win rate needs before the flag believes it.
 MIN_VOTES = 8
-OUTCOME = {Vote.Choice.A: 1.0, Vote.Choice.B: 0.0, Vote.Choice.TIE: 0.5, Vote.Choice.BOTH_BAD: 0.5}
 
 
 @dataclass(frozen=True)
@@ -45,43 +44,32 @@ class WinRate:
         return self.wins / self.votes if self.votes else None
 
 
-def _battle_votes(project):
-    """The project's battle votes that rank checkpoints: its training vote sources, pairs not removed."""
-    return (
-        Vote.objects.filter(comparison__project=project, comparison__reason=Comparison.Reason.BATTLE,
-                            source__in=list(project.training_sources))
-        .exclude(comparison__state=Comparison.State.REMOVED)
-        .exclude(comparison__completion_a__checkpoint_id=F("comparison__completion_b__checkpoint_id"))
-    )
+Counts = list[tuple[int, int, float, int]]  # training.checkpoints.battle_counts' rows
 
 
-def win_rates(project) -> dict[int, WinRate]:
-    """Every battled checkpoint's win rate against all its opponents (one GROUP BY)."""
-    rows = (_battle_votes(project)
-            .values_list("comparison__completion_a__checkpoint_id", "comparison__completion_b__checkpoint_id",
-                         "choice")
-            .annotate(n=Count("id")).order_by())
+def battle_counts_of(project: Project) -> Counts:
+    """The project's battle votes that rank checkpoints here: those of its training vote sources."""
+    return battle_counts(project, sources=list(project.training_sources))
+
+
+def win_rates(project: Project, *, counts: Counts | None = None) -> dict[int, WinRate]:
+    """Every battled checkpoint's win rate against all its opponents (one GROUP BY, unless ``counts`` are given)."""
     wins: dict[int, float] = {}
     votes: dict[int, int] = {}
-    for a, b, choice, n in rows:
-        outcome = OUTCOME[choice]
+    for a, b, outcome, n in battle_counts_of(project) if counts is None else counts:
         for checkpoint, share in ((a, outcome), (b, 1.0 - outcome)):
             wins[checkpoint] = wins.get(checkpoint, 0.0) + share * n
             votes[checkpoint] = votes.get(checkpoint, 0) + n
     return {checkpoint: WinRate(wins[checkpoint], votes[checkpoint]) for checkpoint in votes}
 
 
-def head_to_head(checkpoint: Checkpoint, rival: Checkpoint) -> WinRate:
+def head_to_head(checkpoint: Checkpoint, rival: Checkpoint, *, counts: Counts | None = None) -> WinRate:
     """``checkpoint``'s win rate in its battles against ``rival`` alone, whichever side it was shown on."""
-    pair = (Q(comparison__completion_a__checkpoint=checkpoint, comparison__completion_b__checkpoint=rival)
-            | Q(comparison__completion_a__checkpoint=rival, comparison__completion_b__checkpoint=checkpoint))
-    rows = (_battle_votes(checkpoint.project).filter(pair)
-            .values_list("comparison__completion_a__checkpoint_id", "choice").annotate(n=Count("id")).order_by())
     wins, votes = 0.0, 0
-    for a, choice, n in rows:
-        outcome = OUTCOME[choice]
-        wins += (outcome if a == checkpoint.pk else 1.0 - outcome) * n
-        votes += n
+    for a, b, outcome, n in battle_counts_of(checkpoint.project) if counts is None else counts:
+        if {a, b} == {checkpoint.pk, rival.pk}:
+            wins += (outcome if a == checkpoint.pk else 1.0 - outcome) * n
+            votes += n
     return WinRate(wins, votes)
 
 
@@ -114,7 +102,7 @@ def _references(checkpoint: Checkpoint) -> list[Checkpoint]:
     return found
 
 
-def checkpoint_flag(checkpoint: Checkpoint, *, min_votes: int = MIN_VOTES) -> str | None:
+def checkpoint_flag(checkpoint: Checkpoint, *, min_votes: int = MIN_VOTES, counts: Counts | None = None) -> str | None:
     """A sentence when ``checkpoint``'s proxy reward rose while its human win rate fell, else None.
 
     Measured against its parent, else the project's incumbent (the first of them whose proxy reward
@@ -122,7 +110,8 @@ def checkpoint_flag(checkpoint: Checkpoint, *, min_votes: int = MIN_VOTES) -> st
     fixed prompt set. "Fell": it wins under half of at least ``min_votes`` battle votes against that
     reference; or, without enough head-to-head votes, its overall battle win rate is below the
     reference's (each on at least ``min_votes`` votes). None when there is not enough evidence
-    either way: no guard metrics yet, nothing comparable, or too few votes.
+    either way: no guard metrics yet, nothing comparable, or too few votes. ``counts``: the project's battle
+    counts (``battle_counts_of``) when the caller has them already.
     """
     for reference in _references(checkpoint):
         rewards = proxy_rewards(checkpoint, reference)
@@ -132,13 +121,14 @@ def checkpoint_flag(checkpoint: Checkpoint, *, min_votes: int = MIN_VOTES) -> st
         if mine <= theirs:
             return None
         rose = f"{checkpoint.name}'s proxy reward rose ({theirs:.3f} for {reference.name} → {mine:.3f})"
-        duel = head_to_head(checkpoint, reference)
+        counts = battle_counts_of(checkpoint.project) if counts is None else counts
+        duel = head_to_head(checkpoint, reference, counts=counts)
         if duel.votes >= min_votes:
             if duel.rate < 0.5:
                 return (f"{rose} while people preferred {reference.name}: it won {duel.rate:.0%} of "
                         f"{duel.votes} battle votes against it. Possible reward hacking.")
             return None
-        rates = win_rates(checkpoint.project)
+        rates = win_rates(checkpoint.project, counts=counts)
         own, other = rates.get(checkpoint.pk), rates.get(reference.pk)
         if own and other and own.votes >= min_votes and other.votes >= min_votes and own.rate < other.rate:
             return (f"{rose} while its human win rate fell ({other.rate:.0%} of {other.votes} battle votes for "

@@ -5,7 +5,7 @@ it starts the next stage. ``run_rounds`` drives whole rounds in the foreground
 (``manage.py run_loop --sync``), optionally with an oracle voting on the battles.
 
 Rounds compound: before each policy update the loop promotes the newest candidate the leaderboard's
-rule allows (``training.checkpoints.promote_if_due``; on when ``LoopSettings.auto_promote`` is, and
+rule allows (``promote_if_due``; on when ``LoopSettings.auto_promote`` is, and
 always for ``run_loop`` unless told not to), and the update starts from the incumbent and, with
 ``train_on = "new"``, trains on the votes since the snapshot the incumbent was trained on, not on the
 whole history again (``policy_snapshot``). The snapshot's ``filters`` and the run's reason record which.
@@ -21,7 +21,15 @@ from annotate.exports import export_vote_count
 from annotate.models import Checkpoint, Project, Snapshot
 from annotate.snapshots import snapshot_freeze
 from rewardmodel.services import latest_reward_model
-from training.checkpoints import PEOPLE, PEOPLE_AND_SIMULATED, AutoPromotion, promote_if_due
+from training import guards
+from training.checkpoints import (
+    PEOPLE,
+    PEOPLE_AND_SIMULATED,
+    Leaderboard,
+    checkpoint_promote,
+    leaderboard,
+    promotion_verdict,
+)
 from training.jobs import job_for_kind
 from training.models import LoopSettings, TrainingRun
 from training.reward import retrain_due, votes_since_last_reward_model
@@ -52,6 +60,56 @@ def retrain_if_due(*, project_id: int) -> TrainingRun | None:
             return None
         return run_start(project=project, kind=Kind.REWARD_MODEL,
                          reason=f"{new_votes}+ new votes since the last reward model")
+
+
+def battle_votes_of(board: Leaderboard, checkpoint: Checkpoint) -> int:
+    entry = board.entry(checkpoint.pk)
+    return entry.rating.games if entry and entry.rating else 0
+
+
+@dataclass(frozen=True)
+class AutoPromotion:
+    promoted: Checkpoint | None
+    why: str  # one sentence: what was promoted, or why nothing was
+
+
+def promote_if_due(project: Project, *, sources=PEOPLE, force: bool = False) -> AutoPromotion:
+    """The loop's own promotion: the newest candidate that the button's rule allows, with at least
+    ``LoopSettings.promote_min_votes`` battle votes, and that the reward-hacking guard does not flag.
+
+    Does nothing unless the project's ``auto_promote`` is on (``force``: ``run_loop``'s default). A refusal by
+    the guard is written on the checkpoint (``meta["auto_promotion"]``) so the console can say why it waits.
+    """
+    settings = LoopSettings.objects.filter(project=project).first()
+    if not force and not (settings and settings.auto_promote):
+        return AutoPromotion(None, "Automatic promotion is off.")
+    min_votes = settings.promote_min_votes if settings else LoopSettings._meta.get_field("promote_min_votes").default
+    with transaction.atomic():
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        board = leaderboard(project, sources=sources)
+        candidates = [e.checkpoint for e in board.entries
+                      if e.checkpoint.state == Checkpoint.State.CANDIDATE and e.rating is not None]
+        candidates.sort(key=lambda c: (c.created_at, c.pk), reverse=True)
+        reasons = []
+        for checkpoint in candidates:
+            votes = battle_votes_of(board, checkpoint)
+            if votes < min_votes:
+                reasons.append(f"{checkpoint.name} has {votes} of {min_votes} battle votes")
+                continue
+            allowed, why = promotion_verdict(board, checkpoint)
+            if not allowed:
+                reasons.append(why)
+                continue
+            flag = guards.checkpoint_flag(checkpoint)
+            if flag:
+                checkpoint.meta = {**checkpoint.meta, "auto_promotion": {"refused": flag}}
+                checkpoint.save(update_fields=["meta"])
+                reasons.append(f"{checkpoint.name} is flagged: {flag}")
+                continue
+            checkpoint_promote(checkpoint=checkpoint, by=None, sources=sources, board=board)
+            return AutoPromotion(checkpoint, f"{checkpoint.name} promoted: {why}")
+    return AutoPromotion(None, "; ".join(reasons) or "No candidate has battle votes yet.")
+
 
 
 def trained_on(checkpoint: Checkpoint) -> Snapshot | None:

@@ -14,8 +14,8 @@ from tests.tiny import save_tiny_bert, save_tiny_llama
 from tests.training.test_console_leaderboard import battles
 from tests.training.test_reward_runs import vote_by_rule
 from training import checkpoints, guards
-from training.checkpoints import PEOPLE_AND_SIMULATED, promote_if_due
-from training.loop import MIN_NEW_VOTES, loop_settings, policy_snapshot, run_rounds
+from training.checkpoints import PEOPLE_AND_SIMULATED
+from training.loop import MIN_NEW_VOTES, loop_settings, policy_snapshot, promote_if_due, run_rounds
 from training.models import Promotion, TrainingRun
 from training.runs import run_create
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from annotate.canary import canary_counts
-from annotate.models import Checkpoint, Project
+from annotate.models import Checkpoint, Project, Prompt
 from rewardmodel.models import RewardModel
 from training import guards
 
@@ -38,7 +40,8 @@ class GuardPanel:
 def guard_panel(project: Project) -> GuardPanel:
     """Every checkpoint with guard metrics or battle votes (a flag for each measured one: a few queries each),
     and every reward model with its canary accuracy."""
-    rates = guards.win_rates(project)
+    counts = guards.battle_counts_of(project)
+    rates = guards.win_rates(project, counts=counts)
     rows = []
     for checkpoint in (Checkpoint.objects.filter(project=project).select_related("parent", "project")
                        .newest_first()):
@@ -50,7 +53,8 @@ def guard_panel(project: Project) -> GuardPanel:
             checkpoint=checkpoint, proxy_reward=guard.get("proxy_reward"), kl_from_base=guard.get("kl_from_base"),
             base_name=guard.get("base_name"), reward_model_version=guard.get("reward_model_version"),
             samples=guard.get("samples", 0), win_rate=rate.rate if rate else None, votes=rate.votes if rate else 0,
-            flag=guards.checkpoint_flag(checkpoint) if guard else None,
+            flag=guards.checkpoint_flag(checkpoint, counts=counts) if guard else None,
         ))
     models = list(RewardModel.objects.filter(project=project).order_by("-version"))
-    return GuardPanel(rows, models, canary_counts(project), len(guards.guard_prompts(project)))
+    prompts = min(settings.GUARD_PROMPTS, Prompt.objects.filter(project=project).count())  # the fixed set's size
+    return GuardPanel(rows, models, canary_counts(project), prompts)
