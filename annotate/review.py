@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from annotate.boundary import unstorable
@@ -91,8 +92,13 @@ def flag_resolve(*, project: Project, comparison_id, manager, resolution) -> Com
         open_flags = Flag.objects.filter(comparison=comparison, resolved_at__isnull=True)
         if not open_flags.exists():
             raise InvalidInput(f"comparison {comparison.pk} has no open flag (someone may have resolved it already)")
+        gold = comparison.state == Comparison.State.GOLD
         if resolution == Flag.Resolution.REMOVED:
             state = Comparison.State.REMOVED
+            if gold:  # one gold pair fewer for the queue to draw from
+                Project.objects.filter(pk=project.pk, gold_count__gt=0).update(gold_count=F("gold_count") - 1)
+        elif gold:  # a returned gold pair stays gold: its votes never become training data
+            state = Comparison.State.GOLD
         elif comparison.vote_count >= project.votes_per_comparison:
             state = Comparison.State.CLOSED
         else:

@@ -263,3 +263,23 @@ def test_a_reload_shows_the_held_gold_pair_again(answered, annotator):
     for draw in (0.2, 0.9):  # whatever the next draw says, a reload shows the same pair
         with mock.patch("annotate.queue.random.random", return_value=draw):
             assert comparison_next(project=answered, annotator=annotator).pk == shown.pk
+
+
+def test_a_flagged_gold_pair_returned_stays_gold_and_removed_leaves_the_draw(answered, annotator, manager):
+    """Returning a flag never turns gold into training data; removing gold takes it out of the queue's draw."""
+    from annotate.review import comparison_flag, flag_resolve
+
+    kept, dropped = gold.gold_generate(project=answered, count=2, seed=0)
+    for comparison, resolution in ((kept, "returned"), (dropped, "removed")):
+        comparison_flag(comparison=comparison, annotator=annotator, reason="other", note="is this right?")
+        flag_resolve(project=answered, comparison_id=comparison.pk, manager=manager, resolution=resolution)
+    kept.refresh_from_db()
+    dropped.refresh_from_db()
+    answered.refresh_from_db()
+    assert kept.state == Comparison.State.GOLD and dropped.state == Comparison.State.REMOVED
+    assert answered.gold_count == 1
+    other = services.user_with_role(project=answered, username="other", password=PASSWORD,
+                                    role=Membership.Role.ANNOTATOR)
+    vote_record(annotator=other, comparison_id=kept.pk, choice=kept.gold_answer)
+    assert list(export_rows(project=answered, fmt="trl")) == []  # a gold vote is never a training row
+    assert {r["comparison_id"] for r in export_rows(project=answered, fmt="raw")} == {kept.pk}
