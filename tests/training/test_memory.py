@@ -69,9 +69,49 @@ def test_largest_fitting_and_bad_names(capsys):
     assert out.startswith("| mode | DPO | PPO | reward model |") and "| qlora |" in out
 
 
-def test_the_readme_table_is_what_the_module_prints(capsys):
+def test_the_readme_tables_are_what_the_module_prints(capsys):
+    """One GPU, and a node of eight (full fine-tuning sharded)."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    found = re.search(r"<!-- memory-table: [^\n]*--gpu-gb (\d+)[^\n]*-->\n(.*?)\n<!-- /memory-table -->", readme, re.S)
-    assert found, "README.md has no memory table between its markers"
-    assert main(["--gpu-gb", found.group(1)]) == 0
-    assert found.group(2).strip() == capsys.readouterr().out.strip()
+    tables = re.findall(r"<!-- memory-table: [^\n]*?memory( [^\n]*?) \(tests[^\n]*-->\n(.*?)\n<!-- /memory-table -->",
+                        readme, re.S)
+    assert len(tables) == 2, "README.md should hold the one-GPU and the eight-GPU tables between their markers"
+    for arguments, printed in tables:
+        assert main(arguments.split()) == 0
+        assert printed.strip() == capsys.readouterr().out.strip(), arguments
+
+
+def test_sharding_splits_the_trained_state_over_the_gpus_and_a_full_8b_fits_eight():
+    """FSDP's 1/N of weights, gradients and AdamW state: full fp32 DPO of an 8B model needs ~128 GiB of state,
+    16 GiB per GPU on eight, plus the layers gathered whole; LoRA's state is not split."""
+    eight_b, budget = BY_NAME["Llama-3.1-8B"], 80 * GIB
+    alone = estimate("dpo", "full-fp32", eight_b, Workload(batch=8))
+    sharded = estimate("dpo", "full-fp32", eight_b, Workload(batch=8, ranks=8, sharded=True))
+    assert sharded.weights + sharded.optimizer == pytest.approx((alone.weights + alone.optimizer) / 8)
+    assert sharded.weights + sharded.optimizer == pytest.approx(16 * eight_b.params / 8)
+    assert not alone.fits(budget) and sharded.fits(budget)
+    assert sharded.activations < alone.activations  # each GPU runs 1 of the 8 pairs
+    # The gathered layers: the root unit (embeddings, LM head) and two decoder layers, whole, in bf16.
+    assert 2 * eight_b.embedding_params < sharded.other_models < 2 * (eight_b.embedding_params + eight_b.params / 8)
+    replicated = estimate("dpo", "full-fp32", eight_b, Workload(batch=8, ranks=8))
+    assert replicated.weights == alone.weights and replicated.activations == sharded.activations
+    lora = estimate("dpo", "lora", eight_b, Workload(batch=8, ranks=8, sharded=True))
+    assert lora.weights == estimate("dpo", "lora", eight_b, Workload(batch=8)).weights
+    # PPO's reference copy is sharded beside the policy; its reward model stays whole on every GPU.
+    ppo = estimate("ppo", "full-bf16", eight_b, Workload(ranks=8, sharded=True))
+    assert ppo.other_models == pytest.approx(2 * eight_b.params / 8 + 2 * eight_b.params + _gathered_bytes(eight_b))
+    with pytest.raises(ValueError, match="ranks must be at least 1"):
+        estimate("dpo", "lora", eight_b, Workload(ranks=0))
+
+
+def _gathered_bytes(shape: Shape) -> float:
+    return estimate("dpo", "full-bf16", shape, Workload(ranks=2, sharded=True)).other_models
+
+
+def test_the_command_line_sizes_a_node_of_gpus(capsys):
+    assert main(["--gpu-gb", "80", "--gpus", "8"]) == 0
+    node = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert "Qwen2.5-32B" in node["full-fp32"]  # one GPU: Qwen2.5-3B
+    assert main(["--gpu-gb", "80"]) == 0
+    assert "Qwen2.5-3B" in capsys.readouterr().out.splitlines()[2]
+    with pytest.raises(SystemExit):
+        main(["--gpus", "0"])

@@ -207,3 +207,25 @@ def test_qlora_runs_of_every_kind_train_and_save_in_the_base_dtype(tmp_path: Pat
                     [[{"role": "user", "content": "hi"}]] * 4, tmp_path / "ppo")
     assert json.loads((Path(ppo.out_dir) / "meta.json").read_text())["dtype"] == "bfloat16"
     assert AutoModelForCausalLM.from_pretrained(ppo.out_dir).dtype == torch.bfloat16
+
+
+def test_auto_on_several_gpus_costs_sharded_full_fine_tuning(tmp_path: Path, bitsandbytes_installed: None,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An 8B policy needs adapters on one 80 GB GPU with fp32 master weights, but trains in full over eight
+    sharded ones; replicated processes each hold it whole, and asking to shard leaves only full."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 * GIB, 80 * GIB))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    path = _config_folder(tmp_path / "8b", "Llama-3.1-8B")
+
+    def pick(kind: str, ranks: int, **settings) -> str:
+        config = {"dpo": DPOConfig, "ppo": PPOConfig}[kind](model=path, **settings)
+        return resolve_run_mode(config, kind=kind, device=CUDA, ranks=ranks).mode
+
+    assert pick("dpo", 1) == "lora"
+    assert pick("dpo", 8) == "full"
+    assert pick("dpo", 8, parallel="replicate") == "lora"
+    big = _config_folder(tmp_path / "70b", "Llama-3.1-70B")
+    assert resolve_run_mode(DPOConfig(model=big), kind="dpo", device=CUDA, ranks=2).mode == "qlora"
+    assert resolve_run_mode(DPOConfig(model=big, parallel="shard"), kind="dpo", device=CUDA, ranks=2).mode == "full"
+    # Asking to shard is asking for full fine-tuning (the configs refuse to shard adapters), even on one GPU.
+    assert resolve_run_mode(DPOConfig(model=path, parallel="shard"), kind="dpo", device=CUDA).mode == "full"

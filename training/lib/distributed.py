@@ -192,7 +192,7 @@ def agreed_mode(config: Any, kind: str, team: Team) -> Any:
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if config.device == "auto" else config.device)
     order = ("full", "lora", "qlora")
-    mine = resolve_run_mode(config, kind=kind, device=device).mode
+    mine = resolve_run_mode(config, kind=kind, device=device, ranks=team.size).mode
     return dataclasses.replace(config, mode=order[team.most(order.index(mine), device)])
 
 

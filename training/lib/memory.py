@@ -17,6 +17,14 @@ The accounting follows what the libraries hold on the device:
   logits, which ``training.lib.logprobs`` builds in chunks of at most 4,096 rows in fp32;
 * **overhead**: the CUDA context and the allocator's fragmentation, taken as 2 GiB plus 10%.
 
+On several GPUs (``Workload.ranks``) each process takes its share of a micro-batch, so it holds
+the activations of that share. Sharded full fine-tuning (``Workload.sharded``: FSDP2,
+`training.lib.sharding`) also splits the trained weights, their gradients and AdamW state (and
+PPO's reference copy) into 1/N per GPU; each GPU then holds besides its shard the layers being
+computed, gathered whole in bf16: the root unit (embeddings, final norm, LM head) and two decoder
+layers (the one computing and the one prefetched). LoRA and QLoRA replicate (their trainable
+state is small), as do PPO's reward model and a reward model's heads.
+
 It is an estimate for choosing a mode and sizing a machine, not a promise: measure one row on the
 GPU you have (``bench/gpu/``). Pure module: no torch import, so a web process can call it.
 
@@ -124,6 +132,13 @@ class Workload:
     gradient_checkpointing: bool = True
     lora_rank: int = 16
     reward_shape: Shape | None = None
+    ranks: int = 1
+    sharded: bool = False
+
+    @property
+    def share(self) -> int:
+        """Sequences of a micro-batch each process runs (the largest share)."""
+        return -(-self.batch // self.ranks)
 
 
 @dataclass(frozen=True)
@@ -182,27 +197,37 @@ def _kv_cache(shape: Shape, sequences: int, tokens: int) -> float:
     return 2 * 2.0 * shape.layers * shape.kv_heads * shape.head_dim * sequences * tokens
 
 
+def _gathered(shape: Shape) -> float:
+    """What a sharded rank holds whole at a time, in bf16: the root unit and two decoder layers."""
+    layer = (shape.params - shape.embedding_params - shape.hidden) / shape.layers
+    return 2.0 * (shape.embedding_params + shape.hidden + 2 * layer)
+
+
 def estimate(kind: str, mode: str, shape: Shape, work: Workload = Workload()) -> Estimate:
     """The memory one device needs to train ``shape`` as a ``kind`` run in ``mode``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    rank = work.lora_rank
-    weights, optimizer = _weights(shape, mode, rank), _optimizer(shape, mode, rank)
-    other = 0.0
+    if work.ranks < 1:
+        raise ValueError(f"ranks must be at least 1, not {work.ranks}")
+    rank, batch = work.lora_rank, work.share
+    sharded = work.sharded and work.ranks > 1 and mode.startswith("full")
+    split = work.ranks if sharded else 1
+    weights, optimizer = _weights(shape, mode, rank) / split, _optimizer(shape, mode, rank) / split
+    other = _gathered(shape) if sharded else 0.0
     if kind == "dpo":  # chosen and rejected of each pair
-        sequences, scored = 2 * work.batch, 2 * work.batch * work.length // 2
+        sequences, scored = 2 * batch, 2 * batch * work.length // 2
         activations = _activations(shape, sequences, work.length, work.gradient_checkpointing)
     elif kind == "reward_model":  # the scalar head reads one position: no vocab logits
-        sequences, scored = 2 * work.batch, 0
+        sequences, scored = 2 * batch, 0
         activations = _activations(shape, sequences, work.length, work.gradient_checkpointing)
     else:
-        sequences, scored = work.batch, work.batch * work.new_tokens
+        sequences, scored = batch, batch * work.new_tokens
         activations = max(_activations(shape, sequences, work.length, work.gradient_checkpointing),
                           _kv_cache(shape, sequences, work.length))
         if mode.startswith("full"):
-            other += 2.0 * shape.params  # the frozen reference copy
+            other += 2.0 * shape.params / split  # the frozen reference copy (sharded beside the policy)
         other += 2.0 * (work.reward_shape or shape).params
     activations += _logits(shape, scored)
     base = weights + optimizer + activations + other
@@ -232,7 +257,8 @@ def choose_mode(kind: str, shape: Shape, budget_bytes: float, work: Workload = W
 
 
 def table(budget_gb: float, work: Workload = Workload()) -> str:
-    """A markdown table: the largest listed model per kind and mode on one GPU of ``budget_gb``."""
+    """A markdown table: the largest listed model per kind and mode on a GPU of ``budget_gb``
+    (one of ``work.ranks``, full fine-tuning sharded where ``work.sharded``)."""
     budget = budget_gb * GIB
     names = {"dpo": "DPO", "ppo": "PPO", "reward_model": "reward model"}
     lines = [f"| mode | {' | '.join(names[k] for k in KINDS)} |", "|---|" + "---|" * len(KINDS)]
@@ -247,13 +273,18 @@ def table(budget_gb: float, work: Workload = Workload()) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="The largest model per kind and mode on one GPU.")
+    parser = argparse.ArgumentParser(description="The largest model per kind and mode on one GPU, or on "
+                                                 "each of a node's GPUs.")
     parser.add_argument("--gpu-gb", type=float, default=80.0, help="usable device memory, GiB")
+    parser.add_argument("--gpus", type=int, default=1, help="processes, one per GPU (full fine-tuning sharded)")
     parser.add_argument("--batch", type=int, default=Workload.batch)
     parser.add_argument("--length", type=int, default=Workload.length)
     parser.add_argument("--no-gradient-checkpointing", action="store_true")
     args = parser.parse_args(argv)
-    work = Workload(batch=args.batch, length=args.length, gradient_checkpointing=not args.no_gradient_checkpointing)
+    if args.gpus < 1:
+        parser.error("--gpus must be at least 1")
+    work = Workload(batch=args.batch, length=args.length, gradient_checkpointing=not args.no_gradient_checkpointing,
+                    ranks=args.gpus, sharded=args.gpus > 1)
     print(table(args.gpu_gb, work))
     return 0
 

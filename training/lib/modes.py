@@ -24,8 +24,12 @@ Every run config (`RewardConfig`, `DPOConfig`, `PPOConfig`) has ``mode``:
     a decoder-only LM's; an encoder backbone (BERT) is costed as if it were one, which is close
     for a reward model (no vocabulary logits either way).
 
-  Each process measures its own GPU: under torchrun with "auto", ranks whose free memory differs
-  near a threshold could choose differently, so multi-GPU runs should name their mode.
+  On several GPUs (``ranks`` > 1, under torchrun) each process is costed for its share of a
+  micro-batch, and full fine-tuning for its 1/N shard where the run's ``parallel`` setting shards it
+  (``auto`` or ``shard``: `training.lib.sharding.resolve_parallel`), so a model too big for one GPU
+  trains in full over several. With ``parallel: shard`` "auto" means full fine-tuning (only it
+  shards: the configs refuse ``shard`` with adapters), on any number of GPUs. Each process measures its own GPU and `training.lib.distributed.agreed_mode` makes
+  every rank take the leanest choice any of them made.
 
 A QLoRA run's checkpoint is saved in the base model's own dtype: its adapters are merged into the
 base reloaded on the CPU in that dtype (`merged_over_full_precision_base`), never into the 4-bit
@@ -72,12 +76,13 @@ def qlora_unavailable(device: torch.device) -> str | None:
 
 
 def resolve_mode(setting: str, *, kind: str, model_path: str, device: torch.device, full_dtype: torch.dtype,
-                 work: Workload, budget_bytes: float | None = None) -> str:
+                 work: Workload, budget_bytes: float | None = None, only_full: bool = False) -> str:
     """The mode a run of `kind` trains in: "full", "lora" or "qlora" (see the module docstring for "auto").
 
-    `full_dtype`: the dtype full fine-tuning would train the weights in; `budget_bytes`: the
-    device memory to fit (None: the CUDA device's free memory). Raises ValueError for "qlora"
-    where it cannot run.
+    `full_dtype`: the dtype full fine-tuning would train the weights in; `work`: one process's
+    micro-batch and, on several, whether full fine-tuning is sharded; `budget_bytes`: the device
+    memory to fit (None: the CUDA device's free memory); `only_full`: "auto" may only mean full
+    (a run that asked to shard). Raises ValueError for "qlora" where it cannot run.
     """
     if setting == "qlora":
         reason = qlora_unavailable(device)
@@ -85,7 +90,7 @@ def resolve_mode(setting: str, *, kind: str, model_path: str, device: torch.devi
             raise ValueError(reason)
     if setting != "auto":
         return setting
-    if device.type != "cuda":
+    if device.type != "cuda" or only_full:
         return "full"
     shape = _shape(model_path)
     if shape is None:
@@ -102,8 +107,9 @@ def resolve_mode(setting: str, *, kind: str, model_path: str, device: torch.devi
     return candidates[-1][1]
 
 
-def resolve_run_mode(config: Config, *, kind: str, device: torch.device) -> Config:
-    """`config` with its ``mode`` resolved for a run of `kind` ("reward_model", "dpo", "ppo") on `device`.
+def resolve_run_mode(config: Config, *, kind: str, device: torch.device, ranks: int = 1) -> Config:
+    """`config` with its ``mode`` resolved for a run of `kind` ("reward_model", "dpo", "ppo") on `device`,
+    one of `ranks` processes.
 
     The LoRA fields follow through the configs' own checks (DPO's ``lora``, PPO's ``lora_r``).
     Raises ValueError for "qlora" where it cannot run (before any weights load).
@@ -114,8 +120,10 @@ def resolve_run_mode(config: Config, *, kind: str, device: torch.device) -> Conf
         full_dtype = resolve_weights_dtype(config.weights, device, stored_dtype(path))  # type: ignore[attr-defined]
     else:
         full_dtype = torch.float32  # unused: nothing is estimated
-    chosen = resolve_mode(mode, kind=kind, model_path=path, device=device, full_dtype=full_dtype,
-                          work=_workload(config, kind))
+    parallel = getattr(config, "parallel", "replicate")
+    work = dataclasses.replace(_workload(config, kind), ranks=ranks, sharded=ranks > 1 and parallel != "replicate")
+    chosen = resolve_mode(mode, kind=kind, model_path=path, device=device, full_dtype=full_dtype, work=work,
+                          only_full=parallel == "shard")  # the configs refuse to shard adapters
     return config if chosen == mode else dataclasses.replace(config, mode=chosen)  # type: ignore[type-var]
 
 
