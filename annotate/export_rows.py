@@ -184,6 +184,8 @@ def raw_meta(vote: dict) -> dict:
         "sampling_b": _sampling(vote["comparison__completion_b__sampling"]),
         "seed_a": vote["comparison__completion_a__seed"],
         "seed_b": vote["comparison__completion_b__seed"],
+        "edited_from_a": vote["comparison__completion_a__edited_from_id"],
+        "edited_from_b": vote["comparison__completion_b__edited_from_id"],
     }
 
 
@@ -209,4 +211,5 @@ def completion_meta(vote: dict, side: str, suffix: str) -> dict:
         f"checkpoint{suffix}": vote[f"comparison__completion_{side}__checkpoint__name"],
         f"sampling{suffix}": _sampling(vote[f"comparison__completion_{side}__sampling"]),
         f"seed{suffix}": vote[f"comparison__completion_{side}__seed"],
+        f"edited_from{suffix}": vote[f"comparison__completion_{side}__edited_from_id"],
     }

@@ -9,9 +9,9 @@ from __future__ import annotations
 COMPARISON_META = ("comparison_id", "prompt_id", "reason", "sources", "annotator_ids", "choices", "strengths",
                    "rationales", "time_spent_ms", "voted_at")
 PAIR_META = ("checkpoint_chosen", "checkpoint_rejected", "sampling_chosen", "sampling_rejected", "seed_chosen",
-             "seed_rejected")
-UNPAIRED_META = ("checkpoint", "sampling", "seed")
-RAW_META = ("reason", "sampling_a", "sampling_b", "seed_a", "seed_b")
+             "seed_rejected", "edited_from_chosen", "edited_from_rejected")
+UNPAIRED_META = ("checkpoint", "sampling", "seed", "edited_from")
+RAW_META = ("reason", "sampling_a", "sampling_b", "seed_a", "seed_b", "edited_from_a", "edited_from_b")
 
 
 def meta_columns(fmt: str) -> tuple[str, ...]:
@@ -60,5 +60,6 @@ def parquet_schema(fmt: str, *, margin: bool = False, metadata: bool = False, co
         present = {name for name, _ in base}
         for name in meta_columns(fmt):
             if name not in present:
-                base.append((name, number if name.startswith("seed") else types.get(name, text)))
+                whole = name.startswith(("seed", "edited_from"))
+                base.append((name, number if whole else types.get(name, text)))
     return pa.schema(base)

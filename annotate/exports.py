@@ -104,6 +104,8 @@ META_FIELDS = (
     "comparison__completion_b__sampling",
     "comparison__completion_a__seed",
     "comparison__completion_b__seed",
+    "comparison__completion_a__edited_from_id",
+    "comparison__completion_b__edited_from_id",
 )
 
 Progress = Callable[[int], Any]  # called with the number of votes read since the previous call

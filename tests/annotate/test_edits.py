@@ -216,6 +216,12 @@ def test_the_edit_is_a_pair_in_the_exports_with_the_edit_chosen(project, annotat
     row = next(r for r in trl if r["comparison_id"] == outcome.comparison.pk)
     assert row["chosen"] == "The improved answer." and row["reason"] == "edit"
     assert row["checkpoint_chosen"] == EDIT_CHECKPOINT
+    # The lineage: the edit names the completion it was made from; a sampled answer names none.
+    assert (row["edited_from_chosen"], row["edited_from_rejected"]) == (comparison.completion_a_id, None)
+    raw = next(r for r in export_rows(project=project, fmt="raw", metadata=True)
+               if r["comparison_id"] == outcome.comparison.pk)
+    assert comparison.completion_a_id in (raw["edited_from_a"], raw["edited_from_b"])
+    assert None in (raw["edited_from_a"], raw["edited_from_b"])
     frozen = snapshots.snapshot_freeze(project=project)  # what training reads
     lines = [json.loads(line) for line in snapshots.snapshot_path(frozen).read_text().splitlines()]
     assert [r["rejected"][-1]["content"] for r in lines if r["chosen"][-1]["content"] == "The improved answer."] == [

@@ -99,6 +99,7 @@ def test_metadata_columns_carry_reason_sources_checkpoints_sampling_seeds_times_
         "sampling_chosen": json.dumps(winner.sampling, sort_keys=True),
         "sampling_rejected": json.dumps(loser.sampling, sort_keys=True),
         "seed_chosen": winner.seed, "seed_rejected": loser.seed,
+        "edited_from_chosen": None, "edited_from_rejected": None,
     }
     assert all(datetime.fromisoformat(when).utcoffset().total_seconds() == 0 for when in row["voted_at"])
     (kto_win, kto_lose) = export_rows(project=project, fmt="kto", metadata=True)
