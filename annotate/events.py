@@ -12,7 +12,9 @@ with the headers
 A 2xx answer delivers it. A network error, a timeout, 408, 429 or any 5xx is tried again after
 ``WEBHOOK_BACKOFF_S`` seconds, doubling each time (a ``Retry-After`` in seconds is honoured when
 longer), up to ``WEBHOOK_MAX_ATTEMPTS`` attempts; any other answer fails it at once (the receiver
-refused it). Every attempt's outcome is on the delivery's row: the console's delivery log.
+refused it), as does a connection to an address webhooks may not reach (`annotate.egress`: public
+addresses only, unless ``WEBHOOK_ALLOWED_NETWORKS`` lets a private one in). Every attempt's
+outcome is on the delivery's row: the console's delivery log.
 
 Types: ``vote.recorded``, ``snapshot.frozen``, ``run.state_changed``, ``checkpoint.published``,
 ``checkpoint.promoted``. Votes are the hot path, so a ``vote.recorded`` event is stored only while
@@ -39,6 +41,7 @@ from django.db import transaction
 from django.db.models import Count, Max
 from django.utils import timezone
 
+from annotate import egress
 from annotate.models import Event, Project, Vote, Webhook, WebhookDelivery
 from annotate.services import InvalidInput
 
@@ -126,6 +129,8 @@ def webhook_create(*, project: Project, url, events=()) -> Webhook:
         URLValidator(schemes=["http", "https"])(url)
     except ValidationError:
         raise InvalidInput(f"url must be an http:// or https:// URL, not {url!r:.60}") from None
+    if (refusal := egress.host_refusal(url)) is not None:
+        raise InvalidInput(f"url {url!r:.60} is refused: {refusal}")
     events = list(events)
     unknown = [e for e in events if e not in TYPES]
     if unknown:
@@ -199,22 +204,25 @@ def delivery_attempt(delivery_id: int) -> float | None:
         "X-Flywheel-Event": delivery.event.type, "X-Flywheel-Delivery": str(delivery.pk),
         "X-Flywheel-Signature": signature(hook.secret, stamp, body),
     })
-    status, error, wait_hint = None, "", 0.0
+    status, error, wait_hint, refused = None, "", 0.0, False
     try:
-        with urllib.request.urlopen(request, timeout=settings.WEBHOOK_TIMEOUT_S) as response:  # noqa: S310 (http(s) only)
+        with egress.opener().open(request, timeout=settings.WEBHOOK_TIMEOUT_S) as response:
             status = response.status
     except urllib.error.HTTPError as answer:
         status, error = answer.code, f"HTTP {answer.code}: {answer.read(300).decode('utf-8', 'replace')}"
         wait_hint = _retry_after(answer.headers.get("Retry-After"))
     except (urllib.error.URLError, OSError, ValueError) as failure:
-        error = f"{type(failure).__name__}: {getattr(failure, 'reason', failure)}"
+        reason = getattr(failure, "reason", failure)
+        refused = isinstance(reason, egress.Refused)
+        error = f"refused: {reason}" if refused else f"{type(failure).__name__}: {reason}"
     attempts = delivery.attempts + 1
     now = timezone.now()
     fields = {"attempts": attempts, "last_status": status, "last_error": error[:2000]}
     retry_in = None
     if status is not None and 200 <= status < 300:
         fields.update(state=WebhookDelivery.State.DELIVERED, delivered_at=now, last_error="", next_attempt_at=None)
-    elif (status is None or status >= 500 or status in _RETRIED_STATUSES) and attempts < settings.WEBHOOK_MAX_ATTEMPTS:
+    elif (not refused and (status is None or status >= 500 or status in _RETRIED_STATUSES)
+          and attempts < settings.WEBHOOK_MAX_ATTEMPTS):
         retry_in = max(settings.WEBHOOK_BACKOFF_S * 2 ** (attempts - 1), min(wait_hint, 3600.0))
         fields.update(next_attempt_at=now + timedelta(seconds=retry_in))
     else:

@@ -7,6 +7,7 @@ ImproperlyConfigured naming it, its value and what is accepted.
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -73,6 +74,17 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
         at_least = "" if minimum is None else f", {minimum} or more"
         refuse(name, os.environ[name], f"use a whole number{at_least}, or leave it empty for the default")
     return number
+
+
+def env_networks(name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs (a bare address is one host); empty: none."""
+    value = _env_set(name)
+    if value is None:
+        return ()
+    try:
+        return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip())
+    except ValueError as error:
+        refuse(name, os.environ[name], f"use comma-separated networks like 10.0.0.0/8,192.168.1.20 ({error})")
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -307,6 +319,10 @@ VOTE_UNDO_SECONDS = env_int("VOTE_UNDO_SECONDS", 120, minimum=0)
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
 WEBHOOK_BACKOFF_S = env_float("WEBHOOK_BACKOFF_S", 10.0)
 WEBHOOK_TIMEOUT_S = env_float("WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1)
+# Webhooks reach public addresses only (annotate.egress): a receiver on a private, loopback or link-local
+# address (an internal service, the cloud's metadata endpoint) must be in these networks, comma-separated
+# CIDRs ("10.0.0.0/8,192.168.1.20/32"); checked when a webhook is added and again at every connection.
+WEBHOOK_ALLOWED_NETWORKS = env_networks("WEBHOOK_ALLOWED_NETWORKS")
 # How long one server-sent-events response lasts before the browser reconnects (Last-Event-ID).
 EVENTS_STREAM_SECONDS = env_int("EVENTS_STREAM_SECONDS", 300, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("UPLOAD_MAX_MEMORY_BYTES", 5 * 1024 * 1024, minimum=0)
