@@ -26,6 +26,9 @@ Weights = Literal["auto", "fp32", "checkpoint"]
 #: Values of every run config's `mode` setting (resolved in `training.lib.modes`).
 MODE_SETTINGS: tuple[str, ...] = ("auto", "full", "lora", "qlora")
 Mode = Literal["auto", "full", "lora", "qlora"]
+#: Values of the reward model's `parallel` setting (resolved by `training.lib.sharding.resolve_parallel`).
+PARALLEL_SETTINGS: tuple[str, ...] = ("auto", "replicate", "shard")
+Parallel = Literal["auto", "replicate", "shard"]
 
 #: Losses that learn from tie pairs; the others skip ties during training.
 TIE_LOSSES: frozenset[str] = frozenset({"davidson", "rao_kupper"})
@@ -109,6 +112,14 @@ class RewardConfig(ConfigBase):
         a GPU the first of full, LoRA, QLoRA that `training.lib.memory` says fits its free
         memory. The adapters are merged into the backbone at save (a QLoRA backbone is
         reloaded in its checkpoint's dtype first), so the saved folder is the usual one.
+    parallel: how several ranks under torchrun (`training.lib.distributed`) hold the model.
+        "replicate" = each rank a whole copy (weights, gradients, AdamW state), gradients
+        summed once per optimizer step; "shard" = FSDP2 (`rewardmodel.lib.sharding`): each
+        rank holds 1/N of every weight, gradient and AdamW moment, so a backbone whose
+        training state outgrows one GPU trains in full across the GPUs of one node; full
+        fine-tuning only. "auto" = "shard" when several ranks run full fine-tuning,
+        "replicate" for LoRA and QLoRA; one process: always a whole model (the rule of
+        `DPOConfig.parallel`). meta.json's ``parallel`` records what the run resolved to.
     compile: "auto" = off (see `runtime.resolve_compile`); "on" compiles the model.
     cuda_graphs: on a CUDA GPU, replay each training step (forward, backward,
         clipping, AdamW) from a CUDA graph captured once per batch shape, so the
@@ -147,6 +158,7 @@ class RewardConfig(ConfigBase):
     dtype: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     weights: Weights = "fp32"  # bf16 weights round away small updates; "auto" opts in
     mode: Mode = "auto"
+    parallel: Parallel = "auto"
     lora_r: int = 16
     lora_alpha: int = 32
     compile: Literal["auto", "on", "off"] = "auto"
@@ -170,6 +182,9 @@ class RewardConfig(ConfigBase):
             f"unknown dtype {self.dtype!r}": self.dtype in ("auto", "fp32", "tf32", "bf16"),
             f"weights must be one of {WEIGHTS_SETTINGS}, not {self.weights!r}": self.weights in WEIGHTS_SETTINGS,
             f"mode must be one of {MODE_SETTINGS}, not {self.mode!r}": self.mode in MODE_SETTINGS,
+            f"parallel must be one of {PARALLEL_SETTINGS}, not {self.parallel!r}": self.parallel in PARALLEL_SETTINGS,
+            f"parallel='shard' shards full fine-tuning only, not mode={self.mode!r} (LoRA and QLoRA replicate)":
+                not (self.parallel == "shard" and self.mode in ("lora", "qlora")),
             "lora_r and lora_alpha must be >= 1": self.lora_r >= 1 and self.lora_alpha >= 1,
             f"flat_tokens must be auto, on or off, not {self.flat_tokens!r}": self.flat_tokens in ("auto", "on", "off"),
             f"cuda_graphs must be auto, on or off, not {self.cuda_graphs!r}": self.cuda_graphs in ("auto", "on", "off"),

@@ -366,11 +366,14 @@ def _mean_by_owner(flat: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
     return sums / counts[:, None]
 
 
-def build_reward_model(config: RewardConfig, *, device: torch.device | None = None) -> RewardModel:
+def build_reward_model(config: RewardConfig, *, device: torch.device | None = None,
+                       load_device: torch.device | None = None) -> RewardModel:
     """Load the backbone and tokenizer named by `config` and attach fresh heads (seeded by the caller).
 
     The backbone's weights are in the dtype `config.weights` picks for `device`
-    (the CPU when None); the model saves in the backbone's stored dtype. In the
+    (the CPU when None), and on `load_device` when given (a sharded run loads on
+    the CPU, then moves each shard to `device`), else on `device`; the model saves
+    in the backbone's stored dtype. In the
     "lora" and "qlora" modes (`config.mode`, resolved by `training.lib.modes`;
     `model.mode` records the outcome) the backbone is frozen and wrapped in peft
     LoRA adapters on all its linear layers (fp32, no dropout), over a 4-bit NF4
@@ -400,7 +403,8 @@ def build_reward_model(config: RewardConfig, *, device: torch.device | None = No
             backbone.gradient_checkpointing_enable()
     else:
         model.backbone = _with_adapters(backbone, config, quantized=mode == "qlora")
-    return model.to(device) if device is not None else model
+    target = load_device or device
+    return model.to(target) if target is not None else model
 
 
 def _with_adapters(backbone: nn.Module, config: RewardConfig, *, quantized: bool) -> nn.Module:

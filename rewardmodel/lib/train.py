@@ -12,7 +12,11 @@ asks (`rewardmodel.lib.precision`); over fp32 weights, TF32 matmuls on a GPU
 asks for it. The model is saved in the backbone checkpoint's own dtype.
 Under torchrun (`training.lib.distributed`) every rank trains on its share
 of each batch, gradients and logged sums are summed over the ranks, and rank
-0 alone evaluates and saves, after a barrier.
+0 alone evaluates and saves, after a barrier; with ``parallel="shard"`` (the
+default for full fine-tuning on several ranks) the ranks hold 1/N each of the
+weights, gradients and AdamW state instead of whole replicas (FSDP2,
+`rewardmodel.lib.sharding`), and rank 0 evaluates and saves the whole weights
+gathered onto its CPU.
 On a CUDA GPU each whole step (forward, backward, clipping, AdamW) is replayed
 from a CUDA graph, one per batch shape, over batches packed into a fixed
 layout (`rewardmodel.lib.graphs`, `cuda_graphs` in the config).
@@ -57,6 +61,14 @@ from rewardmodel.lib.runtime import (
     resolve_cuda_graphs,
     resolve_device,
     resolve_flat_tokens,
+)
+from rewardmodel.lib.sharding import (
+    finish_gradients,
+    gather_weights,
+    resolve_parallel,
+    shard_reward_model,
+    sharded_runs,
+    whole_reward_model,
 )
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
@@ -189,12 +201,16 @@ def train_reward_model(
         setup_s = time.perf_counter() - started
         history, totals, train_s = _loop(run, graphed, progress)
         totals = team.sum_values(totals, device)
+        weights = gather_weights(run.model) if run.sharded else None  # collective: every rank takes part
         team.barrier()  # every rank has finished its last step: rank 0 alone evaluates and saves
         if not team.main:
             return RewardResult(config=config, out_dir=str(out_dir), meta_path="", metrics={}, history=history)
+        if weights is not None:
+            _make_whole(run, weights)
         metrics = _summary(run, graphed, history, totals, train_s=train_s, setup_s=setup_s)
         meta = {
             "config": config.to_dict(),
+            "parallel": "shard" if run.sharded else "replicate",
             "snapshot_sha256": snapshot_sha256,
             "metrics": metrics,
             "backbone_type": run.model.backbone.config.model_type,
@@ -210,6 +226,8 @@ class _Run:
     `train_all`: every encoded training pair; `train_set`: those the loss learns from (ties dropped
     unless the loss models them); `batches`: index lists into `train_set`, all epochs in order;
     `shares`: this rank's part of each batch (the whole batch alone, see `training.lib.distributed`);
+    `runs`: the pairs this rank runs for each batch: its share, or when `sharded` and the share is
+    empty the batch's first pair, whose loss counts 0 (see `rewardmodel.lib.sharding`);
     `boot`: per-pair loss weights [len(train_set), ensemble_size] (bootstrap resample counts for an
     ensemble, times the confidence weights with `weight_by_confidence`), or None for neither; `forward`: the
     model or its compiled self. (The CUDA-graphed steps hold `whole_step`, so they live beside the
@@ -235,6 +253,8 @@ class _Run:
     pack: bool
     team: Team = SOLO
     shares: list[list[int]] = field(default_factory=list)
+    runs: list[list[int]] = field(default_factory=list)
+    sharded: bool = False
 
     def lay_out(self, idx: list[int]) -> Any:
         """The batch of these training pairs on the device; None for none (a rank's empty share)."""
@@ -278,6 +298,13 @@ class _Run:
         return {"loss": loss.detach(), "correct": correct, "grad_norm": grad_norm}
 
 
+def _run_mode(config: RewardConfig, device: torch.device, team: Team) -> str:
+    """The mode this run trains in ("auto" resolved; under torchrun already agreed by every rank)."""
+    from training.lib.modes import resolve_run_mode
+
+    return resolve_run_mode(config, kind="reward_model", device=device, ranks=team.size).mode
+
+
 def _setup(config: RewardConfig, pairs: Iterable[PreferencePair | Mapping[str, Any]],
            device: torch.device, team: Team = SOLO) -> tuple[_Run, GraphedSteps | None]:
     """Split, encode and batch the pairs; build the model, the optimizer and, where they apply, the step graphs."""
@@ -285,7 +312,9 @@ def _setup(config: RewardConfig, pairs: Iterable[PreferencePair | Mapping[str, A
     all_pairs = [p if isinstance(p, PreferencePair) else parse_pair(p) for p in pairs]
     train_raw, eval_raw = split_by_prompt(all_pairs, config.eval_fraction, config.seed)
 
-    model = build_reward_model(config, device=device)
+    sharded = not team.solo and resolve_parallel(config.parallel, _run_mode(config, device, team), team) == "shard"
+    # Sharded: loaded on the CPU; each layer moves to the device as its shard (one layer whole at a time).
+    model = build_reward_model(config, device=device, load_device=torch.device("cpu") if sharded else None)
     if model.backbone.dtype != torch.float32:
         autocast_dtype = None  # low-precision weights compute in their own dtype
     model.flat_tokens = model.flat_tokens and resolve_flat_tokens(config, device)
@@ -323,7 +352,10 @@ def _setup(config: RewardConfig, pairs: Iterable[PreferencePair | Mapping[str, A
         layout = StaticLayout.plan([collate.units([train_set[j] for j in idx]) for idx in batches])
         collate = PairCollator(model.pad_id, shared_prefix=shared, pack=pack, causal=model.causal,
                                mask_device=device, layout=layout)
-    team.broadcast(p for p in model.parameters() if p.requires_grad)
+    if sharded:
+        model = shard_reward_model(model, device, team)
+    else:
+        team.broadcast(p for p in model.parameters() if p.requires_grad)
     optimizer = _optimizer(model, config, device, graphs=use_graphs)
     lr_factor = _linear_schedule(int(config.warmup_ratio * total_steps), total_steps)
     _set_lr(optimizer, config.learning_rate * lr_factor(0))
@@ -333,9 +365,18 @@ def _setup(config: RewardConfig, pairs: Iterable[PreferencePair | Mapping[str, A
         forward = torch.compile(model, dynamic=True)
 
     model.train()
+    shares = [team.share(b) for b in batches]
     run = _Run(config, device, autocast_dtype, model, forward, optimizer, lr_factor, collate, train_all, train_set,
-               eval_raw, eval_set, batches, boot, total_steps, shared, pack, team, [team.share(b) for b in batches])
+               eval_raw, eval_set, batches, boot, total_steps, shared, pack, team, shares,
+               sharded_runs(batches, shares) if sharded else shares, sharded)
     return run, GraphedSteps(run.whole_step) if use_graphs else None
+
+
+def _make_whole(run: _Run, weights: Mapping[str, torch.Tensor]) -> None:
+    """Rank 0 after a sharded run: the run's model becomes an unsharded one holding the gathered
+    `weights` on the device, for evaluation and saving; the shards' AdamW state is freed first."""
+    run.optimizer.state.clear()
+    run.model = run.forward = whole_reward_model(run.config, weights, like=run.model, device=run.device)
 
 
 def _loop(run: _Run, graphed: GraphedSteps | None,
@@ -356,8 +397,8 @@ def _loop(run: _Run, graphed: GraphedSteps | None,
     if not team.main:
         progress = None  # rank 0 reports for all
     for i, (idx, share, batch) in enumerate(zip(run.batches, run.shares,
-                                               _prefetched(run.shares, run.lay_out, ahead=on_gpu), strict=True)):
-        weights = None if run.boot is None else run.boot[share].to(run.device)
+                                               _prefetched(run.runs, run.lay_out, ahead=on_gpu), strict=True)):
+        weights = None if run.boot is None else run.boot[run.runs[i]].to(run.device)
         if batch is None:  # a short batch left this rank nothing: it adds no gradient
             loss, correct = torch.zeros((), device=run.device), 0.0
         elif graphed is not None:
@@ -368,21 +409,25 @@ def _loop(run: _Run, graphed: GraphedSteps | None,
             out = graphed(inputs) if len(idx) == config.batch_size else graphed.eager(inputs)
             loss, correct, grad_norm = out["loss"], out["correct"], out["grad_norm"]
         else:
-            scale = run.share_scale(idx, share)
+            scale = run.share_scale(idx, share)  # 0 for a sharded rank's stand-in pair (an empty share)
             loss, correct = run.forward_loss(batch, weights)
             (loss * scale / config.grad_accum).backward()
-            loss = loss * scale
+            loss, correct = loss * scale, correct if share else 0.0
         window["loss"] = window["loss"] + loss.detach() * len(idx)
         window["correct"] = window["correct"] + correct
         window["pairs"] += len(share)
-        if batch is not None:
+        if share:
             totals["pairs"] += len(share)
             totals["tokens"] += batch.real_tokens
             totals["computed"] += batch.computed_tokens
             totals["padded"] += batch.padded_tokens
         if (i + 1) % config.grad_accum and i + 1 != len(run.batches):
             continue
-        if graphed is None:
+        if run.sharded:  # the shards' gradients were summed by FSDP's reduce-scatter at each backward
+            grad_norm = finish_gradients(model.parameters(), team, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        elif graphed is None:
             team.sum_gradients(p for p in model.parameters() if p.requires_grad)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
