@@ -17,7 +17,15 @@ share of each step's prompts (its own sampling stream), advantages are whitened
 and the KL measured over all ranks' rollouts, each minibatch is the ranks'
 shares of one global minibatch with gradients averaged over them (as DDP does),
 and rank 0 alone reports and publishes, after a barrier. ``batch_size`` and
-``mini_batch_size`` must then be multiples of N.
+``mini_batch_size`` must then be multiples of N, so every rank runs as many
+forward passes as every other. With ``parallel="shard"`` (full fine-tuning)
+the policy and its reference copy are sharded (FSDP2, `training.lib.sharding`):
+each rank holds 1/N of their weights and of the policy's gradients and AdamW
+state, sampling runs with ``synced_gpus`` (a rank whose rows have ended keeps
+stepping the model with the others), and the whole weights are gathered to
+rank 0's CPU to publish. The value head (one row of weights) and the reward
+model (inference only) stay whole on every rank; the value head's gradients
+are summed over the ranks as in the replicated run.
 
 Pure module: never imports Django or Celery. The configuration lives in
 ``training.lib.ppo_config`` (importable without torch); it is re-exported here.
@@ -55,6 +63,14 @@ from training.lib.ppo_core import (
     kl_penalized_rewards,
     masked_whiten,
     token_entropy,
+)
+from training.lib.sharding import (
+    clip_grad_norm,
+    full_state_dict,
+    reshard,
+    resolve_parallel,
+    shard_for_training,
+    whole_policy,
 )
 
 __all__ = ["PPOConfig", "PPOResult", "ProgressFn", "RewardFn", "rule_reward", "train_ppo"]
@@ -128,19 +144,24 @@ def train_ppo(
         torch.set_num_threads(config.num_threads)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    parts = _load_parts(config)
+    parts = _load_parts(config, team)
     reward = reward_fn or _reward_from_config(config, parts.device)
     encoded = [_encode_prompt(parts.tokenizer, p) for p in prompts]
-    params = [p for p in parts.policy.parameters() if p.requires_grad] + list(parts.value_head.parameters())
-    team.broadcast(params)
+    # Taken before any forward: sharded, these are the shards (a root's forward leaves it gathered).
+    policy_params = [p for p in parts.policy.parameters() if p.requires_grad]
+    value_params = list(parts.value_head.parameters())
+    # Rank 0's starting weights everywhere; sharded weights came from the same files on every rank.
+    team.broadcast(value_params if parts.sharded else policy_params + value_params)
     if not team.solo:
         torch.manual_seed(config.seed * 1_000_003 + team.rank)  # each rank samples its own rollouts
     # Each rank's part of a step: its share of the rollouts and of every minibatch.
     local = dataclasses.replace(config, batch_size=config.batch_size // team.size,
                                 mini_batch_size=config.mini_batch_size // team.size)
     # eps=1e-5 as in the PPO reference implementations: Adam's default 1e-8 lets tiny second moments blow up steps.
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, eps=1e-5, weight_decay=0.0,
-                                  fused=parts.device.type in ("cpu", "cuda"))
+    # Two groups: sharded, the policy's are DTensors and the value head's whole tensors, which one fused
+    # kernel call cannot mix (AdamW steps each group on its own; the update is the same either way).
+    optimizer = torch.optim.AdamW([{"params": policy_params}, {"params": value_params}], lr=config.learning_rate,
+                                  eps=1e-5, weight_decay=0.0, fused=parts.device.type in ("cpu", "cuda"))
     order = _prompt_order(len(prompts), config.batch_size * config.steps, config.seed)
     kl_coef = config.kl_coef
     history: list[dict[str, float]] = []
@@ -165,9 +186,14 @@ def train_ppo(
     train_s = time.perf_counter() - loop_start
 
     metrics = _summary(history, train_s, time.perf_counter() - started - train_s, kl_coef)
+    del optimizer  # AdamW state (2x the weights) is freed before the whole weights are gathered and verified
+    parts.reference = None
+    weights = full_state_dict(parts.policy) if parts.sharded else None  # collective: every rank takes part
     team.barrier()  # every rank has finished its last step: rank 0 alone publishes
     if not team.main:
         return PPOResult(config=config, out_dir="", meta_path="", metrics=metrics, history=history)
+    if weights is not None:  # on the CPU: publishing never needs one GPU to hold the whole weights
+        parts.policy = whole_policy(parts.model_path, weights, dtype=parts.base_dtype)
     meta = {
         "kind": "ppo",
         "config": config.to_dict(),
@@ -179,6 +205,7 @@ def train_ppo(
         "history": history,
         "precision": {"base": dtype_name(parts.base_dtype), "weights": dtype_name(parts.weights_dtype),
                       "autocast": dtype_name(parts.autocast_dtype) if parts.autocast_dtype is not None else None},
+        "parallel": "shard" if parts.sharded else "replicate",  # `config.parallel` as resolved for this run
     }
     meta_path = _save_policy(parts, out, meta)
     return PPOResult(config=config, out_dir=str(out), meta_path=str(meta_path), metrics=metrics, history=history)
@@ -262,7 +289,8 @@ def _summary(history: list[dict[str, float]], train_s: float, setup_s: float, kl
 @dataclass
 class _Parts:
     """The live objects of a run (mutable: they train). ``reference`` is None with LoRA
-    (the policy with its adapters switched off is the reference then)."""
+    (the policy with its adapters switched off is the reference then). ``sharded``: the policy and
+    the reference are `ShardedPolicy` roots (`training.lib.sharding`)."""
 
     tokenizer: Any
     policy: Any
@@ -274,6 +302,7 @@ class _Parts:
     model_path: str
     base_dtype: Any
     weights_dtype: Any
+    sharded: bool = False
 
     def autocast(self) -> Any:
         """Autocast (if any) plus the attention kernels every forward pass of ours uses."""
@@ -306,10 +335,12 @@ class _Rollouts:
     texts: list[str]
 
 
-def _load_parts(config: PPOConfig) -> _Parts:
+def _load_parts(config: PPOConfig, team: Team = SOLO) -> _Parts:
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if config.device == "auto" else config.device)
-    config = resolve_run_mode(config, kind="ppo", device=device)  # "auto" -> full/lora/qlora; refuses qlora off CUDA
+    # "auto" -> full/lora/qlora (costed for this rank's share, sharded or not); refuses qlora off CUDA
+    config = resolve_run_mode(config, kind="ppo", device=device, ranks=team.size)
+    sharded = resolve_parallel(config.parallel, config.mode, team) == "shard"
     if device.type != "cuda" and config.dtype == "bf16":
         raise ValueError("dtype='bf16' is refused off CUDA: CPUs here have no bf16 units (~100x slower than fp32)")
     path = resolve_model(config.model)
@@ -326,13 +357,16 @@ def _load_parts(config: PPOConfig) -> _Parts:
     # AdamW keeps its state in the weights' dtype; over fp32 weights bf16 enters only through autocast.
     loading = quantized_load_options(device) if config.mode == "qlora" else {"dtype": weights}
     policy: Any = AutoModelForCausalLM.from_pretrained(path, **loading)
-    policy.to(device).eval()  # dropout off for good: it would make the PPO ratio noisy; gradients still flow
+    # Sharded: left on the CPU, each layer moves to the device as its shard (one layer whole at a time).
+    policy.to(torch.device("cpu") if sharded else device)
+    policy.eval()  # dropout off for good: it would make the PPO ratio noisy; gradients still flow
     if config.gradient_checkpointing:
         # transformers recomputes layers only in train mode: `_ppo_update` switches to it, with dropout at 0.
         for module in policy.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    reference: Any = None  # LoRA: the policy with its adapters switched off
     if config.lora_r > 0:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # LoRA runs only: slow import
 
@@ -341,15 +375,19 @@ def _load_parts(config: PPOConfig) -> _Parts:
                                                      gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                           target_modules="all-linear", task_type="CAUSAL_LM")
-        policy, reference = get_peft_model(policy, lora), None
-    else:
-        reference = copy.deepcopy(policy).requires_grad_(False)
+        policy = get_peft_model(policy, lora)
     hidden = policy.config.get_text_config().hidden_size
+    eos_ids = eos_token_ids(tokenizer, policy)
+    autocast = torch.bfloat16 if use_bf16 else None
+    if sharded:  # the frozen copy is taken while the weights are whole, then sharded beside the policy
+        policy, reference = shard_for_training(policy, device, mixed=autocast, frozen_copy=True)
+    elif config.lora_r == 0:
+        reference = copy.deepcopy(policy).requires_grad_(False)
     value_head = torch.nn.Linear(hidden, 1).to(device)  # fp32 whatever the weights: 1 x hidden parameters
     torch.nn.init.zeros_(value_head.weight)  # V starts at 0: early advantages are the plain returns
     torch.nn.init.zeros_(value_head.bias)
-    return _Parts(tokenizer, policy, value_head, reference, device, torch.bfloat16 if use_bf16 else None,
-                  eos_token_ids(tokenizer, policy), path, base_dtype, weights)
+    return _Parts(tokenizer, policy, value_head, reference, device, autocast, eos_ids, path, base_dtype, weights,
+                  sharded)
 
 
 def _encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -429,6 +467,7 @@ def _collect(parts: _Parts, config: PPOConfig, prompt_ids: list[list[int]]) -> _
         texts.append(parts.tokenizer.decode(ids[row, prompt_width : prompt_width + length].tolist(),
                                             skip_special_tokens=True).strip())
     entropy = entropy_sum / max(1.0, float(response_mask.sum()))
+    reshard(parts.policy, parts.reference)  # sharded: the roots' no-grad forwards left them gathered
     return dataclasses.replace(shell, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values,
                                entropy=entropy, texts=texts)
 
@@ -456,8 +495,9 @@ def _ppo_update(parts: _Parts, config: PPOConfig, optimizer: Any, batch: _Rollou
     """``ppo_epochs`` shuffled passes of minibatch steps; returns the mean of each loss statistic.
 
     On several ranks each minibatch step averages the ranks' gradients (each rank's loss is its own
-    minibatch's mean), as DDP does."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    minibatch's mean), as DDP does: sharded, FSDP sums the policy's in the backward pass and the
+    value head's are summed here. Every rank runs as many minibatches (equal shares, see `train_ppo`)."""
+    policy_params, value_params = (group["params"] for group in optimizer.param_groups)
     sums: dict[str, float] = {}
     count = 0
     if config.gradient_checkpointing:
@@ -477,8 +517,8 @@ def _ppo_update(parts: _Parts, config: PPOConfig, optimizer: Any, batch: _Rollou
             loss = policy.loss + config.vf_coef * value.loss
             optimizer.zero_grad(set_to_none=True)
             (loss / team.size).backward()
-            team.sum_gradients(params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            team.sum_gradients(value_params if parts.sharded else policy_params + value_params)
+            grad_norm = clip_grad_norm([policy_params, value_params], config.max_grad_norm)
             optimizer.step()
             stats = {"policy_loss": policy.loss, "value_loss": value.loss, "clip_fraction": policy.clip_fraction,
                      "approx_kl": policy.approx_kl, "value_clip_fraction": value.clip_fraction,

@@ -8,7 +8,9 @@
 object with ``"messages"`` or ``"prompt"`` (a list of chat messages or a
 string, read as one user turn) or a bare JSON list of messages. Every other
 ``PPOConfig`` field is an option (``--kl-coef``, ``--adaptive-kl``...).
-Shows a tqdm progress bar and prints the run's metrics as JSON.
+Shows a tqdm progress bar and prints the run's metrics as JSON. Under torchrun
+(``torchrun --nproc-per-node=N -m training.lib.ppo_cli ...``) full fine-tuning
+shards the policy over the N processes (``--parallel``, see `PPOConfig`).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rewardmodel.lib.config import MODE_SETTINGS, WEIGHTS_SETTINGS, ConfigBase, Mode, Weights
+from training.lib.dpo_config import PARALLEL_SETTINGS  # one list of settings, one rule (`resolve_parallel`)
 
 __all__ = ["DEFAULT_LORA_R", "PPOConfig"]
 
@@ -52,6 +53,16 @@ class PPOConfig(ConfigBase):
     distribution; ``top_p < 1`` samples from a truncated one that the PPO
     ratio does not see (as in most implementations), so keep 1.0 unless you
     mean it.
+
+    ``parallel``: how several ranks under torchrun (`training.lib.distributed`)
+    hold the policy. ``"replicate"`` = each rank a whole policy, value head,
+    reference copy and reward model, gradients summed at every minibatch;
+    ``"shard"`` = FSDP2 (`training.lib.sharding`): each rank holds 1/N of the
+    policy's weights, gradients and AdamW moments and 1/N of the reference
+    copy (the value head and the reward model stay whole on every rank);
+    full fine-tuning only. ``"auto"`` = ``"shard"`` when several ranks run full
+    fine-tuning, ``"replicate"`` for LoRA and QLoRA and for one process, the
+    rule of `DPOConfig.parallel`.
     """
 
     model: str
@@ -81,6 +92,7 @@ class PPOConfig(ConfigBase):
     weights: Weights = "fp32"  # bf16 weights round away small updates; "auto" opts in
     gradient_checkpointing: bool = False
     mode: Mode = "auto"
+    parallel: Literal["auto", "replicate", "shard"] = "auto"
     lora_r: int = 0
     lora_alpha: int = 16
     reward_batch_size: int = 32
@@ -101,6 +113,9 @@ class PPOConfig(ConfigBase):
             f"weights must be one of {WEIGHTS_SETTINGS}, not {self.weights!r}": self.weights in WEIGHTS_SETTINGS,
             f"mode must be one of {MODE_SETTINGS}, not {self.mode!r}": self.mode in MODE_SETTINGS,
             "lora_r > 0 contradicts mode='full'": not (self.lora_r > 0 and self.mode == "full"),
+            f"parallel must be one of {PARALLEL_SETTINGS}, not {self.parallel!r}": self.parallel in PARALLEL_SETTINGS,
+            "parallel='shard' shards full fine-tuning only, not LoRA or QLoRA":
+                not (self.parallel == "shard" and (self.lora_r > 0 or self.mode in ("lora", "qlora"))),
         }
         self._require(checks)
         # `lora_r` and `mode` say the same thing twice; keep them in step (the config stays frozen to callers).

@@ -7,33 +7,44 @@ what is left (embeddings, final norm, LM head; tied weights stay one
 parameter). Every rank then keeps 1/N of each weight, its gradient and the
 optimizer's moments, as DTensor shards.
 
-The wrapper's forward is `token_logprobs` on the inner model, so the root
-unit's hooks see every forward: `token_logprobs` calls the decoder and the
-head separately (only scored tokens reach the head), which would bypass a
-root wrapped around the causal LM itself.
+Every use of the model goes through the root's forward, so the root unit's
+hooks gather its weights for each: `ShardedPolicy(tokens)` is `token_logprobs`
+on the inner model (which calls the decoder and the head separately: only
+scored tokens reach the head, which would bypass a root wrapped around the
+causal LM itself); `ShardedPolicy(**model_kwargs)` is the causal LM's own
+forward; `ShardedPolicy.generate(**kwargs)` runs the inner model's `generate`
+inside one root forward (the first forward must be the root's: FSDP makes the
+first unit to run forward its root).
 
-Contracts the caller keeps (`training.lib.dpo`):
+Contracts the callers keep (`training.lib.dpo`, `training.lib.ppo`):
 
 * every forward and backward all-gathers, so every rank runs the same number
   of them, in the same order: a rank with nothing to do runs a dummy batch
-  and drops its result (its loss multiplied by 0);
+  and drops its result (its loss multiplied by 0); `generate` samples with
+  ``synced_gpus=True``, so a rank whose rows have ended keeps running the
+  model (sampling nothing) until every rank's have;
 * the losses are already scaled so that the SUM of the ranks' gradients is
   the gradient of the global batch; gradients are summed, not averaged
   (divide factor 1, sum-only reductions);
 * the root unit stays gathered after its forward (FSDP's default for a
-  root: its backward comes next); after a no-grad forward (the reference
-  pass) the caller calls ``reshard()`` before taking ``parameters()``, which
-  would otherwise hand the optimizer the gathered tensors, not the shards;
+  root: its backward comes next); after no-grad forwards (a reference pass,
+  sampling) the caller calls `reshard` before taking ``parameters()``, which
+  would otherwise hand the optimizer the gathered tensors, not the shards,
+  and before an optimizer step, after which a root left gathered would compute
+  with the old weights;
 * `torch.nn.utils.clip_grad_norm_` over the shards returns the global norm as
-  a replicated DTensor; fused AdamW steps the shards as it steps whole tensors;
+  a replicated DTensor (`clip_grad_norm` clips shards and whole tensors by one
+  joint norm); fused AdamW steps the shards as it steps whole tensors;
 * `full_state_dict` is collective: every rank calls it; rank 0 gets the
   weights, on the CPU, the others an empty dict.
 
-Numbers and FSDP choices are checked against one process in tests/training/test_fsdp.py (CPU, gloo).
+Numbers and FSDP choices are checked against one process in tests/training/test_fsdp.py (CPU, gloo), and
+sharded PPO against replicated PPO in tests/training/test_ppo_fsdp.py.
 """
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -41,8 +52,8 @@ import torch
 from rewardmodel.lib.ranks import Team
 from training.lib.logprobs import ScoredTokens, token_logprobs
 
-__all__ = ["ShardedPolicy", "decoder_layers", "full_state_dict", "resolve_parallel", "scored_logprobs",
-           "shard_for_training", "shard_policy", "whole_policy"]
+__all__ = ["ShardedPolicy", "clip_grad_norm", "decoder_layers", "full_state_dict", "reshard", "resolve_parallel",
+           "scored_logprobs", "shard_for_training", "shard_policy", "whole_policy"]
 
 
 def resolve_parallel(parallel: str, mode: str, team: Team) -> str:
@@ -60,14 +71,28 @@ def resolve_parallel(parallel: str, mode: str, team: Team) -> str:
 
 
 class ShardedPolicy(torch.nn.Module):
-    """The root FSDP unit around a causal LM: ``forward(tokens)`` is `token_logprobs(inner, tokens)` ([M] fp32)."""
+    """The root FSDP unit around a causal LM; every use of the inner model is one forward of this root.
+
+    ``forward(tokens)``: `token_logprobs(inner, tokens)` ([M] fp32); ``forward(**model_kwargs)``: the causal
+    LM's output; ``generate(**kwargs)``: the inner model's `generate`.
+    """
 
     def __init__(self, inner: Any) -> None:
         super().__init__()
         self.inner = inner
 
-    def forward(self, tokens: ScoredTokens) -> torch.Tensor:
-        return token_logprobs(self.inner, tokens)
+    def forward(self, tokens: ScoredTokens | None = None, *, generate: bool = False, **kwargs: Any) -> Any:
+        if tokens is not None:
+            return token_logprobs(self.inner, tokens)
+        return self.inner.generate(**kwargs) if generate else self.inner(**kwargs)
+
+    def generate(self, **kwargs: Any) -> torch.Tensor:
+        """`inner.generate(**kwargs)` inside one root forward, with ``synced_gpus=True``. Collective.
+
+        The root's hooks gather the embeddings, final norm and LM head once for the whole of it; each
+        decoder layer's own hooks gather that layer at every new token and free it after.
+        """
+        return self(generate=True, **{**kwargs, "synced_gpus": True})
 
 
 def scored_logprobs(model: Any, tokens: ScoredTokens) -> torch.Tensor:
@@ -125,6 +150,39 @@ def whole_policy(model_path: str, weights: dict[str, torch.Tensor], *, dtype: to
     model = load_policy(model_path, "cpu", dtype=dtype)[0]
     model.load_state_dict(weights)  # copies, cast to `dtype` as a checkpoint's save would cast them
     return model
+
+
+def reshard(*models: Any) -> None:
+    """Free the gathered weights of each sharded root among `models` (no-op for anything else)."""
+    for model in models:
+        if isinstance(model, ShardedPolicy):
+            model.reshard()  # type: ignore[attr-defined]  (FSDPModule's)
+
+
+def clip_grad_norm(groups: Sequence[Sequence[torch.nn.Parameter]], max_norm: float) -> torch.Tensor:
+    """Scale the gradients of every group so that their joint L2 norm is at most `max_norm`; return that
+    norm before scaling (a plain scalar tensor), as `torch.nn.utils.clip_grad_norm_` would over one list.
+
+    A group holds FSDP shards (DTensors: their norm is over every rank's shards, a collective) or whole
+    tensors, never both: torch's norm and scaling take one kind at a time.
+    """
+    from torch.distributed.tensor import DTensor
+
+    with torch.no_grad():
+        norms = []
+        for group in groups:
+            grads = [p.grad for p in group if p.grad is not None]
+            if grads:
+                norm = torch.nn.utils.get_total_norm(grads)
+                norms.append((norm.full_tensor() if isinstance(norm, DTensor) else norm).float().cpu())
+        total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.tensor(0.0)
+        coef = min(1.0, max_norm / (float(total) + 1e-6))  # torch's rule; a float scales DTensors and tensors alike
+        if coef < 1.0:
+            for group in groups:
+                for p in group:
+                    if p.grad is not None:
+                        p.grad.mul_(coef)
+    return total
 
 
 def full_state_dict(model: ShardedPolicy) -> dict[str, torch.Tensor]:
