@@ -26,7 +26,7 @@ Weights = Literal["auto", "fp32", "checkpoint"]
 #: Values of every run config's `mode` setting (resolved in `training.lib.modes`).
 MODE_SETTINGS: tuple[str, ...] = ("auto", "full", "lora", "qlora")
 Mode = Literal["auto", "full", "lora", "qlora"]
-#: Values of the reward model's `parallel` setting (resolved by `training.lib.sharding.resolve_parallel`).
+#: Values of every run config's `parallel` setting (resolved by `training.lib.sharding.resolve_parallel`).
 PARALLEL_SETTINGS: tuple[str, ...] = ("auto", "replicate", "shard")
 Parallel = Literal["auto", "replicate", "shard"]
 

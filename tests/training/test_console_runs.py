@@ -88,7 +88,8 @@ def test_the_form_starts_a_reward_model_run_with_defaults_shown(client, project,
     assert response.status_code == 302 and response["Location"] == _detail(project, run)
     assert run.kind == Kind.REWARD_MODEL and run.state == State.QUEUED
     assert run.config == {"backbone": "tiny-bert", "epochs": 2.0, "batch_size": 8, "max_length": 128,
-                          "learning_rate": 0.0001, "loss": "bt", "eval_fraction": 0.2, "mode": "auto", "seed": 3}
+                          "learning_rate": 0.0001, "loss": "bt", "eval_fraction": 0.2, "mode": "auto", "parallel": "auto",
+                          "seed": 3}
     assert run.reason == "started from the console by manager"
 
 
@@ -100,6 +101,12 @@ def test_the_form_chooses_how_many_gpus_a_run_uses(client, project, manager):
     assert TrainingRun.objects.get(project=project).config["world_size"] == 4
     page = _start(client, project, {**RM, "world_size": "0"}).content.decode()
     assert "Ensure this value is greater than or equal to 1." in page
+    # How the GPUs hold the model: sharded full fine-tuning, or a copy on each.
+    assert 'name="parallel"' in form
+    assert _start(client, project, {**RM, "world_size": "2", "parallel": "shard"}).status_code == 302
+    assert TrainingRun.objects.latest("pk").config["parallel"] == "shard"
+    page = _start(client, project, {**RM, "parallel": "shard", "mode": "lora"}).content.decode()
+    assert "parallel=&#x27;shard&#x27; shards full fine-tuning only" in page
 
 
 @pytest.mark.parametrize("change,message", [
@@ -140,7 +147,7 @@ def test_dpo_and_ppo_start_from_the_form_with_their_inputs(client, project, mana
     dpo = TrainingRun.objects.get(kind=Kind.DPO)
     assert (dpo.checkpoint_in, dpo.snapshot, dpo.state) == (base, snapshot, State.QUEUED)
     assert dpo.config == {"beta": 0.2, "loss": "ipo", "learning_rate": 1e-6, "epochs": 1.0, "batch_size": 4,
-                          "mode": "lora"}
+                          "mode": "lora", "parallel": "auto"}
     assert dpo.reason == "started from the console by manager"
     ppo = TrainingRun.objects.get(kind=Kind.PPO)
     assert (ppo.checkpoint_in, ppo.reward_model_in) == (base, rm)

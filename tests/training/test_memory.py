@@ -98,7 +98,7 @@ def test_sharding_splits_the_trained_state_over_the_gpus_and_a_full_8b_fits_eigh
     assert lora.weights == estimate("dpo", "lora", eight_b, Workload(batch=8)).weights
     # PPO's reference copy is sharded beside the policy; its reward model stays whole on every GPU.
     ppo = estimate("ppo", "full-bf16", eight_b, Workload(ranks=8, sharded=True))
-    assert ppo.other_models == pytest.approx(2 * eight_b.params / 8 + 2 * eight_b.params + _gathered_bytes(eight_b))
+    assert ppo.other_models == pytest.approx(2 * eight_b.params / 8 + 2 * eight_b.params + 2 * _gathered_bytes(eight_b))
     with pytest.raises(ValueError, match="ranks must be at least 1"):
         estimate("dpo", "lora", eight_b, Workload(ranks=0))
 

@@ -224,6 +224,11 @@ def test_auto_on_several_gpus_costs_sharded_full_fine_tuning(tmp_path: Path, bit
     assert pick("dpo", 1) == "lora"
     assert pick("dpo", 8) == "full"
     assert pick("dpo", 8, parallel="replicate") == "lora"
+    assert pick("ppo", 1, batch_size=8, mini_batch_size=8) == "lora"
+    assert pick("ppo", 8, batch_size=8, mini_batch_size=8) == "full"
+    reward = RewardConfig(backbone=path)
+    assert resolve_run_mode(reward, kind="reward_model", device=CUDA, ranks=1).mode == "qlora"  # 16 pairs a batch
+    assert resolve_run_mode(reward, kind="reward_model", device=CUDA, ranks=8).mode == "full"
     big = _config_folder(tmp_path / "70b", "Llama-3.1-70B")
     assert resolve_run_mode(DPOConfig(model=big), kind="dpo", device=CUDA, ranks=2).mode == "qlora"
     assert resolve_run_mode(DPOConfig(model=big, parallel="shard"), kind="dpo", device=CUDA, ranks=2).mode == "full"

@@ -34,6 +34,17 @@ def _mode() -> forms.ChoiceField:
     )
 
 
+def _parallel() -> forms.ChoiceField:
+    """How several GPUs hold the model (`training.lib.sharding.resolve_parallel`); left empty, "auto"."""
+    return forms.ChoiceField(
+        required=False, label="Several GPUs",
+        choices=[("auto", "auto: shard full fine-tuning, replicate adapters"),
+                 ("shard", "shard weights, gradients and optimizer state (full fine-tuning)"),
+                 ("replicate", "a whole copy on every GPU")],
+        help_text="Only matters with more than one GPU.",
+    )
+
+
 def _world_size() -> forms.IntegerField:
     """How many processes (GPUs) run the job under torchrun; left empty, the worker's WORKER_WORLD_SIZE."""
     return forms.IntegerField(
@@ -77,6 +88,9 @@ class StartForm(forms.Form):
     def clean_mode(self) -> str:
         return self.cleaned_data["mode"] or "auto"
 
+    def clean_parallel(self) -> str:
+        return self.cleaned_data["parallel"] or "auto"
+
     def clean_extra(self) -> dict:
         text = self.cleaned_data["extra"].strip()
         if not text:
@@ -106,7 +120,7 @@ class StartForm(forms.Form):
 class RewardModelStartForm(StartForm):
     kind = TrainingRun.Kind.REWARD_MODEL
     fields_in_config = ("backbone", "epochs", "batch_size", "max_length", "learning_rate", "loss", "eval_fraction",
-                        "mode", "world_size")
+                        "mode", "parallel", "world_size")
     backbone = forms.CharField(max_length=300, help_text="An alias (all-minilm-l6-v2, smollm2), a local folder or a hub id.")
     epochs = forms.FloatField(min_value=0.01, max_value=100, widget=_number())
     batch_size = forms.IntegerField(min_value=1, max_value=1024)
@@ -120,6 +134,7 @@ class RewardModelStartForm(StartForm):
         min_value=0.0, max_value=0.5, widget=_number(), help_text="Share of prompts held out."
     )
     mode = _mode()
+    parallel = _parallel()
     world_size = _world_size()
 
 
@@ -129,7 +144,7 @@ def _checkpoints(project):
 
 class DPOStartForm(StartForm):
     kind = TrainingRun.Kind.DPO
-    fields_in_config = ("beta", "loss", "learning_rate", "epochs", "batch_size", "mode", "world_size")
+    fields_in_config = ("beta", "loss", "learning_rate", "epochs", "batch_size", "mode", "parallel", "world_size")
     checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), help_text="The policy to improve.")
     snapshot = forms.ModelChoiceField(queryset=Snapshot.objects.none(), required=False,
                                       empty_label="a fresh snapshot of the votes, frozen now",
@@ -141,6 +156,7 @@ class DPOStartForm(StartForm):
     epochs = forms.FloatField(min_value=0.01, max_value=100, widget=_number())
     batch_size = forms.IntegerField(min_value=1, max_value=512)
     mode = _mode()
+    parallel = _parallel()
     world_size = _world_size()
 
     def __init__(self, *args, project, **kwargs):
@@ -155,7 +171,7 @@ class DPOStartForm(StartForm):
 
 class PPOStartForm(StartForm):
     kind = TrainingRun.Kind.PPO
-    fields_in_config = ("kl_coef", "learning_rate", "steps", "batch_size", "mode", "world_size")
+    fields_in_config = ("kl_coef", "learning_rate", "steps", "batch_size", "mode", "parallel", "world_size")
     checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), help_text="The policy to improve.")
     reward_model = forms.ModelChoiceField(queryset=RewardModel.objects.none(), help_text="The reward to maximise.")
     kl_coef = forms.FloatField(min_value=0.0, max_value=10, widget=_number(),
@@ -164,6 +180,7 @@ class PPOStartForm(StartForm):
     steps = forms.IntegerField(min_value=1, max_value=100_000)
     batch_size = forms.IntegerField(min_value=1, max_value=1024, help_text="Rollouts per step.")
     mode = _mode()
+    parallel = _parallel()
     world_size = _world_size()
 
     def __init__(self, *args, project, **kwargs):

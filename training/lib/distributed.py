@@ -15,13 +15,14 @@ length-bucketed batches, a short last batch of an epoch leaves some ranks nothin
 every rank to run the same forwards; the libraries also swap the LoRA adapters off for reference
 passes, which DDP's wrapper hides. Summing once per optimizer step is what DDP does under
 `no_sync()` with gradient accumulation, minus overlapping the transfer with the backward pass.
-Each rank holds a whole replica (weights, gradients, AdamW state), except in DPO's full
-fine-tuning, which by default shards them over the ranks instead (`DPOConfig.parallel`, FSDP2,
-`training.lib.sharding`): each rank keeps 1/N, gathers each layer's weights just before it runs,
-and FSDP's reduce-scatter sums the gradients (the same loss scaling; no `sum_gradients`). Every
-forward of a sharded model is collective, so there a rank whose share is empty runs one pair with
-its loss multiplied by 0, and the reference pass runs as many batches on every rank. The reward
-model and PPO replicate: beyond what one GPU holds, LoRA or QLoRA (README, "Memory").
+Each rank holds a whole replica (weights, gradients, AdamW state) for LoRA and QLoRA; full
+fine-tuning of a reward model, a DPO or a PPO policy by default shards them over the ranks instead
+(each config's ``parallel``; FSDP2: `training.lib.sharding`, `rewardmodel.lib.sharding`): each rank
+keeps 1/N, gathers each layer's weights just before it runs, and FSDP's reduce-scatter sums the
+gradients (the same loss scaling; no `sum_gradients`). Every forward of a sharded model is
+collective, so there a rank whose share is empty runs one pair with its loss multiplied by 0, the
+reference pass runs as many batches on every rank, and sampling keeps every rank stepping until
+all are done (``synced_gpus``).
 
 Rank 0 alone evaluates and publishes, after a barrier (a sharded policy's whole weights are
 gathered onto its CPU first, every rank taking part): a checkpoint folder appears (temporary

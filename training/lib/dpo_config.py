@@ -8,13 +8,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rewardmodel.lib.config import MODE_SETTINGS, WEIGHTS_SETTINGS, ConfigBase, Mode, Weights
+from rewardmodel.lib.config import (
+    MODE_SETTINGS,
+    PARALLEL_SETTINGS,
+    WEIGHTS_SETTINGS,
+    ConfigBase,
+    Mode,
+    Parallel,
+    Weights,
+)
 
 __all__ = ["LOSS_NAMES", "PARALLEL_SETTINGS", "DPOConfig", "LossName"]
 
 LossName = Literal["sigmoid", "ipo", "robust"]
 LOSS_NAMES: tuple[str, ...] = ("sigmoid", "ipo", "robust")
-PARALLEL_SETTINGS: tuple[str, ...] = ("auto", "replicate", "shard")
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,7 @@ class DPOConfig(ConfigBase):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     shared_prefix: Literal["auto", "on", "off"] = "auto"
-    parallel: Literal["auto", "replicate", "shard"] = "auto"
+    parallel: Parallel = "auto"
     gradient_checkpointing: bool = False
     bucket_size: int = 64
     ref_batch_size: int | None = None

@@ -22,8 +22,9 @@ the activations of that share. Sharded full fine-tuning (``Workload.sharded``: F
 `training.lib.sharding`) also splits the trained weights, their gradients and AdamW state (and
 PPO's reference copy) into 1/N per GPU; each GPU then holds besides its shard the layers being
 computed, gathered whole in bf16: the root unit (embeddings, final norm, LM head) and two decoder
-layers (the one computing and the one prefetched). LoRA and QLoRA replicate (their trainable
-state is small), as do PPO's reward model and a reward model's heads.
+layers (the one computing and the one prefetched); PPO as much again for its reference copy. LoRA
+and QLoRA replicate (their trainable state is small), as do PPO's reward model and value head and a
+reward model's heads.
 
 It is an estimate for choosing a mode and sizing a machine, not a promise: measure one row on the
 GPU you have (``bench/gpu/``). Pure module: no torch import, so a web process can call it.
@@ -228,6 +229,7 @@ def estimate(kind: str, mode: str, shape: Shape, work: Workload = Workload()) ->
                           _kv_cache(shape, sequences, work.length))
         if mode.startswith("full"):
             other += 2.0 * shape.params / split  # the frozen reference copy (sharded beside the policy)
+            other += _gathered(shape) if sharded else 0.0  # and its root unit, gathered like the policy's
         other += 2.0 * (work.reward_shape or shape).params
     activations += _logits(shape, scored)
     base = weights + optimizer + activations + other

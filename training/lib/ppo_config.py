@@ -8,8 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rewardmodel.lib.config import MODE_SETTINGS, WEIGHTS_SETTINGS, ConfigBase, Mode, Weights
-from training.lib.dpo_config import PARALLEL_SETTINGS  # one list of settings, one rule (`resolve_parallel`)
+from rewardmodel.lib.config import (
+    MODE_SETTINGS,
+    PARALLEL_SETTINGS,
+    WEIGHTS_SETTINGS,
+    ConfigBase,
+    Mode,
+    Parallel,
+    Weights,
+)
 
 __all__ = ["DEFAULT_LORA_R", "PPOConfig"]
 
@@ -92,7 +99,7 @@ class PPOConfig(ConfigBase):
     weights: Weights = "fp32"  # bf16 weights round away small updates; "auto" opts in
     gradient_checkpointing: bool = False
     mode: Mode = "auto"
-    parallel: Literal["auto", "replicate", "shard"] = "auto"
+    parallel: Parallel = "auto"
     lora_r: int = 0
     lora_alpha: int = 16
     reward_batch_size: int = 32
