@@ -30,7 +30,7 @@ import torch
 from rewardmodel.lib.config import RewardConfig
 from rewardmodel.lib.model import RewardModel, build_reward_model
 from rewardmodel.lib.ranks import Team
-from training.lib.sharding import decoder_layers, resolve_parallel
+from training.lib.sharding import clip_grad_norm, decoder_layers, resolve_parallel
 
 __all__ = ["finish_gradients", "gather_weights", "resolve_parallel", "shard_reward_model", "sharded_runs",
            "whole_reward_model"]
@@ -70,7 +70,6 @@ def _is_shard(tensor: torch.Tensor) -> bool:
     return isinstance(tensor, DTensor)
 
 
-@torch.no_grad()
 def finish_gradients(params: Iterable[torch.nn.Parameter], team: Team, max_norm: float) -> torch.Tensor:
     """End a sharded model's optimizer step's backward: sum the whole parameters' gradients (the
     tie parameter's) over the ranks, clip every gradient to a global norm of `max_norm` as
@@ -81,20 +80,7 @@ def finish_gradients(params: Iterable[torch.nn.Parameter], team: Team, max_norm:
     params = [p for p in params if p.requires_grad]
     whole = [p for p in params if not _is_shard(p)]
     team.sum_gradients(whole)
-    grads = [p.grad for p in params if p.grad is not None]
-    shards, others = [g for g in grads if _is_shard(g)], [g for g in grads if not _is_shard(g)]
-    norms = []
-    if shards:  # a replicated DTensor: every rank's shards' norms combined
-        norms.append(torch.nn.utils.get_total_norm(shards).full_tensor())
-    if others:
-        norms.append(torch.nn.utils.get_total_norm(others))
-    if not norms:
-        return torch.zeros(())
-    total = torch.linalg.vector_norm(torch.stack([n.float().to(norms[0].device) for n in norms]))
-    factor = (max_norm / (total + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s own rule
-    for grad in [g.to_local() for g in shards] + others:
-        grad.mul_(factor.to(grad.device, grad.dtype))
-    return total
+    return clip_grad_norm([[p for p in params if _is_shard(p)], whole], max_norm)
 
 
 def gather_weights(model: RewardModel) -> dict[str, torch.Tensor]:
