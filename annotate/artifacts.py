@@ -32,6 +32,8 @@ from urllib.parse import unquote, urlparse
 from django.conf import settings
 from fsspec.callbacks import Callback
 
+from annotate import artifact_cache
+
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
 _FETCHED: dict[str, str] = {}  # this process's verified copies of s3 folders: local path -> URL
@@ -227,6 +229,7 @@ def _keep_as_cached(local: Path, url: str, manifest: bytes) -> None:
     (local / MANIFEST).write_bytes(manifest)
     cached = Path(settings.ARTIFACTS_CACHE_DIR) / "folders" / _key(url, hashlib.sha256(manifest).hexdigest())
     _move_into_cache(local.parent, cached)
+    _arrived(cached)
 
 
 def file_publish(local: Path, url: str) -> None:
@@ -242,6 +245,7 @@ def file_publish(local: Path, url: str) -> None:
     cached.mkdir(parents=True, exist_ok=True)
     os.replace(local, cached / _name(url))  # a verified copy already: this host need not download it
     (cached / _name(url)).chmod(0o444)
+    _arrived(cached)
     with contextlib.suppress(OSError):
         local.parent.rmdir()  # the emptied staging folder
 
@@ -260,11 +264,13 @@ def artifact_delete(url: str) -> None:
 
 # -- inputs --------------------------------------------------------------------------------------
 
-def file_fetch(url: str, *, sha256: str) -> Path:
+def file_fetch(url: str, *, sha256: str, pin: bool = False) -> Path:
     """A local copy of the file at ``url``: the file itself for file://, else a cached download.
 
     A download is checked against ``sha256`` before it is kept; a mismatch raises ArtifactError and
-    keeps nothing. A missing file raises ArtifactError.
+    keeps nothing. A missing file raises ArtifactError. ``pin``: keep the copy from being pruned
+    until this process's run ends (a file read at once needs no pin: it was just used, so it is
+    the last to go, and an open file outlives its removal).
     """
     if is_local(url):
         path = local_path(url)
@@ -272,7 +278,10 @@ def file_fetch(url: str, *, sha256: str) -> Path:
             raise ArtifactError(f"the file {path} is missing")
         return path
     cached = Path(settings.ARTIFACTS_CACHE_DIR) / "files" / _key(url, sha256)
+    if pin:
+        artifact_cache.pin(cached)
     if (cached / _name(url)).is_file():
+        artifact_cache.touch(cached)
         return cached / _name(url)
     tmp = _tmp_beside(cached)
     try:
@@ -281,7 +290,8 @@ def file_fetch(url: str, *, sha256: str) -> Path:
         if got != sha256:
             raise ArtifactError(f"{url} is corrupt: its sha256 is {got}, not {sha256} as recorded; refusing it")
         (tmp / _name(url)).chmod(0o444)
-        return _move_into_cache(tmp, cached) / _name(url)
+        _arrived(_move_into_cache(tmp, cached))
+        return cached / _name(url)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -290,7 +300,9 @@ def folder_fetch(url: str) -> Path:
     """A local copy of the published folder at ``url``: the folder itself for file://, else a cached download.
 
     An s3 folder is read only through its manifest: no manifest (an unfinished or interrupted upload)
-    or a file whose size or sha256 differs from it raises ArtifactError and keeps nothing.
+    or a file whose size or sha256 differs from it raises ArtifactError and keeps nothing. The copy
+    is pinned until this process's run ends (`artifact_cache.release_pins`): a run may read its
+    model folder again when it publishes.
     """
     if is_local(url):
         path = local_path(url)
@@ -303,7 +315,10 @@ def folder_fetch(url: str) -> Path:
     except FileNotFoundError:
         raise ArtifactError(f"{url} has no {MANIFEST}: it was never completely published") from None
     cached = Path(settings.ARTIFACTS_CACHE_DIR) / "folders" / _key(url, hashlib.sha256(manifest).hexdigest())
-    if not (cached / _name(url) / MANIFEST).is_file():
+    artifact_cache.pin(cached)
+    if (cached / _name(url) / MANIFEST).is_file():
+        artifact_cache.touch(cached)
+    else:
         tmp = _tmp_beside(cached)
         try:
             folder = tmp / _name(url)
@@ -312,7 +327,7 @@ def folder_fetch(url: str) -> Path:
                 if (folder / rel).stat().st_size != entry["size"] or sha256_file(folder / rel) != entry["sha256"]:
                     raise ArtifactError(f"{url}: {rel} does not match its manifest; refusing the folder")
             (folder / MANIFEST).write_bytes(manifest)
-            _move_into_cache(tmp, cached)
+            _arrived(_move_into_cache(tmp, cached))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     _FETCHED[str(cached / _name(url))] = url
@@ -383,6 +398,12 @@ def _move_into_cache(tmp: Path, cached: Path) -> Path:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     return cached
+
+
+def _arrived(cached: Path) -> None:
+    """A new entry is in the cache: mark it used, then keep the cache within its budget."""
+    artifact_cache.touch(cached)
+    artifact_cache.prune(keep=cached)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -299,6 +299,8 @@ ARTIFACTS_URL = env_str("ARTIFACTS_URL").rstrip("/")
 if ARTIFACTS_URL and not re.fullmatch(r"file:///.*|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", ARTIFACTS_URL):
     refuse("ARTIFACTS_URL", ARTIFACTS_URL, "use file:///absolute/folder or s3://bucket/prefix, or leave it empty")
 ARTIFACTS_CACHE_DIR = Path(env_str("ARTIFACTS_CACHE_DIR", str(VAR_DIR / "cache" / "artifacts")))
+# The most the cache may hold (GiB): least recently used copies go first, never one a run here has pinned; 0: no limit.
+ARTIFACTS_CACHE_MAX_GB = env_float("ARTIFACTS_CACHE_MAX_GB", 100.0)
 # The S3-compatible store: empty endpoint means AWS itself; empty keys leave them to botocore's own chain.
 S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL")
 S3_REGION = env_str("S3_REGION") or env_str("AWS_DEFAULT_REGION")

@@ -36,6 +36,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
+from annotate import artifact_cache
 from annotate.artifacts import artifact_delete, artifact_url, staging_path
 from annotate.events import event_emit
 from annotate.models import Project
@@ -398,6 +399,7 @@ def run_execute(
     finally:
         _RUNNING_HERE.discard(run.pk)
         heartbeat.stop()
+        artifact_cache.release_pins()  # the cached inputs this run pinned may be pruned now
     return run
 
 
