@@ -55,59 +55,57 @@ def _generate(checkpoint: Checkpoint, prompts: list[Prompt], sampling: dict, pro
 
 
 def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
-    """Sample each checkpoint in ``run.config["checkpoints"]`` on the prompt set; pair the first with the rest."""
+    """Sample each checkpoint in ``run.config["checkpoints"]`` on the prompt set; pair the first with the rest.
+
+    The reward-hacking guard's fixed prompts that the battle's set leaves out are sampled in the same
+    call (one model load, on the Ray cluster too when the battle is), measured and not stored.
+    """
     ids = run.config["checkpoints"]
     settings = configs.generation_settings(settings_of(run.config))
     checkpoints = list(Checkpoint.objects.filter(project=run.project, pk__in=ids))
     checkpoints.sort(key=lambda c: ids.index(c.pk))
     prompts = battle_prompts(run.project, count=settings["prompts"], seed=settings["seed"])
+    battled = {p.pk for p in prompts}
+    extra = [p for p in guards.guard_prompts(run.project) if p.pk not in battled] if checkpoints else []
     sampling = {key: settings[key] for key in configs.SAMPLING_KEYS}
-    total = len(prompts) * len(checkpoints)
+    per = len(prompts) + len(extra)
+    total = per * len(checkpoints)
     by_checkpoint: dict[int, dict[int, Completion]] = {}
+    guard_texts: dict[int, dict[int, str]] = {}
     for index, checkpoint in enumerate(checkpoints):
         existing = {c.prompt_id: c for c in Completion.objects.filter(checkpoint=checkpoint, prompt__in=prompts)}
         todo = [p for p in prompts if p.pk not in existing]
-        reporter.log(f"{checkpoint.name}: {len(todo)} prompts to sample, {len(existing)} already sampled")
-        offset = index * len(prompts) + len(existing)
+        # The guard's fixed prompts outside the battle: an answer from an earlier battle serves, else one is sampled.
+        known = {c.prompt_id: c.text for c in Completion.objects.filter(checkpoint=checkpoint, prompt__in=extra)}
+        measured = [p for p in extra if p.pk not in known] if checkpoint.uri or checkpoint.endpoint_url else []
+        reporter.log(f"{checkpoint.name}: {len(todo)} prompts to sample, {len(existing)} already sampled"
+                     + (f"; and {len(measured)} of the guard's fixed prompts, measured, not stored" if measured else ""))
+        batch = todo + measured
+        offset = index * per + len(existing) + len(known)
         progress = lambda done, _, offset=offset: reporter.progress(offset + done, total)  # noqa: E731
-        if todo and checkpoint.uri and not checkpoint.endpoint_url and on_ray(run):  # the weights are sampled on the Ray cluster
-            outputs = generate_on_ray(run, reporter, checkpoint=checkpoint, prompts=todo, sampling=sampling,
+        if batch and checkpoint.uri and not checkpoint.endpoint_url and on_ray(run):  # the weights are sampled on the Ray cluster
+            outputs = generate_on_ray(run, reporter, checkpoint=checkpoint, prompts=batch, sampling=sampling,
                                       progress=progress)
         else:
-            outputs = _generate(checkpoint, todo, sampling, progress, reporter.log) if todo else []
+            outputs = _generate(checkpoint, batch, sampling, progress, reporter.log) if batch else []
         with run_publishing(run):  # a process presumed lost that wakes up adds nothing
-            for prompt, output in zip(todo, outputs, strict=True):
+            for prompt, output in zip(todo, outputs[:len(todo)], strict=True):
                 if output.text.strip():
                     existing[prompt.pk], _ = services.completion_get_or_create(
                         prompt=prompt, checkpoint=checkpoint, text=output.text, sampling=output.params, seed=output.seed
                     )
         by_checkpoint[checkpoint.pk] = existing
-        reporter.progress((index + 1) * len(prompts), total)
+        guard_texts[checkpoint.pk] = {**{pk: c.text for pk, c in existing.items()}, **known, **{
+            p.pk: o.text for p, o in zip(measured, outputs[len(todo):], strict=True) if o.text.strip()}}
+        reporter.progress((index + 1) * per, total)
     with run_publishing(run):
         created = _queue_battles(checkpoints, by_checkpoint, seed=settings["seed"])
     reporter.log(f"queued {created} comparisons")
     # The reward-hacking guard: proxy reward and KL from the base, per checkpoint, on the fixed prompt set.
-    measured = guards.guard_record(project=run.project, checkpoints=checkpoints,
-                                   samples=_guard_samples(checkpoints, by_checkpoint, sampling, reporter.log),
-                                   log=reporter.log)
+    measured_guards = guards.guard_record(project=run.project, checkpoints=checkpoints, samples=guard_texts,
+                                          log=reporter.log)
     run.outputs = {"completions": sum(len(v) for v in by_checkpoint.values()), "comparisons": created,
-                   "guard": {c.name: g for c, g in zip(checkpoints, measured, strict=False)}}
-
-
-def _guard_samples(checkpoints, by_checkpoint, sampling: dict, log) -> dict[int, dict[int, str]]:
-    """Each checkpoint's answers on the guard's fixed prompt set: the battle's where it sampled that prompt,
-    else sampled now with the battle's settings and kept only for the measurement (not stored, not battled)."""
-    fixed = guards.guard_prompts(checkpoints[0].project) if checkpoints else []
-    found: dict[int, dict[int, str]] = {}
-    for checkpoint in checkpoints:
-        texts = {pk: c.text for pk, c in by_checkpoint.get(checkpoint.pk, {}).items()}
-        missing = [p for p in fixed if p.pk not in texts]
-        if missing and (checkpoint.uri or checkpoint.endpoint_url):
-            log(f"guard: {checkpoint.name}: sampling {len(missing)} fixed prompts the battle did not cover")
-            outputs = _generate(checkpoint, missing, sampling, lambda done, total: None, log)
-            texts.update({p.pk: o.text for p, o in zip(missing, outputs, strict=True) if o.text.strip()})
-        found[checkpoint.pk] = texts
-    return found
+                   "guard": {c.name: g for c, g in zip(checkpoints, measured_guards, strict=False)}}
 
 
 def _queue_battles(checkpoints, by_checkpoint, *, seed: int) -> int:

@@ -7,7 +7,7 @@ import pytest
 
 from annotate import services
 from annotate.canary import canary_hold
-from annotate.models import Comparison
+from annotate.models import Comparison, Completion
 from annotate.votes import vote_record
 from rewardmodel.lib.model import load_reward_model
 from rewardmodel.lib.score import score
@@ -100,3 +100,46 @@ def test_a_battle_records_the_guard_metrics_of_its_candidate(project, annotator,
     assert run.outputs["guard"]["cand"]["proxy_reward"] == guard["proxy_reward"]
     # The fixed set is the same for every checkpoint, whatever the battle sampled.
     assert guard_prompts(project) == guard_prompts(project, count=4)
+    # The fixed prompts the battle left out were sampled with it, measured, and not stored.
+    battled = set(Completion.objects.filter(checkpoint=candidate).values_list("prompt_id", flat=True))
+    assert len(battled) == 2 and set(Completion.objects.filter(checkpoint=base).values_list("prompt_id", flat=True)) == battled
+    left_out = len(set(fixed) - battled)
+    assert left_out and f"cand: 2 prompts to sample, 0 already sampled; and {left_out} of the guard's fixed" in run.log_tail
+
+
+def test_on_ray_the_guard_s_prompts_go_to_the_cluster_with_the_battle_s(project, annotator, artifacts, tmp_path,
+                                                                        settings, monkeypatch):
+    """A worker that hands sampling to a Ray cluster (it may have no GPU) never samples a checkpoint itself:
+    each checkpoint is one job on the battle's prompts and the guard's left-out ones."""
+    from training import generation
+    from training.lib.generation import GenerationConfig, generate_local
+
+    settings.GUARD_PROMPTS = 4
+    vote_by_rule(project, annotator, 16)
+    _train(project, tmp_path)
+    base = services.checkpoint_get_or_create(project=project, name="base", state="incumbent",
+                                             uri=str(save_tiny_llama(tmp_path / "old", chat=True)))
+    candidate = services.checkpoint_get_or_create(project=project, name="cand", parent=base,
+                                                  uri=str(save_tiny_llama(tmp_path / "new", chat=True, seed=1)))
+    jobs: list[tuple[str, int]] = []
+
+    def on_the_cluster(run, reporter, *, checkpoint, prompts, sampling, progress):  # the job's own entry point
+        jobs.append((checkpoint.name, len(prompts)))
+        config = GenerationConfig(model=checkpoint.uri, **sampling, device="cpu")
+        return generate_local(config, [p.messages for p in prompts], progress)
+
+    def here(*args, **kwargs):
+        raise AssertionError("the worker sampled a checkpoint itself")
+
+    monkeypatch.setattr(generation, "on_ray", lambda run: True)
+    monkeypatch.setattr(generation, "generate_on_ray", on_the_cluster)
+    monkeypatch.setattr(generation, "_generate", here)
+    run = generation_start(project=project, checkpoints=[candidate, base],
+                           config={"prompts": 2, "max_new_tokens": 8, "temperature": 1.0}, enqueue=False)
+    run = run_execute(run.pk, generation_job)
+    assert run.state == TrainingRun.State.SUCCEEDED, run.error
+    battled = set(Completion.objects.filter(checkpoint=candidate).values_list("prompt_id", flat=True))
+    wanted = len(battled | {p.pk for p in guard_prompts(project)})
+    assert jobs == [("cand", wanted), ("base", wanted)]
+    candidate.refresh_from_db()
+    assert candidate.meta["guard"]["samples"] >= 3 and candidate.meta["guard"]["kl_from_base"] > 0

@@ -203,11 +203,12 @@ def test_a_two_process_dpo_run_is_one_ray_job_under_torchrun_and_publishes_one_c
 
 
 @on_the_head
-def test_a_generation_run_samples_on_ray_and_queues_battles_here(ray, project, tmp_path):
+def test_a_generation_run_samples_on_ray_and_queues_battles_here(ray, project, tmp_path, settings):
+    settings.GUARD_PROMPTS = 4  # every prompt: the guard's that the battle leaves out ride in the same jobs
     new, old = save_tiny_llama(tmp_path / "new", chat=True, seed=1), save_tiny_llama(tmp_path / "old", chat=True)
     candidate = services.checkpoint_get_or_create(project=project, name="cand", uri=str(new))
     incumbent = services.checkpoint_get_or_create(project=project, name="inc", uri=str(old), state="incumbent")
-    for i in range(3):
+    for i in range(4):
         services.prompt_get_or_create(project=project, messages=f"Tell me about topic {i}")
     run = generation_start(project=project, checkpoints=[candidate, incumbent],
                            config={"prompts": 3, "max_new_tokens": 6, "temperature": 1.0}, enqueue=False)
@@ -215,10 +216,11 @@ def test_a_generation_run_samples_on_ray_and_queues_battles_here(ray, project, t
     run.refresh_from_db()
     assert run.state == TrainingRun.State.SUCCEEDED, run.error
     assert run.ray_job_id.startswith(f"flywheel-run-{run.pk}-generation-c{incumbent.pk}-")  # the last of two jobs
-    assert Completion.objects.filter(checkpoint=candidate).count() == 3
+    assert Completion.objects.filter(checkpoint=candidate).count() == 3  # the guard's extra prompt is not stored
     assert Completion.objects.filter(checkpoint=incumbent).count() == 3
     assert run.outputs["comparisons"] == Comparison.objects.filter(project=project, reason="battle").count() > 0
-    assert run.progress == 1.0 and "sampling 3 prompts on the Ray cluster" in run.log_tail
+    assert run.progress == 1.0 and "sampling 4 prompts on the Ray cluster" in run.log_tail
+    assert "sampling on cpu" not in run.log_tail  # nothing was sampled on the worker itself
 
 
 @on_the_head
