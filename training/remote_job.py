@@ -44,7 +44,8 @@ def configure() -> None:
     cache = os.environ.get("ARTIFACTS_CACHE_DIR") or str(Path(tempfile.gettempdir()) / "flywheel-artifacts")
     settings.configure(
         ARTIFACTS_URL=os.environ.get("ARTIFACTS_URL", ""), ARTIFACTS_DIR=str(SCRATCH.absolute()),
-        ARTIFACTS_CACHE_DIR=cache, S3_ENDPOINT_URL=os.environ.get("S3_ENDPOINT_URL", ""),
+        ARTIFACTS_CACHE_DIR=cache, ARTIFACTS_CACHE_MAX_GB=float(os.environ.get("ARTIFACTS_CACHE_MAX_GB") or 100.0),
+        S3_ENDPOINT_URL=os.environ.get("S3_ENDPOINT_URL", ""),
         S3_REGION=os.environ.get("S3_REGION") or os.environ.get("AWS_DEFAULT_REGION", ""),
         AWS_ACCESS_KEY_ID=os.environ.get("AWS_ACCESS_KEY_ID", ""),
         AWS_SECRET_ACCESS_KEY=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
