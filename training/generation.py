@@ -19,7 +19,7 @@ from annotate.models import Checkpoint, Comparison, Completion, Project, Prompt
 from training import configs, guards
 from training.lib.endpoint import EndpointConfig, generate_endpoint
 from training.models import TrainingRun
-from training.ray_jobs import generate_on_ray, on_ray
+from training.ray_jobs import generate_on_ray, measure_on_ray, on_ray
 from training.runs import RunReporter, run_create, run_publishing
 
 KIND = TrainingRun.Kind.GENERATION
@@ -102,8 +102,10 @@ def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
         created = _queue_battles(checkpoints, by_checkpoint, seed=settings["seed"])
     reporter.log(f"queued {created} comparisons")
     # The reward-hacking guard: proxy reward and KL from the base, per checkpoint, on the fixed prompt set.
-    measured_guards = guards.guard_record(project=run.project, checkpoints=checkpoints, samples=guard_texts,
-                                          log=reporter.log)
+    on_cluster = on_ray(run) and any(c.uri and not c.endpoint_url for c in checkpoints)
+    measured_guards = guards.guard_record(
+        project=run.project, checkpoints=checkpoints, samples=guard_texts, log=reporter.log,
+        measure=(lambda plan, paths: measure_on_ray(run, reporter, plan, paths)) if on_cluster else None)
     run.outputs = {"completions": sum(len(v) for v in by_checkpoint.values()), "comparisons": created,
                    "guard": {c.name: g for c, g in zip(checkpoints, measured_guards, strict=False)}}
 

@@ -187,29 +187,35 @@ def canary_metrics(project: Project, folder: Path | str) -> dict:
 
 
 def guard_record(*, project: Project, checkpoints: list[Checkpoint], samples: dict[int, dict[int, str]],
-                 log: Callable[[str], object] = print) -> list[dict]:
+                 log: Callable[[str], object] = print,
+                 measure: Callable[[dict, dict[str, str]], dict] | None = None) -> list[dict]:
     """Measure each checkpoint on the fixed prompt set from its ``samples`` (prompt id -> answer text, sampled
     from that checkpoint) and store ``meta["guard"]``: the latest reward model's mean score (``proxy_reward``; None before
     the first reward model), the KL from its base (``kl_from_base``; None without local weights), the prompt
-    ids, the sample count, and ``rivals``: the other checkpoints' proxy rewards from the same reward model."""
+    ids, the sample count, and ``rivals``: the other checkpoints' proxy rewards from the same reward model.
+
+    ``measure(plan, paths)``: where the models are read (`training.ray_jobs.measure_on_ray` on a cluster);
+    by default on this worker's device (`training.lib.guard.measure`)."""
     prompts = guard_prompts(project)
     if not prompts or not checkpoints:
         return []
     reward_model = latest_reward_model(project)
     groups = {c.pk: [(p.messages, samples[c.pk][p.pk]) for p in prompts if p.pk in samples.get(c.pk, {})]
               for c in checkpoints}
-    device, dtype = _device()
-    proxies: dict[int, float] = {}
-    if reward_model is not None:
-        from training.lib.guard import mean_rewards
+    plan, paths = _plan(checkpoints, groups, reward_model)
+    if measure is None:
+        from training.lib.guard import measure as measure_here
 
-        proxies = mean_rewards(model_source(reward_model.artifact_uri),
-                               {pk: ([m for m, _ in pairs], [t for _, t in pairs]) for pk, pairs in groups.items()},
-                               device=device)
+        device, dtype = _device()
+        measured = measure_here(plan, paths, device=device, dtype=dtype)
+    else:
+        measured = measure(plan, paths)
+    proxies = {int(key): value for key, value in measured["proxies"].items()}
+    kls = {int(key): value for key, value in measured["kl"].items()}
     recorded = []
     for checkpoint in checkpoints:
         base = base_of(checkpoint)
-        kl = _kl(checkpoint, base, groups[checkpoint.pk], device, dtype)
+        kl = 0.0 if base is not None and base.pk == checkpoint.pk else kls.get(checkpoint.pk)
         guard = {
             "proxy_reward": proxies.get(checkpoint.pk), "kl_from_base": kl,
             "prompts": [p.pk for p in prompts], "samples": len(groups[checkpoint.pk]),
@@ -229,12 +235,23 @@ def guard_record(*, project: Project, checkpoints: list[Checkpoint], samples: di
     return recorded
 
 
-def _kl(checkpoint: Checkpoint, base: Checkpoint | None, pairs: list, device: str, dtype: str) -> float | None:
-    if base is not None and base.pk == checkpoint.pk:
-        return 0.0
-    if base is None or not pairs or not checkpoint.uri or checkpoint.endpoint_url or not base.uri:
-        return None
-    from training.lib.guard import kl_from_base
+def _plan(checkpoints: list[Checkpoint], groups: dict[int, list], reward_model) -> tuple[dict, dict[str, str]]:
+    """(plan, paths) for `training.lib.guard.measure`: every model by a name, the names' folders apart (a
+    cluster's node pulls the stored ones itself). A KL needs both models' weights and a sample."""
+    paths: dict[str, str] = {}
+    if reward_model is not None:
+        paths["reward_model"] = model_source(reward_model.artifact_uri)
+    kl: dict[str, list[str]] = {}
+    for checkpoint in checkpoints:
+        base = base_of(checkpoint)
+        if (base is None or base.pk == checkpoint.pk or not groups[checkpoint.pk] or not checkpoint.uri
+                or checkpoint.endpoint_url or not base.uri):
+            continue
+        paths[f"policy_{checkpoint.pk}"] = model_source(checkpoint.uri)
+        paths[f"base_{base.pk}"] = model_source(base.uri)
+        kl[str(checkpoint.pk)] = [f"policy_{checkpoint.pk}", f"base_{base.pk}"]
+    plan = {"reward_model": "reward_model" if reward_model is not None else None,
+            "groups": {str(pk): [[list(m), t] for m, t in pairs] for pk, pairs in groups.items()}, "kl": kl}
+    return plan, paths
 
-    return kl_from_base(model_source(checkpoint.uri), model_source(base.uri), [m for m, _ in pairs],
-                        [t for _, t in pairs], device=device, dtype=dtype)
+

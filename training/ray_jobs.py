@@ -204,6 +204,21 @@ def generate_on_ray(run: TrainingRun, reporter: RunReporter, *, checkpoint, prom
         out.unlink(missing_ok=True)
 
 
+def measure_on_ray(run: TrainingRun, reporter: RunReporter, plan: dict, paths: dict[str, str]) -> dict:
+    """The reward-hacking guard's figures (`training.lib.guard.measure`) from a one-process Ray job: the
+    reward model and the policies are read on the cluster's node, never on this worker."""
+    if not paths:  # no reward model yet and no KL to estimate: nothing to read
+        return {"proxies": {}, "kl": {}}
+    part = "guard"
+    workdir = Path(settings.ARTIFACTS_DIR) / "jobs" / f"run-{run.pk}" / part
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "plan.json").write_text(json.dumps(plan))
+    reporter.log("guard: measuring on the Ray cluster")
+    spec = {"kind": "guard", "config": {**paths, "device": "auto"}, "data": str(workdir / "plan.json")}
+    return run_on_ray(run, reporter, spec, world_size=1, part=part, workdir=workdir,
+                      on_progress=lambda *_: None)
+
+
 def _job_id(run: TrainingRun, reporter: RunReporter, ray, spec: dict[str, Any], *, world_size: int, part: str,
             workdir: Path) -> tuple[str, bool]:
     """(id, whether a worker submitted it before) of the run's job for ``part``: the one on the row when a

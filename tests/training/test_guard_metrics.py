@@ -1,6 +1,7 @@
 """The guard's measurements on a worker: reward models on the canary set, checkpoints on the fixed prompts."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ from rewardmodel.lib.score import score
 from tests.conftest import make_comparisons
 from tests.tiny import save_tiny_bert, save_tiny_llama
 from tests.training.test_reward_runs import vote_by_rule
+from training import guards
 from training.generation import generation_job, generation_start
 from training.guards import base_of, guard_prompts
+from training.lib.distributed import run_job
 from training.lib.guard import kl_from_base
 from training.models import TrainingRun
 from training.reward import reward_model_start, reward_model_train_job
@@ -128,18 +131,35 @@ def test_on_ray_the_guard_s_prompts_go_to_the_cluster_with_the_battle_s(project,
         config = GenerationConfig(model=checkpoint.uri, **sampling, device="cpu")
         return generate_local(config, [p.messages for p in prompts], progress)
 
+    def measured_on_the_cluster(run, reporter, plan, paths):  # what the job receives: JSON, through its entry point
+        jobs.append(("guard", len(plan["groups"])))
+        return run_job({"kind": "guard", "config": {**paths, "device": "cpu"},
+                        "data": _written(tmp_path / "plan.json", plan)}, 1, tmp_path / "guard-job",
+                       on_progress=lambda *_: None, on_log=lambda _: None)
+
     def here(*args, **kwargs):
-        raise AssertionError("the worker sampled a checkpoint itself")
+        raise AssertionError("the worker read a model itself")
 
     monkeypatch.setattr(generation, "on_ray", lambda run: True)
     monkeypatch.setattr(generation, "generate_on_ray", on_the_cluster)
+    monkeypatch.setattr(generation, "measure_on_ray", measured_on_the_cluster)
     monkeypatch.setattr(generation, "_generate", here)
+    monkeypatch.setattr(guards, "_device", here)
     run = generation_start(project=project, checkpoints=[candidate, base],
                            config={"prompts": 2, "max_new_tokens": 8, "temperature": 1.0}, enqueue=False)
     run = run_execute(run.pk, generation_job)
     assert run.state == TrainingRun.State.SUCCEEDED, run.error
     battled = set(Completion.objects.filter(checkpoint=candidate).values_list("prompt_id", flat=True))
     wanted = len(battled | {p.pk for p in guard_prompts(project)})
-    assert jobs == [("cand", wanted), ("base", wanted)]
+    assert jobs == [("cand", wanted), ("base", wanted), ("guard", 2)]
     candidate.refresh_from_db()
-    assert candidate.meta["guard"]["samples"] >= 3 and candidate.meta["guard"]["kl_from_base"] > 0
+    base.refresh_from_db()
+    guard = candidate.meta["guard"]
+    assert guard["samples"] >= 3 and guard["kl_from_base"] > 0 and isinstance(guard["proxy_reward"], float)
+    assert base.meta["guard"]["kl_from_base"] == 0.0
+    assert guard["rivals"] == {str(base.pk): base.meta["guard"]["proxy_reward"]}
+
+
+def _written(path: Path, value) -> str:
+    path.write_text(json.dumps(value))
+    return str(path)

@@ -206,8 +206,8 @@ def test_a_two_process_dpo_run_is_one_ray_job_under_torchrun_and_publishes_one_c
 def test_a_generation_run_samples_on_ray_and_queues_battles_here(ray, project, tmp_path, settings):
     settings.GUARD_PROMPTS = 4  # every prompt: the guard's that the battle leaves out ride in the same jobs
     new, old = save_tiny_llama(tmp_path / "new", chat=True, seed=1), save_tiny_llama(tmp_path / "old", chat=True)
-    candidate = services.checkpoint_get_or_create(project=project, name="cand", uri=str(new))
     incumbent = services.checkpoint_get_or_create(project=project, name="inc", uri=str(old), state="incumbent")
+    candidate = services.checkpoint_get_or_create(project=project, name="cand", uri=str(new), parent=incumbent)
     for i in range(4):
         services.prompt_get_or_create(project=project, messages=f"Tell me about topic {i}")
     run = generation_start(project=project, checkpoints=[candidate, incumbent],
@@ -215,7 +215,11 @@ def test_a_generation_run_samples_on_ray_and_queues_battles_here(ray, project, t
     run_execute(run.pk, generation_job)
     run.refresh_from_db()
     assert run.state == TrainingRun.State.SUCCEEDED, run.error
-    assert run.ray_job_id.startswith(f"flywheel-run-{run.pk}-generation-c{incumbent.pk}-")  # the last of two jobs
+    # Two sampling jobs, then the guard's measurement (the KL from the incumbent) as a third, all on the cluster.
+    assert run.ray_job_id.startswith(f"flywheel-run-{run.pk}-guard-")
+    assert "guard: measuring on the Ray cluster" in run.log_tail
+    candidate.refresh_from_db()
+    assert candidate.meta["guard"]["kl_from_base"] is not None and candidate.meta["guard"]["base"] == incumbent.pk
     assert Completion.objects.filter(checkpoint=candidate).count() == 3  # the guard's extra prompt is not stored
     assert Completion.objects.filter(checkpoint=incumbent).count() == 3
     assert run.outputs["comparisons"] == Comparison.objects.filter(project=project, reason="battle").count() > 0

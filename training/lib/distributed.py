@@ -211,6 +211,13 @@ def _run(spec: Mapping[str, Any], team: Team) -> dict[str, Any] | None:
         return {"out": outcome.out_dir, "metrics": outcome.metrics} if team.main else None
     if kind == "generation":  # one process; data: a JSON list of prompts; out: a JSONL, one completion a prompt
         return _generate(spec, config, progress) if team.main else None
+    if kind == "guard":  # one process; data: the guard's plan; config: the model folders it names, and the device
+        from training.lib.generation import resolve_device, resolve_dtype
+        from training.lib.guard import measure
+
+        device = resolve_device(config.pop("device", "auto"))
+        plan = json.loads(Path(spec["data"]).read_text())
+        return measure(plan, config, device=device, dtype=resolve_dtype("auto", device)) if team.main else None
     pairs = read_pairs(spec["data"])
     if kind == "reward_model":
         from rewardmodel.lib.config import RewardConfig
@@ -226,7 +233,7 @@ def _run(spec: Mapping[str, Any], team: Team) -> dict[str, Any] | None:
         dpo_config = agreed_mode(DPOConfig.from_dict(config), kind, team)
         result = train_dpo(dpo_config, pairs, spec["out"], progress, lineage=spec.get("lineage"))
         return {"out": result.checkpoint_path, "metrics": result.metrics} if team.main else None
-    raise ValueError(f"no distributed job for kind {kind!r} (reward_model, dpo, ppo or generation)")
+    raise ValueError(f"no distributed job for kind {kind!r} (reward_model, dpo, ppo, generation or guard)")
 
 
 def _generate(spec: Mapping[str, Any], config: dict[str, Any], progress) -> dict[str, Any]:

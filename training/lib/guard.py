@@ -126,3 +126,18 @@ def canary_accuracy(reward_model: Any, pairs: Sequence[dict]) -> tuple[float | N
     b = score(reward_model, prompts, [p["b"] for p in decided])
     right = sum((x > y) if p["answer"] == "a" else (y > x) for p, x, y in zip(decided, a, b, strict=True))
     return right / len(decided), len(decided), ties
+
+
+def measure(plan: dict, paths: dict[str, str], *, device: str = "cpu", dtype: str = "float32") -> dict:
+    """The guard's figures for every checkpoint of ``plan`` (JSON-able: a worker runs it here or as a job).
+
+    ``plan``: ``{"reward_model": name or None, "groups": {key: [[messages, answer], ...]},
+    "kl": {key: [policy name, base name]}}``; ``paths`` maps each name to a model folder (or alias).
+    Returns ``{"proxies": {key: mean reward}, "kl": {key: KL from the base}}`` for the keys it could measure.
+    """
+    groups = {key: ([m for m, _ in pairs], [t for _, t in pairs]) for key, pairs in plan["groups"].items()}
+    proxies = (mean_rewards(paths[plan["reward_model"]], groups, device=device)
+               if plan.get("reward_model") else {})
+    kls = {key: kl_from_base(paths[policy], paths[base], *groups[key], device=device, dtype=dtype)
+           for key, (policy, base) in plan["kl"].items() if groups.get(key, ((), ()))[1]}
+    return {"proxies": proxies, "kl": kls}
