@@ -23,6 +23,7 @@ from rewardmodel.lib.train import RewardResult, train_reward_model
 from tests.tiny import counting_pairs, safetensors_dtypes, save_tiny_llama, save_tiny_llama_bf16
 from tests.training.test_distributed import _launch, _write_pairs
 from tests.training.test_dpo import one_thread  # noqa: F401  (an autouse fixture)
+from tests.training.test_fsdp import _largest_weight_difference
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,12 +44,6 @@ def _assert_same_steps(alone: RewardResult, steps: list[dict]) -> dict[str, floa
             assert two[key] == pytest.approx(one[key], rel=TOLERANCE, abs=TOLERANCE), key
             worst[key] = max(worst.get(key, 0.0), abs(two[key] - one[key]))
     return worst
-
-
-def _largest_weight_difference(a: Path, b: Path) -> float:
-    one, two = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    assert one.keys() == two.keys() and all(one[k].dtype == two[k].dtype for k in one)
-    return max(float((one[k] - two[k]).abs().max()) for k in one)
 
 
 def test_sharded_ranks_take_the_steps_of_one_process(tiny: Path, tmp_path: Path) -> None:

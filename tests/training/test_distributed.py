@@ -90,8 +90,9 @@ def test_two_ranks_give_the_losses_of_one_process_for_the_reward_model(tmp_path:
     # An ensemble: each head's bootstrap weights decide the ranks' shares of the loss; the epoch ends
     # on a short batch. Packed rows of other shapes round differently (~1e-7); at a learning rate far
     # above this one, AdamW's sign-like first steps amplify that past 1e-5 within a few steps.
+    # Whole replicas here; sharded, tests/rewardmodel/test_reward_fsdp.py.
     config = RewardConfig(backbone=str(backbone), learning_rate=1e-4, epochs=1, batch_size=7, eval_fraction=0.25,
-                          ensemble_size=3, num_threads=1, device="cpu")
+                          ensemble_size=3, num_threads=1, device="cpu", parallel="replicate")
     alone = train_reward_model(config, pairs, tmp_path / "alone")
     result, steps, _ = _launch("reward_model", config, _write_pairs(pairs, tmp_path / "pairs.jsonl"),
                                tmp_path / "two", tmp_path / "job")
@@ -145,23 +146,31 @@ def test_a_failing_rank_is_named_with_its_error() -> None:
     assert message.startswith("rank 1 of 2 exited with code 1: [rank1]: ValueError: no trainable pairs")
 
 
-def test_two_rank_ppo_learns_the_toy_reward_and_counts_every_rollout(tmp_path: Path) -> None:
-    from tests.training.test_ppo import PROMPTS, _toy_config
-
-    policy = save_tiny_llama(tmp_path / "policy", chat=True)
-    data = tmp_path / "prompts.json"
-    data.write_text(json.dumps(PROMPTS))
-    result, steps, _ = _launch("ppo", _toy_config(policy), data, tmp_path / "out", tmp_path / "job")
+def assert_two_rank_ppo_learned(steps: list[dict]) -> None:
+    """Every step of 20 reported, every rollout counted, and the bar of the one-process run
+    (tests/training/test_ppo.py): the reward rises while the KL stays bounded."""
     assert [s["step"] for s in steps] == list(range(1, 21))
     assert [s["episodes"] for s in steps] == [16.0 * k for k in range(1, 21)]  # 8 rollouts per rank per step
-    # The same bar as the one-process run (tests/training/test_ppo.py): the reward rises, the KL stays bounded.
     start = sum(s["reward_mean"] for s in steps[:3]) / 3
     end = sum(s["reward_mean"] for s in steps[-5:]) / 5
     assert start < 0.4 and end > 0.45 and end > start + 0.35
     # KL still climbs at step 20 (15.5 nats on this machine's numerics, under 15 on others'): the bar is
     # that it stays far below the ~37 nats of collapsing onto "good" (tests/training/test_ppo.py).
     assert max(s["kl"] for s in steps) < 20.0
-    assert result["out"] == str(tmp_path / "out") and (tmp_path / "out" / "meta.json").exists()
+
+
+def test_two_rank_replicated_ppo_learns_the_toy_reward_and_counts_every_rollout(tmp_path: Path) -> None:
+    """Whole replicas (what LoRA runs use); sharded PPO is tests/training/test_ppo_fsdp.py."""
+    from tests.training.test_ppo import PROMPTS, _toy_config
+
+    policy = save_tiny_llama(tmp_path / "policy", chat=True)
+    data = tmp_path / "prompts.json"
+    data.write_text(json.dumps(PROMPTS))
+    result, steps, _ = _launch("ppo", _toy_config(policy, parallel="replicate"), data, tmp_path / "out",
+                               tmp_path / "job")
+    assert_two_rank_ppo_learned(steps)
+    assert result["out"] == str(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["parallel"] == "replicate"
 
 
 def test_ppo_on_several_ranks_needs_batches_that_split_evenly(tmp_path: Path) -> None:
