@@ -262,8 +262,15 @@ def test_a_generation_run_on_a_cluster_without_the_worker_s_disk_samples_stored_
     run_execute(run.pk, generation_job)
     run.refresh_from_db()
     assert run.state == TrainingRun.State.SUCCEEDED, run.error
-    assert ray.get_job_info(run.ray_job_id).entrypoint.startswith(
-        f"python -m training.remote_job 1 s3://{s3_artifacts}/artifacts/jobs/run-{run.pk}/generation-c{incumbent.pk}/")
+    # Each checkpoint sampled by its own job, then the guard's measurement (the candidate's KL from the
+    # project's first checkpoint, the candidate itself: 0), all through the store; the row names the last.
+    staged = f"python -m training.remote_job 1 s3://{s3_artifacts}/artifacts/jobs/run-{run.pk}/"
+    mine = [j for j in ray.list_jobs() if (j.submission_id or "").startswith(f"flywheel-run-{run.pk}-")]
+    parts = [j.entrypoint.removeprefix(staged).split("/")[0] for j in mine]
+    assert len(parts) == 3 and set(parts) == {f"generation-c{candidate.pk}", f"generation-c{incumbent.pk}", "guard"}
+    assert ray.get_job_info(run.ray_job_id).entrypoint == staged + "guard/spec.json"
+    incumbent.refresh_from_db()
+    assert isinstance(incumbent.meta["guard"]["kl_from_base"], float)
     assert Completion.objects.filter(checkpoint=candidate).count() == 2
     assert Completion.objects.filter(checkpoint=incumbent).count() == 2
     assert keys_in(s3_client, s3_artifacts, f"artifacts/jobs/run-{run.pk}/") == []  # both jobs' staging is gone
