@@ -3,6 +3,7 @@ refused when added, and again at the connection a delivery actually makes (rebin
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,7 +17,9 @@ from config.settings import env_networks
 from tests.annotate.test_events import Receiver, eager, receiver  # noqa: F401  (fixtures)
 
 INTERNAL = ["127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-            "::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "fe80::1%eth0", "fc00::5", "224.0.0.1"]
+            "::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "fe80::1%eth0", "fc00::5", "224.0.0.1",
+            # IPv6 forms that carry an internal IPv4 address: NAT64, 6to4, IPv4-compatible; and site-local
+            "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "::a9fe:a9fe", "fec0::1"]
 
 
 @pytest.mark.parametrize("address", INTERNAL)
@@ -115,6 +118,40 @@ def test_a_redirect_to_a_refused_address_is_not_followed(project, eager, setting
         for server in (inner, outer):
             server.shutdown()
             server.server_close()
+
+
+def test_a_redirect_to_another_scheme_is_refused_before_any_connection(project, eager, settings,  # noqa: F811
+                                                                       django_capture_on_commit_callbacks):
+    """urllib would follow a 302 to ftp:// through a connection no guard checks (a port scan, a banner in the log)."""
+    listener = socket.create_server(("127.0.0.2", 0))
+    listener.settimeout(0.5)
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(302)
+            self.send_header("Location", f"ftp://127.0.0.2:{listener.getsockname()[1]}/banner")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    outer = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=outer.serve_forever, daemon=True).start()
+    try:
+        events.webhook_create(project=project, url=f"http://127.0.0.1:{outer.server_address[1]}/hook")
+        with django_capture_on_commit_callbacks(execute=True):
+            events.event_emit(project_id=project.pk, type="snapshot.frozen", data={})
+        delivery = WebhookDelivery.objects.get()
+        assert (delivery.state, delivery.attempts) == ("failed", 1)
+        assert delivery.last_error.startswith("refused: a redirect to 'ftp://127.0.0.2")
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nobody connected
+    finally:
+        outer.shutdown()
+        outer.server_close()
+        listener.close()
 
 
 def test_the_setting_reads_networks_and_refuses_nonsense(monkeypatch):
