@@ -389,14 +389,21 @@ def _tmp_beside(cached: Path) -> Path:
 
 
 def _move_into_cache(tmp: Path, cached: Path) -> Path:
-    """Rename a complete ``tmp`` folder to ``cached``; when another process got there first, keep theirs."""
+    """Rename a complete ``tmp`` folder to ``cached``; when another process got there first, keep theirs.
+
+    An entry whose content is gone (moved out by its reader; only its use stamp left) is stale: replaced.
+    """
     cached.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(tmp, cached)
     except OSError:
         if not cached.is_dir():
             raise
-        shutil.rmtree(tmp, ignore_errors=True)
+        if {p.name for p in cached.iterdir()} <= {artifact_cache.STAMP}:
+            shutil.rmtree(cached, ignore_errors=True)
+            os.rename(tmp, cached)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     return cached
 
 

@@ -105,12 +105,13 @@ def snapshot_left_out(project: Project) -> list[tuple[str, int]]:
     return [(reason, n) for reason, n in reasons if n]
 
 
-def snapshot_path(snapshot: Snapshot) -> Path:
+def snapshot_path(snapshot: Snapshot, *, pin: bool = False) -> Path:
     """The snapshot's file on this host: the file itself under a local ARTIFACTS_URL, else a copy pulled
     from the store into the cache and checked against the row's sha256. Raises InvalidInput for a file
-    that is missing or corrupt."""
+    that is missing or corrupt. ``pin``: a run reads it again later (its ranks): keep the cached copy
+    until the run ends."""
     try:
-        return artifacts.file_fetch(snapshot.uri, sha256=snapshot.sha256)
+        return artifacts.file_fetch(snapshot.uri, sha256=snapshot.sha256, pin=pin)
     except artifacts.ArtifactError as error:
         raise InvalidInput(f"snapshot {snapshot.pk}: {error}") from error
 

@@ -77,7 +77,7 @@ def dpo_job(run: TrainingRun, reporter: RunReporter) -> None:
 
     config = configs.dpo_config(run.config, model=model_source(run.checkpoint_in.uri))
     world_size = configs.world_size(run.kind, run.config)
-    data = snapshot_path(run.snapshot)
+    data = snapshot_path(run.snapshot, pin=True)
     pairs = read_pairs(data)
     reporter.log(f"DPO on {len(pairs)} pairs of snapshot {run.snapshot.pk}, from {run.checkpoint_in.name}")
     with _staged(run) as out:

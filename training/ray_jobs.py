@@ -135,7 +135,9 @@ def collect(run: TrainingRun, part: str, out: Path | None) -> dict[str, Any]:
         out.parent.mkdir(parents=True, exist_ok=True)
         stored = staged_url(run, part, "out")
         if artifacts.has_manifest(stored):
-            shutil.move(artifacts.folder_fetch(stored), out)
+            fetched = artifacts.folder_fetch(stored)
+            shutil.move(fetched, out)
+            shutil.rmtree(fetched.parent, ignore_errors=True)  # the cache entry it leaves: its stamp alone
         else:
             out.write_bytes(artifacts.blob_read(stored))  # a generation run's JSONL
         result["out"] = str(out)

@@ -56,7 +56,7 @@ def pull(spec: dict) -> dict:
     """The spec with local paths: its data file and model folders pulled from the store and verified."""
     store = spec["store"]
     local = {**spec, "config": dict(spec["config"])}
-    local["data"] = str(file_fetch(store["data"]["url"], sha256=store["data"]["sha256"]))
+    local["data"] = str(file_fetch(store["data"]["url"], sha256=store["data"]["sha256"], pin=True))
     for key, url in store.get("models", {}).items():
         local["config"][key] = str(folder_fetch(url))
     SCRATCH.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ def _train_and_verify(run: TrainingRun, reporter: RunReporter, config, snapshot:
 
     world_size = configs.world_size(run.kind, run.config)
     if out_of_process(run, world_size):
-        outcome = run_ranks(run, reporter, kind="reward_model", config=config, data=snapshot_path(snapshot), out=tmp,
+        outcome = run_ranks(run, reporter, kind="reward_model", config=config, data=snapshot_path(snapshot, pin=True), out=tmp,
                             world_size=world_size, snapshot_sha256=snapshot.sha256)
         metrics = outcome["metrics"]
     else:

@@ -13,6 +13,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.db import connection
 
+from annotate import artifact_cache
 from annotate.active import SELECT_PAIRS
 from annotate.events import webhooks_resume
 from training.jobs import job_for_kind
@@ -37,7 +38,10 @@ def execute_run(run_id: int) -> None:
 def select_pairs(project_id: int, rescore: bool = True) -> None:
     """Active selection's refresh (training.selection); its sender picks the queue: "gpu" to score with
     the reward model, "default" to re-choose from stored scores (annotate.active.selection_enqueue)."""
-    selection_refresh(project_id=project_id, rescore=rescore)
+    try:
+        selection_refresh(project_id=project_id, rescore=rescore)
+    finally:
+        artifact_cache.release_pins()  # the reward model it read may be pruned now
 
 
 @worker_ready.connect

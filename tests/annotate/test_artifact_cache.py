@@ -116,3 +116,28 @@ def test_a_run_releases_the_copies_it_pinned(project, settings, tmp_path, s3_art
 
     run_execute(run.pk, job)
     assert artifact_cache.prune(budget_bytes=1) == [seen[0].parent]
+
+
+def test_a_copy_moved_out_of_the_cache_is_fetched_again(settings, tmp_path, s3_artifacts):
+    """A Ray run's output is moved out of its cache entry (training.ray_jobs.collect); an entry left with
+    its stamp alone is stale, and a second fetch (a re-attached worker collecting again) gets whole files."""
+    made = _published(["a"])
+    another_host(settings, tmp_path, "gpu")
+    first = _fetched_then_done(made["a"][0])
+    first.rename(tmp_path / "moved-out")
+    assert [p.name for p in first.parent.iterdir()] == [artifact_cache.STAMP]
+    again = _fetched_then_done(made["a"][0])
+    assert again == first and {k: v for k, v in files_of(again).items() if k != "manifest.json"} == made["a"][1]
+
+
+def test_a_data_file_a_run_reads_again_is_pinned_too(settings, tmp_path, s3_artifacts):
+    url = artifacts.artifact_url("snapshots", "demo", "7.jsonl")
+    staging = artifacts.staging_path(url)
+    staging.write_text('{"prompt": "p"}\n')
+    digest = artifacts.sha256_file(staging)
+    artifacts.file_publish(staging, url)
+    another_host(settings, tmp_path, "gpu")
+    pinned = artifacts.file_fetch(url, sha256=digest, pin=True)  # the ranks read it after the worker did
+    assert artifact_cache.prune(budget_bytes=1) == [] and pinned.is_file()
+    artifact_cache.release_pins()
+    assert artifact_cache.prune(budget_bytes=1) == [pinned.parent]
