@@ -368,6 +368,12 @@ def file_upload(local: Path, url: str) -> str:
     return digest
 
 
+def model_reference(uri: str) -> str:
+    """How a job names a model folder: an ``s3://`` URL as it is (the job's host pulls it, verified,
+    when it runs; nothing is downloaded here), anything else as `model_source` gives it."""
+    return uri if is_stored(uri) and not is_local(uri) else model_source(uri)
+
+
 def model_source(uri: str) -> str:
     """What a library loads for a checkpoint's or reward model's ``uri``: a local folder for a stored
     artifact (pulled into the cache from s3), else ``uri`` as it is (a local path, an alias, a hub id)."""

@@ -102,10 +102,9 @@ def generation_job(run: TrainingRun, reporter: RunReporter) -> None:
         created = _queue_battles(checkpoints, by_checkpoint, seed=settings["seed"])
     reporter.log(f"queued {created} comparisons")
     # The reward-hacking guard: proxy reward and KL from the base, per checkpoint, on the fixed prompt set.
-    on_cluster = on_ray(run) and any(c.uri and not c.endpoint_url for c in checkpoints)
     measured_guards = guards.guard_record(
         project=run.project, checkpoints=checkpoints, samples=guard_texts, log=reporter.log,
-        measure=(lambda plan, paths: measure_on_ray(run, reporter, plan, paths)) if on_cluster else None)
+        measure=(lambda plan, paths: measure_on_ray(run, reporter, plan, paths)) if on_ray(run) else None)
     run.outputs = {"completions": sum(len(v) for v in by_checkpoint.values()), "comparisons": created,
                    "guard": {c.name: g for c, g in zip(checkpoints, measured_guards, strict=False)}}
 

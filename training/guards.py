@@ -20,7 +20,7 @@ from pathlib import Path
 from django.conf import settings as app_settings
 from django.utils import timezone
 
-from annotate.artifacts import model_source
+from annotate.artifacts import model_reference, model_source
 from annotate.canary import canary_freeze, canary_pairs
 from annotate.models import Checkpoint, Project, Prompt
 from rewardmodel.services import latest_reward_model
@@ -207,7 +207,8 @@ def guard_record(*, project: Project, checkpoints: list[Checkpoint], samples: di
         from training.lib.guard import measure as measure_here
 
         device, dtype = _device()
-        measured = measure_here(plan, paths, device=device, dtype=dtype)
+        measured = measure_here(plan, {name: model_source(ref) for name, ref in paths.items()}, device=device,
+                                dtype=dtype)
     else:
         measured = measure(plan, paths)
     proxies = {int(key): value for key, value in measured["proxies"].items()}
@@ -236,19 +237,20 @@ def guard_record(*, project: Project, checkpoints: list[Checkpoint], samples: di
 
 
 def _plan(checkpoints: list[Checkpoint], groups: dict[int, list], reward_model) -> tuple[dict, dict[str, str]]:
-    """(plan, paths) for `training.lib.guard.measure`: every model by a name, the names' folders apart (a
-    cluster's node pulls the stored ones itself). A KL needs both models' weights and a sample."""
+    """(plan, paths) for `training.lib.guard.measure`: every model by a name, the names' references apart
+    (`model_reference`: a stored one is pulled where it is read, here or on a cluster's node). A KL needs both
+    models' weights and a sample."""
     paths: dict[str, str] = {}
     if reward_model is not None:
-        paths["reward_model"] = model_source(reward_model.artifact_uri)
+        paths["reward_model"] = model_reference(reward_model.artifact_uri)
     kl: dict[str, list[str]] = {}
     for checkpoint in checkpoints:
         base = base_of(checkpoint)
         if (base is None or base.pk == checkpoint.pk or not groups[checkpoint.pk] or not checkpoint.uri
                 or checkpoint.endpoint_url or not base.uri):
             continue
-        paths[f"policy_{checkpoint.pk}"] = model_source(checkpoint.uri)
-        paths[f"base_{base.pk}"] = model_source(base.uri)
+        paths[f"policy_{checkpoint.pk}"] = model_reference(checkpoint.uri)
+        paths[f"base_{base.pk}"] = model_reference(base.uri)
         kl[str(checkpoint.pk)] = [f"policy_{checkpoint.pk}", f"base_{base.pk}"]
     plan = {"reward_model": "reward_model" if reward_model is not None else None,
             "groups": {str(pk): [[list(m), t] for m, t in pairs] for pk, pairs in groups.items()}, "kl": kl}

@@ -41,7 +41,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from annotate import artifacts
-from annotate.artifacts import model_source
+from annotate.artifacts import model_reference
 from training.models import TrainingRun
 from training.runs import RunCancelled, RunReporter
 
@@ -110,13 +110,18 @@ def stage(run: TrainingRun, spec: dict[str, Any], part: str) -> str:
     names the stored folders its models come from and where its output and result go; the spec's URL."""
     data = Path(spec["data"])
     models = {key: url for key, value in spec["config"].items()
-              if isinstance(value, str) and (url := artifacts.fetched_from(value))}
+              if isinstance(value, str) and (url := artifacts.fetched_from(value) or _stored_url(value))}
     data_url = staged_url(run, part, f"data{data.suffix}")
     store = {"data": {"url": data_url, "sha256": artifacts.file_upload(data, data_url)}, "models": models,
              "out": staged_url(run, part, "out"), "result": staged_url(run, part, "result.json")}
     spec_url = staged_url(run, part, "spec.json")
     artifacts.blob_write(spec_url, json.dumps({**spec, "store": store}).encode())
     return spec_url
+
+
+def _stored_url(value: str) -> str | None:
+    """``value`` when it is a stored folder's s3:// URL (`artifacts.model_reference`), else None."""
+    return value if value.startswith("s3://") else None
 
 
 def collect(run: TrainingRun, part: str, out: Path | None) -> dict[str, Any]:
@@ -190,7 +195,7 @@ def generate_on_ray(run: TrainingRun, reporter: RunReporter, *, checkpoint, prom
     in prompt order, as ``generate_local`` returns them. Device and dtype are "auto": the cluster's node decides."""
     from training.lib.generation import GeneratedText, GenerationConfig
 
-    config = GenerationConfig(model=model_source(checkpoint.uri), **sampling)  # pulled from the store if there
+    config = GenerationConfig(model=model_reference(checkpoint.uri), **sampling)  # a stored one: pulled by the node
     part = f"generation-c{checkpoint.pk}"
     jobs = Path(settings.ARTIFACTS_DIR) / "jobs" / f"run-{run.pk}"
     workdir, out = jobs / part, jobs / f"{part}.jsonl"

@@ -28,6 +28,7 @@ from rewardmodel.lib.ranks import exit_rank, join, leave
 from rewardmodel.lib.runtime import add_config_options
 from rewardmodel.lib.score import score
 from rewardmodel.lib.train import train_reward_model
+from training.lib.distributed import agreed_mode
 
 
 def file_sha256(path: str | Path) -> str:
@@ -43,6 +44,7 @@ def _train(args: argparse.Namespace) -> int:
     config = RewardConfig(**{k: v for k, v in vars(args).items() if k in names})
     pairs = read_pairs(args.data)
     team = join(config.device)  # one rank alone unless torchrun started this process
+    config = agreed_mode(config, "reward_model", team)  # "auto" on several GPUs: every rank trains the same way
     bar = tqdm(total=None, unit="step", desc="reward model", dynamic_ncols=True, disable=not team.main)
 
     def progress(step: int, total: int, metrics: dict[str, float]) -> None:

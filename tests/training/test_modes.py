@@ -229,8 +229,14 @@ def test_auto_on_several_gpus_costs_sharded_full_fine_tuning(tmp_path: Path, bit
     reward = RewardConfig(backbone=path)
     assert resolve_run_mode(reward, kind="reward_model", device=CUDA, ranks=1).mode == "qlora"  # 16 pairs a batch
     assert resolve_run_mode(reward, kind="reward_model", device=CUDA, ranks=8).mode == "full"
+    # On several GPUs asking to shard is asking for full fine-tuning (the configs refuse to shard adapters),
+    # refused at once, with what it needs, where that does not fit.
+    assert resolve_run_mode(DPOConfig(model=path, parallel="shard"), kind="dpo", device=CUDA, ranks=8).mode == "full"
     big = _config_folder(tmp_path / "70b", "Llama-3.1-70B")
     assert resolve_run_mode(DPOConfig(model=big), kind="dpo", device=CUDA, ranks=2).mode == "qlora"
-    assert resolve_run_mode(DPOConfig(model=big, parallel="shard"), kind="dpo", device=CUDA, ranks=2).mode == "full"
-    # Asking to shard is asking for full fine-tuning (the configs refuse to shard adapters), even on one GPU.
-    assert resolve_run_mode(DPOConfig(model=path, parallel="shard"), kind="dpo", device=CUDA).mode == "full"
+    with pytest.raises(ValueError, match=r"parallel='shard' asks for full fine-tuning, which needs about \d+ GiB "
+                                         r"per GPU on 2 GPUs .*\(80 GiB free\)"):
+        resolve_run_mode(DPOConfig(model=big, parallel="shard"), kind="dpo", device=CUDA, ranks=2)
+    # One GPU: `parallel` changes nothing (the run replicates, i.e. holds its one copy).
+    alone = resolve_run_mode(DPOConfig(model=path, parallel="shard"), kind="dpo", device=CUDA)
+    assert (alone.mode, alone.parallel) == ("lora", "replicate")

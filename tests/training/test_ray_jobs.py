@@ -22,7 +22,7 @@ from annotate import services
 from annotate.models import Checkpoint, Comparison, Completion
 from annotate.snapshots import snapshot_freeze
 from rewardmodel.models import RewardModel
-from tests.store import keys_in, publish_tiny_base, publish_tiny_reward_model
+from tests.store import another_host, keys_in, publish_tiny_base, publish_tiny_reward_model
 from tests.tiny import save_tiny_bert, save_tiny_llama
 from tests.training.test_reward_runs import vote_by_rule
 from tests.training.test_worker import database_url
@@ -252,9 +252,10 @@ def test_a_ppo_run_on_a_cluster_pulls_policy_and_reward_model_from_the_store_and
 
 @on_the_head
 def test_a_generation_run_on_a_cluster_without_the_worker_s_disk_samples_stored_checkpoints(
-        ray, project, s3_artifacts, s3_client):
+        ray, project, s3_artifacts, s3_client, settings, tmp_path):
     candidate = publish_tiny_base(project, "cand", state=Checkpoint.State.CANDIDATE)
     incumbent = publish_tiny_base(project, "inc")
+    another_host(settings, tmp_path, "watcher")  # the worker that submits: nothing of the publisher's cache
     for i in range(2):
         services.prompt_get_or_create(project=project, messages=f"Tell me about topic {i}")
     run = generation_start(project=project, checkpoints=[candidate, incumbent],
@@ -271,6 +272,8 @@ def test_a_generation_run_on_a_cluster_without_the_worker_s_disk_samples_stored_
     assert ray.get_job_info(run.ray_job_id).entrypoint == staged + "guard/spec.json"
     incumbent.refresh_from_db()
     assert isinstance(incumbent.meta["guard"]["kl_from_base"], float)
+    # The worker never downloaded a checkpoint: the cluster's node pulled them from the store itself.
+    assert not list((Path(settings.ARTIFACTS_CACHE_DIR) / "folders").glob("*/*"))
     assert Completion.objects.filter(checkpoint=candidate).count() == 2
     assert Completion.objects.filter(checkpoint=incumbent).count() == 2
     assert keys_in(s3_client, s3_artifacts, f"artifacts/jobs/run-{run.pk}/") == []  # both jobs' staging is gone

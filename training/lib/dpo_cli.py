@@ -25,6 +25,7 @@ from tqdm import tqdm
 from rewardmodel.lib.data import read_pairs
 from rewardmodel.lib.ranks import exit_rank, join, leave
 from rewardmodel.lib.runtime import add_config_options
+from training.lib.distributed import agreed_mode
 from training.lib.dpo import DPOConfig, train_dpo
 
 _HELP = {
@@ -64,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--lineage must be a JSON object")
     pairs = read_pairs(args.data)
     team = join(config.device)  # one rank alone unless torchrun started this process
+    config = agreed_mode(config, "dpo", team)  # "auto" on several GPUs: every rank trains the same way
     bar = tqdm(total=None, unit="step", desc="dpo", dynamic_ncols=True, disable=not team.main)
 
     def progress(step: int, total: int, metrics: dict[str, float]) -> None:

@@ -21,8 +21,9 @@ On several GPUs (``Workload.ranks``) each process takes its share of a micro-bat
 the activations of that share. Sharded full fine-tuning (``Workload.sharded``: FSDP2,
 `training.lib.sharding`) also splits the trained weights, their gradients and AdamW state (and
 PPO's reference copy) into 1/N per GPU; each GPU then holds besides its shard the layers being
-computed, gathered whole in bf16: the root unit (embeddings, final norm, LM head) and two decoder
-layers (the one computing and the one prefetched); PPO as much again for its reference copy. LoRA
+computed, gathered whole: the root unit (embeddings, final norm, LM head) and two decoder layers
+(the one computing and the one prefetched), in bf16 for a policy (its compute dtype) and in the
+weights' own dtype for a reward model; PPO as much again for its reference copy. LoRA
 and QLoRA replicate (their trainable state is small), as do PPO's reward model and value head and a
 reward model's heads.
 
@@ -198,10 +199,11 @@ def _kv_cache(shape: Shape, sequences: int, tokens: int) -> float:
     return 2 * 2.0 * shape.layers * shape.kv_heads * shape.head_dim * sequences * tokens
 
 
-def _gathered(shape: Shape) -> float:
-    """What a sharded rank holds whole at a time, in bf16: the root unit and two decoder layers."""
+def _gathered(shape: Shape, bytes_per_weight: float = 2.0) -> float:
+    """What a sharded rank holds whole at a time: the root unit and two decoder layers (bf16 for a policy,
+    whose shards gather in its compute dtype; a reward model gathers its weights in their own dtype)."""
     layer = (shape.params - shape.embedding_params - shape.hidden) / shape.layers
-    return 2.0 * (shape.embedding_params + shape.hidden + 2 * layer)
+    return bytes_per_weight * (shape.embedding_params + shape.hidden + 2 * layer)
 
 
 def estimate(kind: str, mode: str, shape: Shape, work: Workload = Workload()) -> Estimate:
@@ -216,7 +218,8 @@ def estimate(kind: str, mode: str, shape: Shape, work: Workload = Workload()) ->
     sharded = work.sharded and work.ranks > 1 and mode.startswith("full")
     split = work.ranks if sharded else 1
     weights, optimizer = _weights(shape, mode, rank) / split, _optimizer(shape, mode, rank) / split
-    other = _gathered(shape) if sharded else 0.0
+    gathered = 4.0 if kind == "reward_model" and mode == "full-fp32" else 2.0
+    other = _gathered(shape, gathered) if sharded else 0.0
     if kind == "dpo":  # chosen and rejected of each pair
         sequences, scored = 2 * batch, 2 * batch * work.length // 2
         activations = _activations(shape, sequences, work.length, work.gradient_checkpointing)

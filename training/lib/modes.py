@@ -27,8 +27,9 @@ Every run config (`RewardConfig`, `DPOConfig`, `PPOConfig`) has ``mode``:
   On several GPUs (``ranks`` > 1, under torchrun) each process is costed for its share of a
   micro-batch, and full fine-tuning for its 1/N shard where the run's ``parallel`` setting shards it
   (``auto`` or ``shard``: `training.lib.sharding.resolve_parallel`), so a model too big for one GPU
-  trains in full over several. With ``parallel: shard`` "auto" means full fine-tuning (only it
-  shards: the configs refuse ``shard`` with adapters), on any number of GPUs. Each process measures its own GPU and `training.lib.distributed.agreed_mode` makes
+  trains in full over several. On several GPUs, ``parallel: shard`` makes "auto" mean full
+  fine-tuning (only it shards: the configs refuse ``shard`` with adapters), refused at once with
+  the memory it needs when that does not fit; on one GPU ``parallel`` changes nothing. Each process measures its own GPU and `training.lib.distributed.agreed_mode` makes
   every rank take the leanest choice any of them made.
 
 A QLoRA run's checkpoint is saved in the base model's own dtype: its adapters are merged into the
@@ -48,7 +49,7 @@ import torch
 
 from rewardmodel.lib.backbones import resolve_model
 from rewardmodel.lib.precision import resolve_weights_dtype, stored_dtype
-from training.lib.memory import Shape, Workload, estimate
+from training.lib.memory import GIB, Shape, Workload, estimate
 
 __all__ = [
     "is_quantized",
@@ -82,7 +83,8 @@ def resolve_mode(setting: str, *, kind: str, model_path: str, device: torch.devi
     `full_dtype`: the dtype full fine-tuning would train the weights in; `work`: one process's
     micro-batch and, on several, whether full fine-tuning is sharded; `budget_bytes`: the device
     memory to fit (None: the CUDA device's free memory); `only_full`: "auto" may only mean full
-    (a run that asked to shard). Raises ValueError for "qlora" where it cannot run.
+    (a run on several GPUs that asked to shard): a ValueError says so when it will not fit. Raises
+    ValueError for "qlora" where it cannot run.
     """
     if setting == "qlora":
         reason = qlora_unavailable(device)
@@ -90,7 +92,7 @@ def resolve_mode(setting: str, *, kind: str, model_path: str, device: torch.devi
             raise ValueError(reason)
     if setting != "auto":
         return setting
-    if device.type != "cuda" or only_full:
+    if device.type != "cuda":
         return "full"
     shape = _shape(model_path)
     if shape is None:
@@ -98,6 +100,14 @@ def resolve_mode(setting: str, *, kind: str, model_path: str, device: torch.devi
     if budget_bytes is None:
         budget_bytes = float(torch.cuda.mem_get_info(device)[0])
     full = "full-fp32" if full_dtype == torch.float32 else "full-bf16"
+    if only_full:
+        need = estimate(kind, full, shape, work)
+        if not need.fits(budget_bytes):
+            raise ValueError(
+                f"parallel='shard' asks for full fine-tuning, which needs about {need.total / GIB:.0f} GiB per GPU "
+                f"on {work.ranks} GPUs for this model and batch ({budget_bytes / GIB:.0f} GiB free): use more GPUs "
+                "or a smaller batch, or mode='lora' (or 'qlora') with parallel='replicate' or 'auto'")
+        return "full"
     candidates = [(full, "full"), ("lora", "lora")]
     if qlora_unavailable(device) is None:
         candidates.append(("qlora", "qlora"))
@@ -123,8 +133,12 @@ def resolve_run_mode(config: Config, *, kind: str, device: torch.device, ranks: 
     parallel = getattr(config, "parallel", "replicate")
     work = dataclasses.replace(_workload(config, kind), ranks=ranks, sharded=ranks > 1 and parallel != "replicate")
     chosen = resolve_mode(mode, kind=kind, model_path=path, device=device, full_dtype=full_dtype, work=work,
-                          only_full=parallel == "shard")  # the configs refuse to shard adapters
-    return config if chosen == mode else dataclasses.replace(config, mode=chosen)  # type: ignore[type-var]
+                          only_full=ranks > 1 and parallel == "shard")  # the configs refuse to shard adapters
+    if chosen == mode:
+        return config
+    if parallel == "shard" and chosen != "full":  # one process: nothing to shard, whatever it asked
+        return dataclasses.replace(config, mode=chosen, parallel="replicate")  # type: ignore[type-var]
+    return dataclasses.replace(config, mode=chosen)  # type: ignore[type-var]
 
 
 def _local_path(name: str) -> str:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from rewardmodel.lib.ranks import exit_rank, join, leave
 from rewardmodel.lib.runtime import add_config_options
+from training.lib.distributed import agreed_mode
 from training.lib.generation import read_prompts
 from training.lib.ppo import train_ppo
 from training.lib.ppo_config import PPOConfig
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        **{k: v for k, v in vars(args).items() if k in names})
     prompts = read_prompts(args.prompts)
     team = join(config.device)  # one rank alone unless torchrun started this process (torchrun ... -m training.lib.ppo_cli)
+    config = agreed_mode(config, "ppo", team)  # "auto" on several GPUs: every rank trains the same way
     bar = tqdm(total=config.steps, unit="step", desc="ppo", dynamic_ncols=True, disable=not team.main)
 
     def progress(step: int, total: int, metrics: dict[str, float]) -> None:
