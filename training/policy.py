@@ -19,7 +19,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from annotate.artifacts import folder_publish, model_source, staging_path
+from annotate.artifacts import folder_publish, model_reference, model_source, staging_path
 from annotate.events import event_emit
 from annotate.models import Checkpoint, Project, Prompt, Snapshot
 from annotate.snapshots import snapshot_path
@@ -27,6 +27,7 @@ from rewardmodel.models import RewardModel
 from training import configs
 from training.launch import out_of_process, run_ranks
 from training.models import TrainingRun
+from training.ray_jobs import on_ray
 from training.runs import RunReporter, json_safe, output_url, run_create, run_publishing
 
 
@@ -71,11 +72,17 @@ def _publish(run: TrainingRun, reporter: RunReporter, out: Path, config, metrics
     return checkpoint
 
 
+def _source(run: TrainingRun):
+    """How the run's job names its input models: on a Ray cluster a stored model by its URL (the node pulls
+    it; this worker never downloads it), here a local folder."""
+    return model_reference if on_ray(run) else model_source
+
+
 def dpo_job(run: TrainingRun, reporter: RunReporter) -> None:
     from rewardmodel.lib.data import read_pairs
     from training.lib.dpo import train_dpo
 
-    config = configs.dpo_config(run.config, model=model_source(run.checkpoint_in.uri))
+    config = configs.dpo_config(run.config, model=_source(run)(run.checkpoint_in.uri))
     world_size = configs.world_size(run.kind, run.config)
     data = snapshot_path(run.snapshot, pin=True)
     pairs = read_pairs(data)
@@ -92,8 +99,9 @@ def dpo_job(run: TrainingRun, reporter: RunReporter) -> None:
 def ppo_job(run: TrainingRun, reporter: RunReporter) -> None:
     from training.lib.ppo import train_ppo
 
-    config = configs.ppo_config(run.config, model=model_source(run.checkpoint_in.uri),
-                                reward=model_source(run.reward_model_in.artifact_uri))
+    source = _source(run)
+    config = configs.ppo_config(run.config, model=source(run.checkpoint_in.uri),
+                                reward=source(run.reward_model_in.artifact_uri))
     prompts = Prompt.objects.filter(project=run.project).order_by("id").values_list("messages", flat=True)
     limit = configs.ppo_prompt_limit(run.config)
     prompts = list(prompts[:limit] if limit else prompts)

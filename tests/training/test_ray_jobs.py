@@ -173,10 +173,12 @@ def test_a_reward_model_run_on_ray_reports_progress_and_publishes_one_version(ra
 
 @on_the_head
 def test_a_dpo_run_on_a_cluster_without_the_worker_s_disk_goes_through_the_store(
-        ray, project, annotator, tmp_path, s3_artifacts, s3_client):
+        ray, project, annotator, tmp_path, s3_artifacts, s3_client, settings):
     vote_by_rule(project, annotator, 16)
     base = publish_tiny_base(project)
-    run = _dpo(project, (base, snapshot_freeze(project=project)), max_steps=2)
+    snapshot = snapshot_freeze(project=project)
+    another_host(settings, tmp_path, "watcher")  # the worker that submits: nothing of the publisher's cache
+    run = _dpo(project, (base, snapshot), max_steps=2)
     run_execute(run.pk, dpo_job)
     run.refresh_from_db()
     assert run.state == TrainingRun.State.SUCCEEDED, run.error
@@ -187,6 +189,9 @@ def test_a_dpo_run_on_a_cluster_without_the_worker_s_disk_goes_through_the_store
     assert checkpoint.uri == f"s3://{s3_artifacts}/artifacts/checkpoints/{project.slug}/dpo-run-{run.pk}"
     assert "manifest.json" in [k.rsplit("/", 1)[-1] for k in keys_in(s3_client, s3_artifacts, checkpoint.uri.split("/", 3)[3])]
     assert keys_in(s3_client, s3_artifacts, f"artifacts/jobs/run-{run.pk}/") == []  # the staging is gone
+    # The node pulled the base itself: the worker never downloaded it, and the lineage names it by URL.
+    assert not list((Path(settings.ARTIFACTS_CACHE_DIR) / "folders").glob("*/base"))
+    assert checkpoint.meta["config"]["model"] == base.uri
 
 
 @on_the_head
