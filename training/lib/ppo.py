@@ -518,7 +518,10 @@ def _ppo_update(parts: _Parts, config: PPOConfig, optimizer: Any, batch: _Rollou
             optimizer.zero_grad(set_to_none=True)
             (loss / team.size).backward()
             team.sum_gradients(value_params if parts.sharded else policy_params + value_params)
-            grad_norm = clip_grad_norm([policy_params, value_params], config.max_grad_norm)
+            if parts.sharded:  # shards and whole tensors: one joint norm
+                grad_norm = clip_grad_norm([policy_params, value_params], config.max_grad_norm)
+            else:  # torch's own, as before sharding existed: replicas take exactly the steps they took
+                grad_norm = torch.nn.utils.clip_grad_norm_(policy_params + value_params, config.max_grad_norm)
             optimizer.step()
             stats = {"policy_loss": policy.loss, "value_loss": value.loss, "clip_fraction": policy.clip_fraction,
                      "approx_kl": policy.approx_kl, "value_clip_fraction": value.clip_fraction,
