@@ -74,6 +74,25 @@ def test_a_delivery_checks_the_address_it_connects_to(project, receiver, eager, 
     assert target.seen == []
 
 
+def _redirecting(location: str) -> ThreadingHTTPServer:
+    """A receiver on 127.0.0.1 (allowed by pytest.ini) that answers every POST with a 302 to ``location``."""
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def test_a_redirect_to_a_refused_address_is_not_followed(project, eager, settings,  # noqa: F811
                                                           django_capture_on_commit_callbacks):
     """The allowed receiver answers 302 to 127.0.0.2 (loopback, not allowed): that connection is refused."""
@@ -93,19 +112,7 @@ def test_a_redirect_to_a_refused_address_is_not_followed(project, eager, setting
     inner = ThreadingHTTPServer(("127.0.0.2", 0), Inner)
     threading.Thread(target=inner.serve_forever, daemon=True).start()
 
-    class Redirecting(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(302)
-            self.send_header("Location", f"http://127.0.0.2:{inner.server_address[1]}/secret")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    outer = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
-    threading.Thread(target=outer.serve_forever, daemon=True).start()
+    outer = _redirecting(f"http://127.0.0.2:{inner.server_address[1]}/secret")
     try:
         settings.WEBHOOK_ALLOWED_NETWORKS = (ipaddress.ip_network("127.0.0.1/32"),)
         events.webhook_create(project=project, url=f"http://127.0.0.1:{outer.server_address[1]}/hook")
@@ -126,19 +133,7 @@ def test_a_redirect_to_another_scheme_is_refused_before_any_connection(project, 
     listener = socket.create_server(("127.0.0.2", 0))
     listener.settimeout(0.5)
 
-    class Redirecting(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(302)
-            self.send_header("Location", f"ftp://127.0.0.2:{listener.getsockname()[1]}/banner")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    outer = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
-    threading.Thread(target=outer.serve_forever, daemon=True).start()
+    outer = _redirecting(f"ftp://127.0.0.2:{listener.getsockname()[1]}/banner")
     try:
         events.webhook_create(project=project, url=f"http://127.0.0.1:{outer.server_address[1]}/hook")
         with django_capture_on_commit_callbacks(execute=True):
