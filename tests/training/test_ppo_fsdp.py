@@ -106,8 +106,9 @@ def one_rank_group() -> Iterator[None]:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.parametrize("gather", [False, True], ids=["layer-by-layer", "gathered-once"])
 def test_sampling_through_the_sharded_root_gathers_its_weights_and_frees_them_after(
-        tmp_path: Path, one_rank_group: None) -> None:
+        tmp_path: Path, one_rank_group: None, gather: bool) -> None:
     from torch.distributed.tensor import DTensor
 
     from training.lib.sharding import reshard, shard_policy
@@ -118,14 +119,33 @@ def test_sampling_through_the_sharded_root_gathers_its_weights_and_frees_them_af
     ids = torch.tensor([[2, 4, 30, 31, 7, 5], [0, 2, 4, 32, 7, 5]])
     settings = {"input_ids": ids, "attention_mask": (ids != 0).long(), "do_sample": True, "top_k": 0,
                 "max_new_tokens": 6, "pad_token_id": 0}
+    layer = sharded.inner.model.layers[0].mlp.up_proj
+    # At each new token's LM head: is the first decoder layer still whole (kept) or back in shards (freed)?
+    kept: list[bool] = []
+    sharded.inner.lm_head.register_forward_hook(lambda *_: kept.append(not isinstance(layer.weight, DTensor)))
     samples = []
     for model in (whole, sharded):
         torch.manual_seed(3)
         with torch.no_grad():
-            samples.append(model.generate(**settings))
+            samples.append(model.generate(**settings, **({"gather": gather} if model is sharded else {})))
     # The embeddings and the LM head live in the root unit: the root's forward gathered them for sampling.
     assert torch.equal(samples[0], samples[1])
+    assert kept == [gather] * 6  # gathered once and kept for every token, or gathered and freed at each
     assert not isinstance(sharded.inner.model.embed_tokens.weight, DTensor)  # a root stays gathered...
     reshard(sharded)
     assert isinstance(sharded.inner.model.embed_tokens.weight, DTensor)  # ...until it is resharded
-    assert isinstance(sharded.inner.model.layers[0].mlp.up_proj.weight, DTensor)  # layers free themselves
+    assert isinstance(layer.weight, DTensor)  # layers are shards again after sampling either way
+
+
+def test_gathering_the_policy_for_sampling_changes_no_step(tmp_path: Path) -> None:
+    policy = save_tiny_llama(tmp_path / "policy", chat=True)
+    data = _prompts(tmp_path)
+    runs = {}
+    for gather in (False, True):
+        config = _toy_config(policy, parallel="shard", steps=2, gather_for_sampling=gather)
+        _, runs[gather], _ = _launch("ppo", config, data, tmp_path / f"out-{gather}", tmp_path / f"job-{gather}")
+    for lean, gathered in zip(runs[False], runs[True], strict=True):
+        assert {k: v for k, v in gathered.items() if k not in TIMINGS} == \
+            {k: v for k, v in lean.items() if k not in TIMINGS}
+    one, two = load_file(tmp_path / "out-False" / "model.safetensors"), load_file(tmp_path / "out-True" / "model.safetensors")
+    assert all(torch.equal(one[k], two[k]) for k in one)

@@ -69,6 +69,7 @@ from training.lib.sharding import (
     full_state_dict,
     reshard,
     resolve_parallel,
+    room_to_gather,
     shard_for_training,
     whole_policy,
 )
@@ -303,6 +304,7 @@ class _Parts:
     base_dtype: Any
     weights_dtype: Any
     sharded: bool = False
+    team: Team = SOLO
 
     def autocast(self) -> Any:
         """Autocast (if any) plus the attention kernels every forward pass of ours uses."""
@@ -387,7 +389,7 @@ def _load_parts(config: PPOConfig, team: Team = SOLO) -> _Parts:
     torch.nn.init.zeros_(value_head.weight)  # V starts at 0: early advantages are the plain returns
     torch.nn.init.zeros_(value_head.bias)
     return _Parts(tokenizer, policy, value_head, reference, device, autocast, eos_ids, path, base_dtype, weights,
-                  sharded)
+                  sharded, team)
 
 
 def _encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -426,8 +428,12 @@ def _sample(parts: _Parts, config: PPOConfig, prompt_ids: list[list[int]]) -> tu
         mask[row, width - len(prompt) :] = 1
     ids, mask = ids.to(parts.device), mask.to(parts.device)
     # no_grad, not inference_mode: these ids feed the differentiable forward passes later.
+    # Sharded: the whole policy gathered once for all the new tokens where every rank has room for it.
+    gather = {"gather": config.gather_for_sampling and room_to_gather(
+        parts.policy, parts.device, parts.team, _kv_cache_bytes(parts, len(prompt_ids), width + config.max_new_tokens),
+    )} if parts.sharded else {}
     with torch.no_grad(), parts.autocast():
-        out = parts.policy.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
+        out = parts.policy.generate(**gather, input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
                                     temperature=config.temperature, top_p=config.top_p,
                                     max_new_tokens=config.max_new_tokens, eos_token_id=parts.eos_ids,
                                     pad_token_id=pad)
@@ -435,6 +441,15 @@ def _sample(parts: _Parts, config: PPOConfig, prompt_ids: list[list[int]]) -> tu
     is_eos = torch.isin(response, torch.tensor(parts.eos_ids, device=response.device)).long()
     response_mask = ((is_eos.cumsum(dim=1) - is_eos) == 0).float()  # up to and including the first EOS
     return out, torch.cat([mask, response_mask.long()], dim=1), width, response_mask
+
+
+def _kv_cache_bytes(parts: _Parts, sequences: int, tokens: int) -> float:
+    """What sampling `sequences` of up to `tokens` tokens holds in its KV cache (the compute dtype's bytes)."""
+    config = parts.policy.inner.config.get_text_config()  # sharded: the `ShardedPolicy` root's inner model
+    layers, kv_heads = config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    itemsize = (parts.autocast_dtype or parts.weights_dtype).itemsize
+    return 2.0 * itemsize * layers * kv_heads * head_dim * sequences * tokens
 
 
 def _trim(batch: _Rollouts, rows: Any) -> tuple[Any, Any, int, int]:

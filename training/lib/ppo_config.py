@@ -69,7 +69,12 @@ class PPOConfig(ConfigBase):
     copy (the value head and the reward model stay whole on every rank);
     full fine-tuning only. ``"auto"`` = ``"shard"`` when several ranks run full
     fine-tuning, ``"replicate"`` for LoRA and QLoRA and for one process, the
-    rule of `DPOConfig.parallel`.
+    rule of `DPOConfig.parallel`. ``gather_for_sampling`` (sharded only): gather
+    the whole policy, in its compute dtype, once for all the new tokens of a
+    rollout batch where every rank's GPU has room for it besides the batch's KV
+    cache (checked before each batch; as TRL's ``ds3_gather_for_generation``),
+    else, or when False, gather each decoder layer at every new token and free
+    it after (lean, and slower by one all-gather per layer per token).
     """
 
     model: str
@@ -100,6 +105,7 @@ class PPOConfig(ConfigBase):
     gradient_checkpointing: bool = False
     mode: Mode = "auto"
     parallel: Parallel = "auto"
+    gather_for_sampling: bool = True
     lora_r: int = 0
     lora_alpha: int = 16
     reward_batch_size: int = 32

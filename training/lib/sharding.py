@@ -52,7 +52,7 @@ import torch
 from rewardmodel.lib.ranks import Team
 from training.lib.logprobs import ScoredTokens, token_logprobs
 
-__all__ = ["ShardedPolicy", "clip_grad_norm", "decoder_layers", "full_state_dict", "reshard", "resolve_parallel",
+__all__ = ["ShardedPolicy", "clip_grad_norm", "decoder_layers", "full_state_dict", "reshard", "resolve_parallel", "room_to_gather",
            "scored_logprobs", "shard_for_training", "shard_policy", "whole_policy"]
 
 
@@ -77,22 +77,53 @@ class ShardedPolicy(torch.nn.Module):
     LM's output; ``generate(**kwargs)``: the inner model's `generate`.
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, gathered_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.inner = inner
+        self.gathered_dtype = gathered_dtype  # what the shards all-gather in (None: their own dtype)
 
-    def forward(self, tokens: ScoredTokens | None = None, *, generate: bool = False, **kwargs: Any) -> Any:
+    def forward(self, tokens: ScoredTokens | None = None, *, generate: bool = False, gather: bool = False,
+                **kwargs: Any) -> Any:
         if tokens is not None:
             return token_logprobs(self.inner, tokens)
-        return self.inner.generate(**kwargs) if generate else self.inner(**kwargs)
+        if not generate:
+            return self.inner(**kwargs)
+        from torch.distributed.fsdp import FSDPModule
 
-    def generate(self, **kwargs: Any) -> torch.Tensor:
-        """`inner.generate(**kwargs)` inside one root forward, with ``synced_gpus=True``. Collective.
+        # Inside the root's forward (after its lazy initialisation): the layers keep what they gather.
+        layers = [m for m in self.inner.modules() if isinstance(m, FSDPModule)] if gather else []
+        for layer in layers:
+            layer.set_reshard_after_forward(False, recurse=False)
+        try:
+            return self.inner.generate(**kwargs)
+        finally:
+            for layer in layers:
+                layer.reshard()
+                layer.set_reshard_after_forward(True, recurse=False)
 
-        The root's hooks gather the embeddings, final norm and LM head once for the whole of it; each
-        decoder layer's own hooks gather that layer at every new token and free it after.
+    def generate(self, *, gather: bool = False, **kwargs: Any) -> torch.Tensor:
+        """`inner.generate(**kwargs)` inside one root forward, with ``synced_gpus=True``. Collective: every
+        rank passes the same `gather` (`room_to_gather` agrees it).
+
+        The root's hooks gather the embeddings, final norm and LM head once for the whole of it. Each
+        decoder layer is gathered at the first new token and kept whole until the end where `gather`
+        (the whole policy in its compute dtype on every rank for the time of sampling, as TRL's
+        ``ds3_gather_for_generation``), else gathered at every new token and freed after (one
+        layer's all-gather per layer per token: the lean, slow way).
         """
-        return self(generate=True, **{**kwargs, "synced_gpus": True})
+        return self(generate=True, gather=gather, **{**kwargs, "synced_gpus": True})
+
+
+def room_to_gather(model: ShardedPolicy, device: torch.device, team: Team, reserve_bytes: float) -> bool:
+    """Whether every rank has room to hold `model`'s whole weights for sampling besides `reserve_bytes`
+    (the sampling's KV cache): its free CUDA memory, agreed over the ranks (any rank short: none gathers).
+    Off CUDA (host memory; the tests' gloo runs) there is room."""
+    short = 0
+    if device.type == "cuda":
+        dtype = model.gathered_dtype
+        whole = sum(p.numel() * (dtype or p.dtype).itemsize for p in model.parameters())  # a DTensor's numel is global
+        short = int(torch.cuda.mem_get_info(device)[0] < 1.1 * whole + reserve_bytes)
+    return team.most(short, device) == 0
 
 
 def scored_logprobs(model: Any, tokens: ScoredTokens) -> torch.Tensor:
@@ -125,8 +156,8 @@ def shard_policy(model: Any, device: torch.device, *, mixed: torch.dtype | None 
     policy = MixedPrecisionPolicy(param_dtype=mixed, reduce_dtype=torch.float32 if mixed else None,
                                   cast_forward_inputs=False)
     for layer in decoder_layers(model):
-        fully_shard(layer, mesh=mesh, mp_policy=policy)
-    root = fully_shard(ShardedPolicy(model), mesh=mesh, mp_policy=policy)
+        fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=True)  # `generate(gather=True)`
+    root = fully_shard(ShardedPolicy(model, mixed), mesh=mesh, mp_policy=policy)
     for unit in root.modules():
         if isinstance(unit, FSDPModule):
             # The losses are scaled so that the ranks' gradients SUM to the batch's: no averaging.
