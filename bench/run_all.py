@@ -49,6 +49,7 @@ BENCHMARKS = {
     "ppo_vs_trl-smollm2": [PY, "bench/ppo_vs_trl.py", "--model", "smollm2", "--prompts", "32", "--steps", "3",
                            "--batch-size", "8", "--mini-batch-size", "4", "--ppo-epochs", "2",
                            "--max-new-tokens", "16", "--runs", "ours,trl-best"],
+    "sharded_sampling": [PY, "bench/sharded_sampling.py"],
     "loop": [PY, "bench/loop.py"],
     "reliability": [PY, "bench/reliability.py", "--seeds", "0,1,2", "--overlap", "3,5"],
     "split_topology": [PY, "bench/split_topology.py"],

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from rewardmodel.lib.ranks import Team
 from tests.tiny import safetensors_dtypes, save_tiny_llama, save_tiny_llama_bf16
 from tests.training.test_distributed import _launch, assert_two_rank_ppo_learned
 from tests.training.test_ppo import PROMPTS, _toy_config
@@ -149,3 +150,25 @@ def test_gathering_the_policy_for_sampling_changes_no_step(tmp_path: Path) -> No
             {k: v for k, v in lean.items() if k not in TIMINGS}
     one, two = load_file(tmp_path / "out-False" / "model.safetensors"), load_file(tmp_path / "out-True" / "model.safetensors")
     assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+class _AnotherRankShort(Team):
+    """A team whose other rank reported no room (what `Team.most` agrees over gloo or NCCL)."""
+
+    def most(self, value: int, device: torch.device) -> int:
+        return max(value, 1)
+
+
+def test_the_policy_is_gathered_for_sampling_only_where_every_gpu_has_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.lib.sharding import ShardedPolicy, room_to_gather
+
+    # 1e6 weights gathered in bf16: 2 MB whole; the sampling's KV cache takes 0.5 MB besides.
+    policy = ShardedPolicy(torch.nn.Linear(1000, 1000, bias=False), torch.bfloat16)
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 1_000_000)  # cached by torch, 0.6 MB unused
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 400_000)
+    for free_on_card, room in ((2_200_000, True), (1_900_000, False)):  # needs 1.1 x 2 MB + 0.5 MB = 2.7 MB
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free_on_card: (free, 80 * 2**30))
+        assert room_to_gather(policy, cuda, Team(), reserve_bytes=500_000) is room
+    assert room_to_gather(policy, cuda, _AnotherRankShort(rank=0, size=2), reserve_bytes=500_000) is False
+    assert room_to_gather(policy, torch.device("cpu"), Team(), reserve_bytes=1e15) is True  # host memory

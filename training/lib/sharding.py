@@ -122,7 +122,9 @@ def room_to_gather(model: ShardedPolicy, device: torch.device, team: Team, reser
     if device.type == "cuda":
         dtype = model.gathered_dtype
         whole = sum(p.numel() * (dtype or p.dtype).itemsize for p in model.parameters())  # a DTensor's numel is global
-        short = int(torch.cuda.mem_get_info(device)[0] < 1.1 * whole + reserve_bytes)
+        # Free on the card plus what torch's caching allocator holds but no tensor uses.
+        free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        short = int(free < 1.1 * whole + reserve_bytes)
     return team.most(short, device) == 0
 
 
