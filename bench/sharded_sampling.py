@@ -76,6 +76,17 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, results: s
     torch.distributed.destroy_process_group()
 
 
+def _cpu() -> str:
+    """The CPU's model name (Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="smollm2")
@@ -113,7 +124,7 @@ of {PROMPT_TOKENS} tokens to exactly {args.new_tokens} new tokens (no padding, n
 the all-gathers over NVLink and the gathered way's the whole policy's memory in its compute dtype
 (2 bytes per parameter in bf16), which a run takes only where every GPU has room for it.
 
-- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}
+- machine: {_cpu()}, {os.cpu_count()} cores, torch {torch.__version__}; measured {time.strftime("%Y-%m-%d", time.gmtime())}
 """
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
