@@ -32,19 +32,22 @@ def out_of_process(run: TrainingRun, world_size: int) -> bool:
 
 
 def run_ranks(run: TrainingRun, reporter: RunReporter, *, kind: str, config: Any, data: str | Path,
-              out: str | Path, world_size: int, **extra: Any) -> dict[str, Any]:
+              out: str | Path, world_size: int, publish_to: str = "", **extra: Any) -> dict[str, Any]:
     """Train ``config`` (a library config) on ``data`` into ``out`` with ``world_size`` processes.
 
     Returns rank 0's result (``out``, ``metrics``). Raises ``RunCancelled`` on a cancel and
     ``training.lib.distributed.JobFailed`` when a rank fails; either way every process is gone.
-    ``extra`` (lineage, snapshot_sha256) goes to the library entry point as it is.
+    ``extra`` (lineage, snapshot_sha256) goes to the library entry point as it is. ``publish_to``: the
+    stored URL the output is bound for; a Ray job through the store publishes it there from its node
+    (``training.ray_jobs.run_on_ray``; then ``result["published"]`` is that URL and ``out`` stays empty).
     """
     from training.lib.distributed import run_job
 
     workdir = Path(settings.ARTIFACTS_DIR) / "jobs" / f"run-{run.pk}"
     spec = {"kind": kind, "config": json_safe(asdict(config)), "data": str(data), "out": str(out), **extra}
     if on_ray(run):
-        return run_on_ray(run, reporter, spec, world_size=world_size, part=kind, workdir=workdir, out=Path(out))
+        return run_on_ray(run, reporter, spec, world_size=world_size, part=kind, workdir=workdir, out=Path(out),
+                          publish_to=publish_to)
     reporter.log(f"starting {world_size} processes with torchrun (one per GPU; gloo on a CPU)")
     try:
         return run_job(spec, world_size, workdir, on_progress=reporter.progress, on_log=reporter.log,

@@ -52,9 +52,11 @@ def _lineage(run: TrainingRun) -> dict:
     }
 
 
-def _publish(run: TrainingRun, reporter: RunReporter, out: Path, config, metrics: dict) -> Checkpoint:
-    """Publish the finished folder ``out``, then insert its row."""
-    url = folder_publish(out, output_url(run), progress=reporter.uploading)
+def _publish(run: TrainingRun, reporter: RunReporter, out: Path, config, metrics: dict, published: str = "") -> Checkpoint:
+    """Publish the finished folder ``out`` (unless a Ray node already `published` it), then insert its row."""
+    if published:
+        reporter.log(f"the Ray node published the checkpoint to {published}")
+    url = published or folder_publish(out, output_url(run), progress=reporter.uploading)
     with run_publishing(run, url):  # this attempt still owns the run: one row, never a second
         checkpoint = Checkpoint.objects.create(
             project=run.project,
@@ -89,11 +91,12 @@ def dpo_job(run: TrainingRun, reporter: RunReporter) -> None:
     reporter.log(f"DPO on {len(pairs)} pairs of snapshot {run.snapshot.pk}, from {run.checkpoint_in.name}")
     with _staged(run) as out:
         if out_of_process(run, world_size):
-            metrics = run_ranks(run, reporter, kind="dpo", config=config, data=data, out=out, world_size=world_size,
-                                lineage=_lineage(run))["metrics"]
+            result = run_ranks(run, reporter, kind="dpo", config=config, data=data, out=out, world_size=world_size,
+                               publish_to=output_url(run), lineage=_lineage(run))
+            _publish(run, reporter, out, config, result["metrics"], result.get("published", ""))
         else:
             metrics = train_dpo(config, pairs, out, progress=reporter.progress, lineage=_lineage(run)).metrics
-        _publish(run, reporter, out, config, metrics)
+            _publish(run, reporter, out, config, metrics)
 
 
 def ppo_job(run: TrainingRun, reporter: RunReporter) -> None:
@@ -112,11 +115,12 @@ def ppo_job(run: TrainingRun, reporter: RunReporter) -> None:
             data = Path(settings.ARTIFACTS_DIR) / "jobs" / f"run-{run.pk}" / "prompts.json"
             data.parent.mkdir(parents=True, exist_ok=True)
             data.write_text(json.dumps(prompts))
-            metrics = run_ranks(run, reporter, kind="ppo", config=config, data=data, out=out, world_size=world_size,
-                                lineage=_lineage(run))["metrics"]
+            result = run_ranks(run, reporter, kind="ppo", config=config, data=data, out=out, world_size=world_size,
+                               publish_to=output_url(run), lineage=_lineage(run))
+            _publish(run, reporter, out, config, result["metrics"], result.get("published", ""))
         else:
             metrics = train_ppo(config, prompts, out, progress=reporter.progress, lineage=_lineage(run)).metrics
-        _publish(run, reporter, out, config, metrics)
+            _publish(run, reporter, out, config, metrics)
 
 
 def dpo_start(

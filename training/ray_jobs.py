@@ -13,7 +13,8 @@ Where the job's files go depends on ``ARTIFACTS_URL``. With an s3:// store (a cl
 worker stages the spec and the data under ``jobs/run-<id>/<part>/`` in the store, the spec names the
 stored folders its models come from, and the job runs ``training.remote_job``: it pulls all of it on
 the node, trains, and pushes the output and then its result back there, where the worker collects
-them (and removes the staging). With a local folder, the spec, the data and the output are files
+them (and removes the staging); a DPO or PPO checkpoint the node publishes at its final place instead
+(``publish_to``), so its bytes never pass through the worker. With a local folder, the spec, the data and the output are files
 under ``ARTIFACTS_DIR/jobs``, read and written at the same paths: a head on this host, or a cluster
 that mounts the same storage.
 
@@ -105,15 +106,18 @@ def staged_url(run: TrainingRun, part: str, name: str = "") -> str:
     return artifacts.artifact_url("jobs", f"run-{run.pk}", part, *([name] if name else []))
 
 
-def stage(run: TrainingRun, spec: dict[str, Any], part: str) -> str:
+def stage(run: TrainingRun, spec: dict[str, Any], part: str, publish_to: str = "") -> str:
     """Put what the job needs in the store: a copy of its data file (with its sha256) and its spec, which
-    names the stored folders its models come from and where its output and result go; the spec's URL."""
+    names the stored folders its models come from and where its output and result go; the spec's URL.
+
+    The output goes to ``publish_to`` where given (the folder's final place: the node publishes it there,
+    manifest last, and the worker never handles its bytes), else beside the spec for the worker to collect."""
     data = Path(spec["data"])
     models = {key: url for key, value in spec["config"].items()
               if isinstance(value, str) and (url := artifacts.fetched_from(value) or _stored_url(value))}
     data_url = staged_url(run, part, f"data{data.suffix}")
     store = {"data": {"url": data_url, "sha256": artifacts.file_upload(data, data_url)}, "models": models,
-             "out": staged_url(run, part, "out"), "result": staged_url(run, part, "result.json")}
+             "out": publish_to or staged_url(run, part, "out"), "result": staged_url(run, part, "result.json")}
     spec_url = staged_url(run, part, "spec.json")
     artifacts.blob_write(spec_url, json.dumps({**spec, "store": store}).encode())
     return spec_url
@@ -126,14 +130,25 @@ def _stored_url(value: str) -> str | None:
 
 def collect(run: TrainingRun, part: str, out: Path | None) -> dict[str, Any]:
     """The job's result from the store, and its output moved to ``out`` (a folder, verified through its
-    manifest, or a file, checked by size); ``JobFailed`` when the result is not there."""
+    manifest, or a file, checked by size); ``JobFailed`` when the result is not there.
+
+    A job whose spec sent its output to its final place (``run_on_ray``'s ``publish_to``, read back from
+    the staged spec, so a worker that re-attached after the run's attempt changed finds it too) leaves
+    it there: ``result["published"]`` is its URL, checked to hold a complete folder (its manifest)."""
     from training.lib.distributed import JobFailed
 
     try:
         result = json.loads(artifacts.blob_read(staged_url(run, part, "result.json")))
+        destination = json.loads(artifacts.blob_read(staged_url(run, part, "spec.json")))["store"]["out"]
     except FileNotFoundError:
         raise JobFailed(f"run {run.pk}'s Ray job for {part} succeeded but left no result in the store "
                         f"({staged_url(run, part)}); nothing was published") from None
+    if destination != staged_url(run, part, "out"):
+        if not artifacts.has_manifest(destination):
+            raise JobFailed(f"run {run.pk}'s Ray job for {part} succeeded but its output at {destination} is "
+                            "incomplete (no manifest); nothing was published")
+        result["published"] = destination
+        return result
     if out is not None:
         if out.is_dir():
             shutil.rmtree(out)
@@ -150,19 +165,26 @@ def collect(run: TrainingRun, part: str, out: Path | None) -> dict[str, Any]:
 
 
 def run_on_ray(run: TrainingRun, reporter: RunReporter, spec: dict[str, Any], *, world_size: int, part: str,
-               workdir: Path, out: Path | None = None,
+               workdir: Path, out: Path | None = None, publish_to: str = "",
                on_progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Run ``spec`` (kind, config, data; its output goes to ``workdir/out``) as the run's Ray job for ``part``,
     or follow the one already submitted for it, and return the job's result once it succeeded.
 
-    The output is moved to ``out`` when given (and ``result["out"]`` says so). Raises ``RunCancelled``
-    once the job was stopped for a cancel, ``JobFailed`` when it failed; ``workdir`` is removed once the
-    job ended either way (it stays while the job may still run, for the worker that re-attaches).
+    The output is moved to ``out`` when given (and ``result["out"]`` says so). Through the store, a
+    folder bound for a stored URL can instead be published there by the node itself (``publish_to``:
+    one crossing of the network instead of three, node to store, store to worker, worker to store):
+    then ``result["published"]`` is its URL, and a job that did not succeed leaves nothing there.
+    Raises ``RunCancelled`` once the job was stopped for a cancel, ``JobFailed`` when it failed;
+    ``workdir`` is removed once the job ended either way (it stays while the job may still run, for
+    the worker that re-attaches).
     """
     from training.lib.distributed import JobFailed  # the library imports torch: not at import (web processes)
 
     ray = client()
-    job_id, attached = _job_id(run, reporter, ray, spec, world_size=world_size, part=part, workdir=workdir)
+    publish_to = publish_to if through_store() and publish_to.startswith("s3://") else ""
+    job_id, attached = _job_id(run, reporter, ray, spec, world_size=world_size, part=part, workdir=workdir,
+                               publish_to=publish_to)
+    succeeded = False
     try:
         status = _follow(run, reporter, ray, job_id, on_progress or reporter.progress, attached=attached)
         if status == "STOPPED" and TrainingRun.objects.filter(pk=run.pk, cancel_requested=True).exists():
@@ -170,7 +192,9 @@ def run_on_ray(run: TrainingRun, reporter: RunReporter, spec: dict[str, Any], *,
         if status != "SUCCEEDED":
             raise JobFailed(_failure(ray, job_id, status, world_size))
         if through_store():
-            return collect(run, part, out)
+            result = collect(run, part, out)
+            succeeded = True
+            return result
         result_path = workdir / "result.json"
         if not result_path.exists():
             raise JobFailed(f"Ray job {job_id} succeeded but its result is gone ({result_path}); a worker that "
@@ -186,7 +210,19 @@ def run_on_ray(run: TrainingRun, reporter: RunReporter, spec: dict[str, Any], *,
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         if through_store():
+            if not succeeded:  # what a failed or stopped job's node sent to the final place, if anything
+                _remove_direct_output(run, part)
             artifacts.artifact_delete(staged_url(run, part))
+
+
+def _remove_direct_output(run: TrainingRun, part: str) -> None:
+    """Remove what a job that did not succeed published at its final place (the staged spec names it)."""
+    try:
+        destination = json.loads(artifacts.blob_read(staged_url(run, part, "spec.json")))["store"]["out"]
+    except (FileNotFoundError, KeyError, ValueError):
+        return
+    if destination != staged_url(run, part, "out"):
+        artifacts.artifact_delete(destination)
 
 
 def generate_on_ray(run: TrainingRun, reporter: RunReporter, *, checkpoint, prompts: list, sampling: dict[str, Any],
@@ -227,7 +263,7 @@ def measure_on_ray(run: TrainingRun, reporter: RunReporter, plan: dict, paths: d
 
 
 def _job_id(run: TrainingRun, reporter: RunReporter, ray, spec: dict[str, Any], *, world_size: int, part: str,
-            workdir: Path) -> tuple[str, bool]:
+            workdir: Path, publish_to: str) -> tuple[str, bool]:
     """(id, whether a worker submitted it before) of the run's job for ``part``: the one on the row when a
     worker submitted it before, else a new one, recorded first (a conditional UPDATE, so one worker wins)
     and then submitted."""
@@ -240,23 +276,25 @@ def _job_id(run: TrainingRun, reporter: RunReporter, ray, spec: dict[str, Any], 
             reporter.log(f"following Ray job {current} again (its previous watcher stopped)")
             return current, True
         reporter.log(f"Ray job {current} was recorded but never reached the cluster: submitting it now")
-        _submit(ray, current, spec, world_size=world_size, workdir=workdir, run=run, part=part)
+        _submit(ray, current, spec, world_size=world_size, workdir=workdir, run=run, part=part,
+                publish_to=publish_to)
         return current, False
     job_id = prefix + uuid.uuid4().hex[:8]
     if not TrainingRun.objects.filter(pk=run.pk, ray_job_id=current).update(ray_job_id=job_id):
         raise JobFailed(f"another worker took run {run.pk}'s Ray job over; this one stops following it")
     run.ray_job_id = job_id
-    _submit(ray, job_id, spec, world_size=world_size, workdir=workdir, run=run, part=part)
+    _submit(ray, job_id, spec, world_size=world_size, workdir=workdir, run=run, part=part, publish_to=publish_to)
     reporter.log(f"submitted Ray job {job_id} to {settings.RAY_ADDRESS} ({world_size} process"
                  f"{'es' if world_size > 1 else ''}, {world_size * settings.RAY_GPUS_PER_PROCESS} GPUs)")
     return job_id, False
 
 
 def _submit(ray, job_id: str, spec: dict[str, Any], *, world_size: int, workdir: Path, run: TrainingRun,
-            part: str) -> None:
+            part: str, publish_to: str) -> None:
     if through_store():
         artifacts.artifact_delete(staged_url(run, part))  # an earlier attempt's files
-        command = shlex.join(["python", "-m", "training.remote_job", str(world_size), stage(run, spec, part)])
+        command = shlex.join(["python", "-m", "training.remote_job", str(world_size),
+                              stage(run, spec, part, publish_to)])
     else:
         shutil.rmtree(workdir / "out", ignore_errors=True)
         workdir.mkdir(parents=True, exist_ok=True)

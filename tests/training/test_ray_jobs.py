@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from annotate import services
+from annotate import artifacts, services
 from annotate.models import Checkpoint, Comparison, Completion
 from annotate.snapshots import snapshot_freeze
 from rewardmodel.models import RewardModel
@@ -108,6 +108,25 @@ def test_a_second_delivery_leaves_a_ray_run_whose_watcher_is_alive_alone(project
     assert runs._claim(stale.pk).pk == stale.pk  # taken over: its heartbeat is now this worker's
 
 
+def test_a_checkpoint_a_node_left_incomplete_at_its_final_place_is_never_published(
+        project, s3_artifacts, s3_client, tmp_path):
+    """A job through the store publishes its checkpoint from the node (`publish_to`); one that reported
+    success without a manifest there is a failure, and what it sent is removed."""
+    run = _running_on_ray(project, beat_ago=timedelta(0))
+    final = runs.output_url(run)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("{}\n")
+    ray_jobs.stage(run, {"kind": "dpo", "config": {}, "data": str(data)}, "dpo", publish_to=final)
+    artifacts.blob_write(ray_jobs.staged_url(run, "dpo", "result.json"), b'{"metrics": {}}')
+    artifacts.blob_write(f"{final}/model.safetensors", b"the first bytes")  # no manifest: the upload stopped
+    with pytest.raises(JobFailed, match=f"its output at {final} is incomplete"):
+        ray_jobs.collect(run, "dpo", None)
+    ray_jobs._remove_direct_output(run, "dpo")  # what run_on_ray does for a job that did not succeed
+    assert keys_in(s3_client, s3_artifacts, final.split("/", 3)[3]) == []
+    artifacts.blob_write(f"{final}/manifest.json", b'{"files": {}}')  # a complete folder: collected where it is
+    assert ray_jobs.collect(run, "dpo", None)["published"] == final
+
+
 # Against the head.
 
 @pytest.fixture
@@ -192,6 +211,11 @@ def test_a_dpo_run_on_a_cluster_without_the_worker_s_disk_goes_through_the_store
     # The node pulled the base itself: the worker never downloaded it, and the lineage names it by URL.
     assert not list((Path(settings.ARTIFACTS_CACHE_DIR) / "folders").glob("*/base"))
     assert checkpoint.meta["config"]["model"] == base.uri
+    # The node published the checkpoint at its final place: the worker neither fetched nor uploaded it.
+    assert f"the Ray node published the checkpoint to {checkpoint.uri}" in run.log_tail
+    assert not list(Path(settings.ARTIFACTS_CACHE_DIR).glob(f"*/*/dpo-run-{run.pk}"))
+    assert not list(Path(settings.ARTIFACTS_CACHE_DIR).glob("outgoing/*/*"))
+    assert artifacts.folder_fetch(checkpoint.uri).joinpath("model.safetensors").is_file()  # complete, verified
 
 
 @on_the_head
@@ -253,6 +277,7 @@ def test_a_ppo_run_on_a_cluster_pulls_policy_and_reward_model_from_the_store_and
     stored = [k.rsplit("/", 1)[-1] for k in keys_in(s3_client, s3_artifacts, checkpoint.uri.split("/", 3)[3])]
     assert {"manifest.json", "model.safetensors"} <= set(stored)
     assert keys_in(s3_client, s3_artifacts, f"artifacts/jobs/run-{run.pk}/") == []  # the staging is gone
+    assert f"the Ray node published the checkpoint to {checkpoint.uri}" in run.log_tail  # not through this worker
 
 
 @on_the_head
