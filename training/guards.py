@@ -171,19 +171,22 @@ def _device() -> tuple[str, str]:
     return device, resolve_dtype(app_settings.WORKER_DTYPE, device)
 
 
-def canary_metrics(project: Project, folder: Path | str) -> dict:
-    """Freeze the canaries whose votes are complete, then score the reward model in ``folder`` on every frozen
-    one: ``canary_accuracy`` (None without a decided pair), ``canary_pairs`` scored, ``canary_ties`` left out
-    (a tie has no right side)."""
+def canary_set(project: Project) -> list[dict]:
+    """Freeze the canaries whose votes are complete, then every frozen one as ``{"prompt", "a", "b", "answer"}``."""
     canary_freeze(project)
-    pairs = canary_pairs(project)
+    return canary_pairs(project)
+
+
+def canary_metrics(project: Project, folder: Path | str) -> dict:
+    """Score the reward model in ``folder`` on the project's `canary_set`, on this worker's device:
+    ``canary_accuracy`` (None without a decided pair), ``canary_pairs`` scored, ``canary_ties`` left out
+    (a tie has no right side). A job on other processes scores it there instead (`training.reward`)."""
+    pairs = canary_set(project)
     if not any(p["answer"] in ("a", "b") for p in pairs):
         return {"canary_accuracy": None, "canary_pairs": 0, "canary_ties": len(pairs)}
-    from rewardmodel.lib.model import load_reward_model
-    from training.lib.guard import canary_accuracy
+    from training.lib.guard import canary_figures
 
-    accuracy, scored, ties = canary_accuracy(load_reward_model(folder, device=_device()[0]), pairs)
-    return {"canary_accuracy": accuracy, "canary_pairs": scored, "canary_ties": ties}
+    return canary_figures(folder, pairs, device=_device()[0])
 
 
 def guard_record(*, project: Project, checkpoints: list[Checkpoint], samples: dict[int, dict[int, str]],

@@ -13,8 +13,8 @@ Where the job's files go depends on ``ARTIFACTS_URL``. With an s3:// store (a cl
 worker stages the spec and the data under ``jobs/run-<id>/<part>/`` in the store, the spec names the
 stored folders its models come from, and the job runs ``training.remote_job``: it pulls all of it on
 the node, trains, and pushes the output and then its result back there, where the worker collects
-them (and removes the staging); a DPO or PPO checkpoint the node publishes at its final place instead
-(``publish_to``), so its bytes never pass through the worker. With a local folder, the spec, the data and the output are files
+them (and removes the staging); a DPO or PPO checkpoint or a reward model the node publishes at its
+final place instead (``publish_to``), so its bytes never pass through the worker. With a local folder, the spec, the data and the output are files
 under ``ARTIFACTS_DIR/jobs``, read and written at the same paths: a head on this host, or a cluster
 that mounts the same storage.
 

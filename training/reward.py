@@ -40,10 +40,12 @@ def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
     url = output_url(run)
     tmp = staging_path(url)  # on this host: a GPU worker trains here, then publishes to the store
     try:
-        metrics, meta = _train_and_verify(run, reporter, config, snapshot, pairs, tmp)
-        # Scored on the canary set (held out of every snapshot) before the folder leaves this host.
-        metrics.update(guards.canary_metrics(run.project, tmp))
-        folder_publish(tmp, url, progress=reporter.uploading)  # uploaded and verified (or renamed into place) before the row exists
+        metrics, meta, published = _train_and_verify(run, reporter, config, snapshot, pairs, tmp, url)
+        if published:  # a Ray node scored it on the canaries and published it: it never came to this worker
+            reporter.log(f"the Ray node published the reward model to {published}")
+            url = published
+        else:
+            folder_publish(tmp, url, progress=reporter.uploading)  # uploaded and verified (or renamed into place) before the row exists
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone once published; a failed run leaves nothing behind
     reporter.log(f"held-out accuracy {metrics.get('eval_accuracy', float('nan')):.3f}")
@@ -65,21 +67,28 @@ def reward_model_train_job(run: TrainingRun, reporter: RunReporter) -> None:
 
 
 def _train_and_verify(run: TrainingRun, reporter: RunReporter, config, snapshot: Snapshot, pairs: list,
-                      tmp: Path) -> tuple[dict, dict]:
-    """Train into ``tmp`` (in this process, or under torchrun / on Ray) and load it back; (metrics, meta.json)."""
+                      tmp: Path, url: str) -> tuple[dict, dict, str]:
+    """Train into ``tmp`` (in this process, or under torchrun / on Ray), load it back and score it on the
+    canary set (held out of every snapshot) before it is published: (metrics, meta.json, the URL a Ray node
+    already published it at, else "").
+
+    Out of this process the job itself loads and scores the saved folder (the canaries travel in its
+    spec), where its GPU is; on a Ray cluster through the store it also publishes the folder at ``url``
+    from the node, so this worker never downloads, loads or uploads the model."""
     from rewardmodel.lib.model import load_reward_model
     from rewardmodel.lib.train import train_reward_model
 
     world_size = configs.world_size(run.kind, run.config)
     if out_of_process(run, world_size):
         outcome = run_ranks(run, reporter, kind="reward_model", config=config, data=snapshot_path(snapshot, pin=True), out=tmp,
-                            world_size=world_size, snapshot_sha256=snapshot.sha256)
-        metrics = outcome["metrics"]
-    else:
-        metrics = train_reward_model(config, pairs, tmp, progress=reporter.progress,
-                                     snapshot_sha256=snapshot.sha256).metrics
+                            world_size=world_size, publish_to=url, snapshot_sha256=snapshot.sha256,
+                            canary=guards.canary_set(run.project))
+        return outcome["metrics"], outcome["meta"], outcome.get("published", "")
+    metrics = train_reward_model(config, pairs, tmp, progress=reporter.progress,
+                                 snapshot_sha256=snapshot.sha256).metrics
     load_reward_model(tmp)  # verify before publishing: a row never points at a folder that does not load
-    return metrics, json.loads((tmp / "meta.json").read_text())
+    metrics.update(guards.canary_metrics(run.project, tmp))
+    return metrics, json.loads((tmp / "meta.json").read_text()), ""
 
 
 def votes_since_last_reward_model(project: Project, *, limit: int) -> int:

@@ -31,23 +31,24 @@ def artifacts(settings, tmp_path):
     return settings.ARTIFACTS_DIR
 
 
-def _train(project, tmp_path):
+def _train(project, tmp_path, **config):
     run = reward_model_start(project=project, config={"backbone": str(save_tiny_bert(tmp_path / "bert")),
-                                                      "batch_size": 8}, enqueue=False)
+                                                      "batch_size": 8, **config}, enqueue=False)
     run = run_execute(run.pk, reward_model_train_job)
     assert run.state == TrainingRun.State.SUCCEEDED, run.error
     return run.reward_model_out
 
 
+@pytest.mark.parametrize("world_size", [1, 2], ids=["in-the-worker", "torchrun-rank-0-scores"])
 def test_a_reward_model_is_scored_on_the_frozen_canaries_and_ties_are_left_out(project, annotator, artifacts,
-                                                                                 tmp_path):
+                                                                                 tmp_path, world_size):
     vote_by_rule(project, annotator, 24)
     canaries = make_comparisons(project, 5, texts=("a good answer", "a bad answer"), start=100)
     assert canary_hold(project=project, count=5) == 5
     choices = ["a", "b", "a", "b", "tie"]  # what people said, whatever the rule
     for comparison, choice in zip(canaries, choices, strict=True):
         vote_record(annotator=annotator, comparison_id=comparison.pk, choice=choice)
-    rm = _train(project, tmp_path)
+    rm = _train(project, tmp_path, world_size=world_size)  # 2: the job scores the canaries it was sent
     assert rm.votes == 24  # the canary votes never reached the snapshot
     assert rm.metrics["canary_pairs"] == 4 and rm.metrics["canary_ties"] == 1
     # The recorded accuracy is what the published model gives on the frozen labels.

@@ -19,9 +19,12 @@ import pytest
 from django.utils import timezone
 
 from annotate import artifacts, services
+from annotate.canary import canary_hold
 from annotate.models import Checkpoint, Comparison, Completion
 from annotate.snapshots import snapshot_freeze
+from annotate.votes import vote_record
 from rewardmodel.models import RewardModel
+from tests.conftest import make_comparisons
 from tests.store import another_host, keys_in, publish_tiny_base, publish_tiny_reward_model
 from tests.tiny import save_tiny_bert, save_tiny_llama
 from tests.training.test_reward_runs import vote_by_rule
@@ -216,6 +219,32 @@ def test_a_dpo_run_on_a_cluster_without_the_worker_s_disk_goes_through_the_store
     assert not list(Path(settings.ARTIFACTS_CACHE_DIR).glob(f"*/*/dpo-run-{run.pk}"))
     assert not list(Path(settings.ARTIFACTS_CACHE_DIR).glob("outgoing/*/*"))
     assert artifacts.folder_fetch(checkpoint.uri).joinpath("model.safetensors").is_file()  # complete, verified
+
+
+@on_the_head
+def test_a_reward_model_on_a_cluster_is_scored_on_the_canaries_and_published_by_the_node(
+        ray, project, annotator, tmp_path, s3_artifacts, s3_client, settings):
+    vote_by_rule(project, annotator, 16)
+    canaries = make_comparisons(project, 3, texts=("a good answer", "a bad answer"), start=100)
+    assert canary_hold(project=project, count=3) == 3
+    for comparison, choice in zip(canaries, ("a", "b", "tie"), strict=True):
+        vote_record(annotator=annotator, comparison_id=comparison.pk, choice=choice)
+    another_host(settings, tmp_path, "watcher")  # the worker that submits: a disk of its own
+    run = reward_model_start(project=project, enqueue=False,
+                             config={"backbone": str(save_tiny_bert(tmp_path / "bert")), "batch_size": 8})
+    run_execute(run.pk, reward_model_train_job)
+    run.refresh_from_db()
+    assert run.state == TrainingRun.State.SUCCEEDED, run.error
+    version = run.reward_model_out
+    assert version.artifact_uri == f"s3://{s3_artifacts}/artifacts/reward_models/{project.slug}/run-{run.pk}"
+    assert version.metrics["canary_pairs"] == 2 and version.metrics["canary_ties"] == 1  # scored on the node
+    assert 0.0 <= version.metrics["canary_accuracy"] <= 1.0
+    assert f"the Ray node published the reward model to {version.artifact_uri}" in run.log_tail
+    # It never came to this worker: no cached copy, nothing staged to upload, the staging prefix gone.
+    assert not list(Path(settings.ARTIFACTS_CACHE_DIR).glob(f"*/*/run-{run.pk}"))
+    assert not list(Path(settings.ARTIFACTS_CACHE_DIR).glob("outgoing/*/*"))
+    assert keys_in(s3_client, s3_artifacts, f"artifacts/jobs/run-{run.pk}/") == []
+    assert (artifacts.folder_fetch(version.artifact_uri) / "meta.json").is_file()  # complete, verified
 
 
 @on_the_head

@@ -226,7 +226,7 @@ def _run(spec: Mapping[str, Any], team: Team) -> dict[str, Any] | None:
         reward_config = agreed_mode(RewardConfig.from_dict(config), kind, team)
         result = train_reward_model(reward_config, pairs, spec["out"], progress,
                                     snapshot_sha256=spec.get("snapshot_sha256"))
-        return {"out": result.out_dir, "metrics": result.metrics} if team.main else None
+        return _reward_model_result(spec, result, reward_config.device) if team.main else None
     if kind == "dpo":
         from training.lib.dpo import DPOConfig, train_dpo
 
@@ -234,6 +234,20 @@ def _run(spec: Mapping[str, Any], team: Team) -> dict[str, Any] | None:
         result = train_dpo(dpo_config, pairs, spec["out"], progress, lineage=spec.get("lineage"))
         return {"out": result.checkpoint_path, "metrics": result.metrics} if team.main else None
     raise ValueError(f"no distributed job for kind {kind!r} (reward_model, dpo, ppo, generation or guard)")
+
+
+def _reward_model_result(spec: Mapping[str, Any], result: Any, device: str) -> dict[str, Any]:
+    """Rank 0's account of a reward model it saved: metrics and meta.json, and where the spec carries the
+    app's canary pairs (``canary``), the saved folder loaded back (proof that it loads) and scored on them,
+    here where the GPU is, so the worker that publishes it never loads the model itself."""
+    metrics = dict(result.metrics)
+    if "canary" in spec:
+        from training.lib.generation import resolve_device
+        from training.lib.guard import canary_figures
+
+        metrics.update(canary_figures(result.out_dir, spec["canary"], device=resolve_device(device)))
+    meta = json.loads((Path(result.out_dir) / "meta.json").read_text())
+    return {"out": result.out_dir, "metrics": metrics, "meta": meta}
 
 
 def _generate(spec: Mapping[str, Any], config: dict[str, Any], progress) -> dict[str, Any]:

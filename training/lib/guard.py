@@ -15,6 +15,7 @@ Pure module: torch and transformers, never Django.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rewardmodel.lib.backbones import resolve_model
@@ -126,6 +127,17 @@ def canary_accuracy(reward_model: Any, pairs: Sequence[dict]) -> tuple[float | N
     b = score(reward_model, prompts, [p["b"] for p in decided])
     right = sum((x > y) if p["answer"] == "a" else (y > x) for p, x, y in zip(decided, a, b, strict=True))
     return right / len(decided), len(decided), ties
+
+
+def canary_figures(folder: str | Path, pairs: Sequence[dict], *, device: str = "cpu") -> dict:
+    """The reward model saved in ``folder``, loaded back (which proves it loads), scored on the canary
+    ``pairs``: ``canary_accuracy`` (None without a decided pair), ``canary_pairs`` scored, ``canary_ties``
+    left out."""
+    from rewardmodel.lib.model import load_reward_model
+
+    model = load_reward_model(folder, device=device)
+    accuracy, scored, ties = canary_accuracy(model, pairs)
+    return {"canary_accuracy": accuracy, "canary_pairs": scored, "canary_ties": ties}
 
 
 def measure(plan: dict, paths: dict[str, str], *, device: str = "cpu", dtype: str = "float32") -> dict:
