@@ -178,15 +178,13 @@ def canary_set(project: Project) -> list[dict]:
 
 
 def canary_metrics(project: Project, folder: Path | str) -> dict:
-    """Score the reward model in ``folder`` on the project's `canary_set`, on this worker's device:
-    ``canary_accuracy`` (None without a decided pair), ``canary_pairs`` scored, ``canary_ties`` left out
-    (a tie has no right side). A job on other processes scores it there instead (`training.reward`)."""
-    pairs = canary_set(project)
-    if not any(p["answer"] in ("a", "b") for p in pairs):
-        return {"canary_accuracy": None, "canary_pairs": 0, "canary_ties": len(pairs)}
+    """Load the reward model in ``folder`` on this worker's device (proof that it loads) and score it on the
+    project's `canary_set`: ``canary_accuracy`` (None without a decided pair), ``canary_pairs`` scored,
+    ``canary_ties`` left out (a tie has no right side). A job on other processes does this itself
+    (`training.reward`)."""
     from training.lib.guard import canary_figures
 
-    return canary_figures(folder, pairs, device=_device()[0])
+    return canary_figures(folder, canary_set(project), device=_device()[0])
 
 
 def guard_record(*, project: Project, checkpoints: list[Checkpoint], samples: dict[int, dict[int, str]],

@@ -14,9 +14,9 @@ worker stages the spec and the data under ``jobs/run-<id>/<part>/`` in the store
 stored folders its models come from, and the job runs ``training.remote_job``: it pulls all of it on
 the node, trains, and pushes the output and then its result back there, where the worker collects
 them (and removes the staging); a DPO or PPO checkpoint or a reward model the node publishes at its
-final place instead (``publish_to``), so its bytes never pass through the worker. With a local folder, the spec, the data and the output are files
-under ``ARTIFACTS_DIR/jobs``, read and written at the same paths: a head on this host, or a cluster
-that mounts the same storage.
+final place instead (``publish_to``), so its bytes never pass through the worker. With a local folder,
+the spec, the data and the output are files under ``ARTIFACTS_DIR/jobs``, read and written at the same
+paths: a head on this host, or a cluster that mounts the same storage.
 
 One run, one job per part (the training, or each checkpoint a generation run samples), never two:
 the job's id is recorded on the row by a conditional UPDATE before it is submitted, and Ray refuses a
@@ -139,11 +139,10 @@ def collect(run: TrainingRun, part: str, out: Path | None) -> dict[str, Any]:
 
     try:
         result = json.loads(artifacts.blob_read(staged_url(run, part, "result.json")))
-        destination = json.loads(artifacts.blob_read(staged_url(run, part, "spec.json")))["store"]["out"]
     except FileNotFoundError:
         raise JobFailed(f"run {run.pk}'s Ray job for {part} succeeded but left no result in the store "
                         f"({staged_url(run, part)}); nothing was published") from None
-    if destination != staged_url(run, part, "out"):
+    if destination := _published_at(run, part):
         if not artifacts.has_manifest(destination):
             raise JobFailed(f"run {run.pk}'s Ray job for {part} succeeded but its output at {destination} is "
                             "incomplete (no manifest); nothing was published")
@@ -181,7 +180,7 @@ def run_on_ray(run: TrainingRun, reporter: RunReporter, spec: dict[str, Any], *,
     from training.lib.distributed import JobFailed  # the library imports torch: not at import (web processes)
 
     ray = client()
-    publish_to = publish_to if through_store() and publish_to.startswith("s3://") else ""
+    publish_to = publish_to if through_store() else ""  # a local store: the output is renamed into place
     job_id, attached = _job_id(run, reporter, ray, spec, world_size=world_size, part=part, workdir=workdir,
                                publish_to=publish_to)
     succeeded = False
@@ -210,19 +209,19 @@ def run_on_ray(run: TrainingRun, reporter: RunReporter, spec: dict[str, Any], *,
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         if through_store():
-            if not succeeded:  # what a failed or stopped job's node sent to the final place, if anything
-                _remove_direct_output(run, part)
+            if not succeeded and (destination := _published_at(run, part)):
+                artifacts.artifact_delete(destination)  # what a failed or stopped job's node sent there
             artifacts.artifact_delete(staged_url(run, part))
 
 
-def _remove_direct_output(run: TrainingRun, part: str) -> None:
-    """Remove what a job that did not succeed published at its final place (the staged spec names it)."""
+def _published_at(run: TrainingRun, part: str) -> str:
+    """The final place the staged spec of the run's job for ``part`` sends its output to (``publish_to``),
+    or "" when it goes beside the spec (or the spec is gone)."""
     try:
         destination = json.loads(artifacts.blob_read(staged_url(run, part, "spec.json")))["store"]["out"]
     except (FileNotFoundError, KeyError, ValueError):
-        return
-    if destination != staged_url(run, part, "out"):
-        artifacts.artifact_delete(destination)
+        return ""
+    return "" if destination == staged_url(run, part, "out") else destination
 
 
 def generate_on_ray(run: TrainingRun, reporter: RunReporter, *, checkpoint, prompts: list, sampling: dict[str, Any],

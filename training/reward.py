@@ -75,7 +75,6 @@ def _train_and_verify(run: TrainingRun, reporter: RunReporter, config, snapshot:
     Out of this process the job itself loads and scores the saved folder (the canaries travel in its
     spec), where its GPU is; on a Ray cluster through the store it also publishes the folder at ``url``
     from the node, so this worker never downloads, loads or uploads the model."""
-    from rewardmodel.lib.model import load_reward_model
     from rewardmodel.lib.train import train_reward_model
 
     world_size = configs.world_size(run.kind, run.config)
@@ -86,7 +85,7 @@ def _train_and_verify(run: TrainingRun, reporter: RunReporter, config, snapshot:
         return outcome["metrics"], outcome["meta"], outcome.get("published", "")
     metrics = train_reward_model(config, pairs, tmp, progress=reporter.progress,
                                  snapshot_sha256=snapshot.sha256).metrics
-    load_reward_model(tmp)  # verify before publishing: a row never points at a folder that does not load
+    # Loaded back before publishing (a row never points at a folder that does not load) and scored.
     metrics.update(guards.canary_metrics(run.project, tmp))
     return metrics, json.loads((tmp / "meta.json").read_text()), ""
 

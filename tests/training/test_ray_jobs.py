@@ -124,7 +124,8 @@ def test_a_checkpoint_a_node_left_incomplete_at_its_final_place_is_never_publish
     artifacts.blob_write(f"{final}/model.safetensors", b"the first bytes")  # no manifest: the upload stopped
     with pytest.raises(JobFailed, match=f"its output at {final} is incomplete"):
         ray_jobs.collect(run, "dpo", None)
-    ray_jobs._remove_direct_output(run, "dpo")  # what run_on_ray does for a job that did not succeed
+    assert ray_jobs._published_at(run, "dpo") == final  # what run_on_ray removes for a job that did not succeed
+    artifacts.artifact_delete(final)
     assert keys_in(s3_client, s3_artifacts, final.split("/", 3)[3]) == []
     artifacts.blob_write(f"{final}/manifest.json", b'{"files": {}}')  # a complete folder: collected where it is
     assert ray_jobs.collect(run, "dpo", None)["published"] == final

@@ -52,8 +52,8 @@ import torch
 from rewardmodel.lib.ranks import Team
 from training.lib.logprobs import ScoredTokens, token_logprobs
 
-__all__ = ["ShardedPolicy", "clip_grad_norm", "decoder_layers", "full_state_dict", "reshard", "resolve_parallel", "room_to_gather",
-           "scored_logprobs", "shard_for_training", "shard_policy", "whole_policy"]
+__all__ = ["ShardedPolicy", "clip_grad_norm", "decoder_layers", "full_state_dict", "reshard", "resolve_parallel",
+           "room_to_gather", "scored_logprobs", "shard_for_training", "shard_policy", "whole_policy"]
 
 
 def resolve_parallel(parallel: str, mode: str, team: Team) -> str:
